@@ -1,0 +1,1 @@
+"""The `forgellm` command line: `forgellm generate`, `forgellm chat` (see main.py)."""

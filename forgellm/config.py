@@ -1,0 +1,77 @@
+"""EngineConfig: the one source of truth for LLM(...) kwargs, CLI flags and YAML config files.
+
+Each field's `help` metadata becomes the CLI flag's help text (`--max-num-seqs` for `max_num_seqs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgellm.errors import ConfigError
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EngineConfig:
+    """Options of the engine. `model=None` means the embedded demo model."""
+
+    model: str | None = _opt(None, "Hugging Face model directory (default: the embedded demo)")
+    tokenizer: str | None = _opt(None, "tokenizer directory (default: the model directory)")
+    dtype: str = _opt("auto", "weights and activations: auto (the checkpoint's), float32, float16, bfloat16")
+    device: str = _opt("auto", "cuda, cpu, or auto (cuda when available)")
+    max_model_len: int | None = _opt(None, "longest prompt + output in tokens (default: the model's)")
+    max_num_seqs: int = _opt(256, "most requests running in one step")
+    max_num_batched_tokens: int = _opt(8192, "most tokens (prompt chunks + decodes) in one step")
+    block_size: int = _opt(16, "tokens per KV-cache block")
+    enable_prefix_caching: bool = _opt(True, "reuse the KV cache of shared prompt prefixes")
+    enable_chunked_prefill: bool = _opt(True, "split long prompts across steps, mixed with decodes")
+    num_kv_blocks: int | None = _opt(None, "KV-cache blocks (default: sized from memory)")
+    cpu_kv_cache_gb: float = _opt(1.0, "KV-cache size on the CPU, in GiB, when num_kv_blocks is unset")
+    gpu_memory_utilization: float = _opt(0.90, "fraction of GPU memory the engine may use")
+    scheduling_policy: str = _opt("fcfs", "fcfs (first come, first served) or priority")
+    seed: int = _opt(0, "seed of the engine's random generator (requests without their own seed)")
+    enforce_eager: bool = _opt(False, "disable CUDA graphs")
+    tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid option."""
+        positive = ("max_num_seqs", "max_num_batched_tokens", "block_size", "tensor_parallel_size")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.dtype not in _DTYPE_NAMES:
+            raise ConfigError(f"dtype must be one of {sorted(_DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ConfigError(f"scheduling_policy must be fcfs or priority, got {self.scheduling_policy!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.cpu_kv_cache_gb <= 0:
+            raise ConfigError(f"cpu_kv_cache_gb must be > 0, got {self.cpu_kv_cache_gb}")
+        if self.tensor_parallel_size != 1:
+            raise ConfigError("tensor_parallel_size > 1 is not implemented yet; use 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
+        """Build from a dict (e.g. a parsed YAML file), rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown engine option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+_DTYPE_NAMES = {"auto", "float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16"}

@@ -1,0 +1,113 @@
+"""EngineCore: the heartbeat. schedule -> execute -> sample -> update, one step at a time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from forgellm.engine.kv_cache import KVCacheManager
+from forgellm.engine.model_runner import ModelRunner, TokenLogprobs
+from forgellm.engine.request import Request, RequestStatus
+from forgellm.engine.scheduler import Scheduler
+from forgellm.errors import CapacityError
+
+
+@dataclass
+class EngineCoreOutput:
+    """What happened to one request in one step (new token, prompt logprobs, finish)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    logprobs: TokenLogprobs | None = None
+    prompt_logprobs: tuple[int, list[TokenLogprobs]] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+    first_scheduled_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class EngineStats:
+    """Counters and gauges of the engine, for logs and metrics."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    num_preemptions: int
+
+
+class EngineCore:
+    """Owns the scheduler, the KV-cache manager and the model runner; knows nothing of text."""
+
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, kv_cache: KVCacheManager) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.kv_cache = kv_cache
+
+    def check_fits(self, num_tokens: int) -> None:
+        """Raise CapacityError if a sequence of num_tokens could never fit in the whole KV cache."""
+        needed = -(-num_tokens // self.kv_cache.block_size)
+        if needed > self.kv_cache.num_blocks:
+            capacity = self.kv_cache.num_blocks * self.kv_cache.block_size
+            raise CapacityError(
+                f"the request needs up to {num_tokens} tokens of KV cache but the whole cache holds "
+                f"{capacity}; lower max_tokens or give the engine more KV-cache memory"
+            )
+
+    def add_request(self, request: Request) -> None:
+        self.check_fits(request.num_prompt_tokens + request.max_tokens)
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
+        self.scheduler.abort_requests(request_ids, status)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[EngineCoreOutput]:
+        """Run one engine step; returns an output for every request that progressed."""
+        scheduler_output = self.scheduler.schedule()
+        if scheduler_output.is_empty:
+            return []
+        now = time.monotonic()
+        for s in scheduler_output.scheduled:
+            if s.request.first_scheduled_time is None:
+                s.request.first_scheduled_time = now
+        result = self.runner.execute_model(scheduler_output)
+        updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
+        outputs: dict[str, EngineCoreOutput] = {}
+        for request in updated:
+            out = self._output_for(request)
+            out.new_token_ids = [request.all_token_ids[-1]]
+            out.logprobs = result.logprobs.get(request.request_id)
+            outputs[request.request_id] = out
+        for request_id, entries in result.prompt_logprobs.items():
+            if request_id not in outputs:
+                outputs[request_id] = self._output_for(self.scheduler.get_request(request_id))
+            outputs[request_id].prompt_logprobs = entries
+        return list(outputs.values())
+
+    @staticmethod
+    def _output_for(request: Request) -> EngineCoreOutput:
+        return EngineCoreOutput(
+            request_id=request.request_id,
+            new_token_ids=[],
+            finish_reason=request.status.finish_reason,
+            stop_reason=request.stop_reason,
+            num_cached_tokens=max(request.num_cached_tokens, 0),
+            first_scheduled_time=request.first_scheduled_time,
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=self.kv_cache.usage,
+            prefix_cache_hit_rate=self.kv_cache.prefix_cache_hit_rate,
+            num_preemptions=self.scheduler.num_preemptions,
+        )

@@ -1,0 +1,148 @@
+"""LLMEngine: builds the engine from an EngineConfig and runs requests from text to RequestOutput."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from forgellm.config import EngineConfig
+from forgellm.engine.core import EngineCore, EngineStats
+from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
+from forgellm.engine.kv_cache import KVCacheManager
+from forgellm.engine.model_runner import ModelRunner, kv_block_bytes, load_model
+from forgellm.engine.output_processor import OutputProcessor
+from forgellm.engine.request import Request, RequestStatus
+from forgellm.engine.scheduler import Scheduler
+from forgellm.errors import ConfigError, InvalidRequestError, ModelLoadError
+from forgellm.hf.config import load_model_config, resolve_dtype
+from forgellm.hf.config_types import ModelArchConfig
+from forgellm.hf.generation_config import load_generation_defaults
+from forgellm.hf.tokenizer import Tokenizer
+from forgellm.models.registry import get_model_class
+from forgellm.outputs import RequestOutput
+from forgellm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """The local checkpoint directory (the embedded demo when model is None)."""
+    path = DEMO_MODEL_DIR if model is None else Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model directory {str(path)!r} does not exist; forgellm loads local Hugging Face "
+            "checkpoints (config.json + *.safetensors) and downloads nothing"
+        )
+    return path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA GPU is available; use device='cpu'")
+    return torch.device(name)
+
+
+def resolve_max_model_len(config: EngineConfig, arch: ModelArchConfig) -> int:
+    """The context length: the model's, unless a smaller one is asked for."""
+    longest = arch.max_position_embeddings
+    if arch.rope.type == "dynamic":  # dynamic NTK stretches the trained context by its factor
+        longest = int(longest * arch.rope.factor)
+    if config.max_model_len is None:
+        return longest
+    if config.max_model_len > longest:
+        raise ConfigError(f"max_model_len {config.max_model_len} exceeds the model's context of {longest}; lower it")
+    return config.max_model_len
+
+
+def num_kv_blocks(config: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device,
+                  max_model_len: int) -> int:
+    """Explicit num_kv_blocks, or as many blocks as the memory budget allows (no more than useful)."""
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    block_bytes = kv_block_bytes(arch, config.block_size, dtype)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free - (1 - config.gpu_memory_utilization) * total
+    else:
+        budget = config.cpu_kv_cache_gb * 2**30
+    useful = config.max_num_seqs * -(-max_model_len // config.block_size)
+    return max(1, min(int(budget // block_bytes), useful))
+
+
+class LLMEngine:
+    """Synchronous engine: add requests, call step() until done, get RequestOutputs."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model_dir = resolve_model_dir(config.model)
+        arch = load_model_config(model_dir)
+        get_model_class(arch.architecture)  # fail on an unsupported architecture before loading anything
+        self.arch = arch
+        self.tokenizer = Tokenizer.from_dir(resolve_model_dir(config.tokenizer) if config.tokenizer else model_dir)
+        defaults = load_generation_defaults(model_dir)
+        device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
+        self.max_model_len = resolve_max_model_len(config, arch)
+        model = load_model(model_dir, arch, dtype, device)
+        blocks = num_kv_blocks(config, arch, dtype, device, self.max_model_len)
+        runner = ModelRunner(model, blocks, config.block_size, config.seed)
+        kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
+        scheduler = Scheduler(kv_cache, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
+                              config.enable_chunked_prefill, config.scheduling_policy)
+        self.core = EngineCore(runner, scheduler, kv_cache)
+        self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or
+                                       ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []))
+        self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        logger.info("loaded %s (%s, %s) on %s; KV cache: %d blocks of %d tokens", model_dir, arch.architecture,
+                    dtype, device, blocks, config.block_size)
+
+    def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
+        """Validate and tokenize without queuing (raises a typed error on bad input)."""
+        processed = self.input_processor.process(prompt, params)
+        self.core.check_fits(len(processed.prompt_token_ids) + processed.max_tokens)
+        return processed
+
+    def add_request(self, request_id: str, prompt: Prompt | ProcessedPrompt, params: SamplingParams | None = None,
+                    *, priority: int = 0, stream: bool = False) -> None:
+        """Queue a request (n samples become n engine sequences sharing the prompt's KV blocks)."""
+        if request_id in self.output_processor.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        processed = prompt if isinstance(prompt, ProcessedPrompt) else self.process(prompt, params)
+        params = processed.sampling_params
+        arrival = time.monotonic()
+        sample_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        self.output_processor.add_request(request_id, processed.prompt, processed.prompt_token_ids, params,
+                                          sample_ids, arrival, stream)
+        first: Request | None = None
+        for index, sample_id in enumerate(sample_ids):
+            request = Request(sample_id, processed.prompt_token_ids, params, processed.max_tokens,
+                              self.eos_token_ids, arrival, priority, sample_index=index)
+            # Siblings wait for the first sample's prompt, then find it in the prefix cache.
+            if first is not None and self.config.enable_prefix_caching:
+                request.wait_for = first
+            first = first or request
+            self.core.add_request(request)
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request at once and free its KV blocks; unknown ids are ignored."""
+        self.core.abort_requests(self.output_processor.abort_request(request_id))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.core.has_unfinished_requests()
+
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns outputs of requests that finished (or progressed, when streaming)."""
+        outputs, stopped = self.output_processor.process(self.core.step())
+        if stopped:
+            self.core.abort_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        return outputs
+
+    def stats(self) -> EngineStats:
+        return self.core.stats()

@@ -1,0 +1,140 @@
+"""SamplingMetadata: one step's sampling settings as tensors on the logits' device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from forgellm.engine.request import Request
+
+
+@dataclass
+class SamplingMetadata:
+    """Per-row sampling settings for one batch of logits, row i = request i.
+
+    Optional tensors are None when no row of the batch needs that step, so the sampler skips it;
+    an all-greedy batch without penalties or logprobs costs one argmax.
+    """
+
+    num_rows: int
+    all_greedy: bool
+    all_random: bool
+    greedy_mask: torch.Tensor  # [N] bool
+    # [N] float32; 1.0 on greedy rows so dividing by it is harmless. None when every row uses 1.0.
+    temperature: torch.Tensor | None
+    top_k: torch.Tensor | None  # [N] int64, vocab_size where off
+    top_p: torch.Tensor | None  # [N] float32, 1.0 where off
+    min_p: torch.Tensor | None  # [N] float32, 0.0 where off
+    presence_penalties: torch.Tensor | None  # [N] float32
+    frequency_penalties: torch.Tensor | None  # [N] float32
+    repetition_penalties: torch.Tensor | None  # [N] float32
+    output_token_counts: torch.Tensor | None  # [N, V] int32, with presence/frequency/repetition
+    prompt_token_mask: torch.Tensor | None  # [N, V] bool, only with a repetition penalty
+    # (row, token) pairs to mask to -inf while a row has fewer than min_tokens output tokens.
+    min_tokens_rows: torch.Tensor | None  # [M] int64
+    min_tokens_token_ids: torch.Tensor | None  # [M] int64
+    max_num_logprobs: int | None  # largest `logprobs` of the batch; None when no row asks
+    generators: dict[int, torch.Generator]  # row -> its seeded generator (random rows only)
+
+    @property
+    def no_penalties(self) -> bool:
+        """True when no row has a presence, frequency or repetition penalty."""
+        return self.output_token_counts is None
+
+    @classmethod
+    def from_requests(
+        cls,
+        requests: Sequence[Request],
+        generators: Sequence[torch.Generator | None],
+        vocab_size: int,
+        device: torch.device,
+    ) -> SamplingMetadata:
+        """Build the metadata of one step; `generators[i]` is request i's seeded generator or None."""
+        if len(generators) != len(requests):
+            raise ValueError(f"got {len(requests)} requests but {len(generators)} generators")
+        params = [r.sampling_params for r in requests]
+        greedy = [p.is_greedy for p in params]
+        # Filters only matter on random rows; greedy rows take the argmax whatever they say.
+        random_params = [None if g else p for p, g in zip(params, greedy, strict=True)]
+        temps = [1.0 if p is None else p.temperature for p in random_params]
+        top_ks = [vocab_size if p is None or p.top_k < 1 else min(p.top_k, vocab_size) for p in random_params]
+        top_ps = [1.0 if p is None else p.top_p for p in random_params]
+        min_ps = [0.0 if p is None else p.min_p for p in random_params]
+        presence = [p.presence_penalty for p in params]
+        frequency = [p.frequency_penalty for p in params]
+        repetition = [p.repetition_penalty for p in params]
+        logprobs = [p.logprobs for p in params if p.logprobs is not None]
+
+        def put(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return _to_device(torch.tensor(values, dtype=dtype), device)
+
+        need_repetition = any(r != 1.0 for r in repetition)
+        need_penalties = need_repetition or any(presence) or any(frequency)
+        counts = prompt_mask = None
+        if need_penalties:
+            counts = _token_counts([r.output_token_ids for r in requests], vocab_size, device)
+        if need_repetition:
+            prompt_mask = _token_counts([r.prompt_token_ids for r in requests], vocab_size, device) > 0
+        min_rows, min_ids = _min_tokens_pairs(requests, vocab_size)
+
+        return cls(
+            num_rows=len(requests),
+            all_greedy=all(greedy),
+            all_random=not any(greedy),
+            greedy_mask=put(greedy, torch.bool),
+            temperature=put(temps, torch.float32) if any(t != 1.0 for t in temps) else None,
+            top_k=put(top_ks, torch.int64) if any(k < vocab_size for k in top_ks) else None,
+            top_p=put(top_ps, torch.float32) if any(p < 1.0 for p in top_ps) else None,
+            min_p=put(min_ps, torch.float32) if any(p > 0.0 for p in min_ps) else None,
+            presence_penalties=put(presence, torch.float32) if any(presence) else None,
+            frequency_penalties=put(frequency, torch.float32) if any(frequency) else None,
+            repetition_penalties=put(repetition, torch.float32) if need_repetition else None,
+            output_token_counts=counts,
+            prompt_token_mask=prompt_mask,
+            min_tokens_rows=put(min_rows, torch.int64) if min_rows else None,
+            min_tokens_token_ids=put(min_ids, torch.int64) if min_ids else None,
+            max_num_logprobs=max(logprobs) if logprobs else None,
+            generators={i: g for i, g in enumerate(generators) if g is not None and not greedy[i]},
+        )
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to `device`; through pinned memory so the copy does not block the host."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """[N, V] int32 occurrence counts of each token id in each row's list."""
+    n = len(token_lists)
+    width = max((len(t) for t in token_lists), default=0)
+    # Padding points at an extra column V that is dropped afterwards, so no masking is needed.
+    padded = torch.full((n, width), vocab_size, dtype=torch.int64)
+    for row, tokens in enumerate(token_lists):
+        if tokens:
+            padded[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    padded = _to_device(padded.masked_fill_((padded < 0) | (padded > vocab_size), vocab_size), device)
+    counts = torch.zeros(n, vocab_size + 1, dtype=torch.int32, device=device)
+    counts.scatter_add_(1, padded, torch.ones_like(padded, dtype=torch.int32))
+    return counts[:, :vocab_size]
+
+
+def _min_tokens_pairs(requests: Sequence[Request], vocab_size: int) -> tuple[list[int], list[int]]:
+    """(rows, token ids) that must not be sampled because the row has not reached min_tokens."""
+    rows: list[int] = []
+    token_ids: list[int] = []
+    for row, request in enumerate(requests):
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            continue
+        # With ignore_eos the EOS is an ordinary token, so it stays allowed.
+        banned = set(params.stop_token_ids or ())
+        if not params.ignore_eos:
+            banned |= request.eos_token_ids
+        for token in sorted(t for t in banned if 0 <= t < vocab_size):
+            rows.append(row)
+            token_ids.append(token)
+    return rows, token_ids

@@ -1,0 +1,269 @@
+"""Scheduler: in-flight batching under a token budget, chunked prefill, and preemption by recompute."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from forgellm.engine.kv_cache import KVCacheManager
+from forgellm.engine.request import Request, RequestStatus
+from forgellm.engine.request_queue import make_request_queue
+from forgellm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from forgellm.engine.stop_checker import check_stop
+from forgellm.errors import CapacityError, ConfigError, ContextLengthError, InvalidRequestError
+
+_RUNNING = RequestStatus.RUNNING
+
+
+class Scheduler:
+    """Decides, each step, which requests run and how many new tokens each one computes.
+
+    Running requests go first, in admission order: one token per decoding request, a chunk per
+    prefilling one. When KV blocks run out the newest request (fcfs) or the least important one
+    (priority) is preempted and recomputed later. Waiting requests are then admitted while the
+    budget, the seats and the blocks last. With chunked prefill off a prompt must fit the budget
+    whole; `add_request` rejects prompts longer than `max_num_batched_tokens` (only a recompute after
+    preemption, which is internal, may still be split).
+    """
+
+    def __init__(
+        self,
+        kv_cache_manager: KVCacheManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enable_chunked_prefill: bool = True,
+        policy: str = "fcfs",
+    ) -> None:
+        for name, value in (
+            ("max_num_seqs", max_num_seqs),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("max_model_len", max_model_len),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        self.kv_cache_manager = kv_cache_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.policy = policy
+        self.waiting = make_request_queue(policy)
+        self.running: list[Request] = []
+        self._requests: dict[str, Request] = {}
+        # Ended since the last schedule(); handed to the model runner so it drops their state.
+        self._finished_ids: set[str] = set()
+        self.num_preemptions = 0  # since start, for stats
+
+    @property
+    def num_running(self) -> int:
+        """Requests holding KV blocks and scheduled step after step."""
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for admission (new or preempted)."""
+        return len(self.waiting)
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request is waiting or running."""
+        return bool(self._requests)
+
+    def get_request(self, request_id: str) -> Request | None:
+        """The live (waiting or running) request with this id, or None."""
+        return self._requests.get(request_id)
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request; raise if it can never run on this engine."""
+        num_prompt = request.num_prompt_tokens
+        if request.request_id in self._requests:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in use", "request_id")
+        if num_prompt == 0:
+            raise InvalidRequestError("the prompt is empty; give at least one token", "prompt")
+        if num_prompt >= self.max_model_len:
+            raise ContextLengthError(
+                f"the prompt has {num_prompt} tokens but max_model_len is {self.max_model_len}, "
+                f"which leaves no room for output; shorten the prompt", "prompt"
+            )
+        if not self.enable_chunked_prefill and num_prompt > self.max_num_batched_tokens:
+            raise ContextLengthError(
+                f"the prompt has {num_prompt} tokens, more than max_num_batched_tokens "
+                f"({self.max_num_batched_tokens}) with chunked prefill disabled; enable chunked "
+                "prefill or raise max_num_batched_tokens", "prompt"
+            )
+        # The last sampled token's K/V is never computed, hence the -1.
+        max_kv_tokens = min(num_prompt + request.max_tokens, self.max_model_len) - 1
+        kv = self.kv_cache_manager
+        if -(-max_kv_tokens // kv.block_size) > kv.num_blocks:
+            raise CapacityError(
+                f"request {request.request_id!r} may need {max_kv_tokens} tokens of KV cache but the "
+                f"cache holds {kv.num_blocks * kv.block_size}; lower max_tokens or enlarge the cache"
+            )
+        request.status = RequestStatus.WAITING
+        self._requests[request.request_id] = request
+        self.waiting.add(request)
+
+    def abort_requests(
+        self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
+    ) -> list[Request]:
+        """End waiting or running requests with `status` and free their blocks; unknown ids are ignored."""
+        if not status.is_finished:
+            raise ValueError(f"abort status must be a finished status, got {status!r}")
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        ended = []
+        for request_id in request_ids:
+            request = self._requests.get(request_id)
+            if request is None:
+                continue
+            if request.status is not _RUNNING:
+                self.waiting.remove(request)
+            request.status = status
+            self._finish(request)
+            ended.append(request)
+        if ended:
+            self.running = [r for r in self.running if r.status is _RUNNING]
+        return ended
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's batch: running requests first, then newly admitted ones."""
+        scheduled: list[ScheduledRequest] = []
+        budget, preempted = self._schedule_running(scheduled, self.max_num_batched_tokens)
+        if not preempted:
+            budget = self._schedule_waiting(scheduled, budget)
+        finished_ids, self._finished_ids = self._finished_ids, set()
+        return SchedulerOutput(
+            scheduled=scheduled,
+            num_batched_tokens=self.max_num_batched_tokens - budget,
+            finished_request_ids=finished_ids,
+        )
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, int]
+    ) -> list[Request]:
+        """Advance each scheduled request, append sampled tokens, end the finished ones.
+
+        Returns the requests that got a new token this step, finished ones included.
+        """
+        kv = self.kv_cache_manager
+        max_model_len = self.max_model_len
+        updated = []
+        any_finished = False
+        for item in scheduler_output.scheduled:
+            request = item.request
+            if request.status is not _RUNNING:  # aborted while the step ran
+                continue
+            samples = request.num_computed_tokens + item.num_new_tokens == request.num_tokens
+            request.num_computed_tokens += item.num_new_tokens
+            kv.cache_full_blocks(request, request.num_computed_tokens)
+            if not samples:
+                continue
+            token_id = sampled_token_ids.get(request.request_id)
+            if token_id is None:
+                continue
+            request.append_token(token_id)
+            updated.append(request)
+            if check_stop(request, token_id, max_model_len):
+                self._finish(request)
+                any_finished = True
+        if any_finished:
+            self.running = [r for r in self.running if r.status is _RUNNING]
+        return updated
+
+    def _schedule_running(self, scheduled: list[ScheduledRequest], budget: int) -> tuple[int, bool]:
+        """Schedule running requests in order, preempting on a block shortage; return (budget, preempted)."""
+        kv = self.kv_cache_manager
+        running = self.running
+        preempted = False
+        index = 0
+        while index < len(running) and budget > 0:
+            request = running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:  # its sampled token never came back; nothing to compute
+                index += 1
+                continue
+            while kv.allocate_slots(request, num_new) is None:
+                victim_index = self._victim_index()
+                victim = running.pop(victim_index)
+                if victim_index < index:  # already scheduled this step (priority policy)
+                    index -= 1
+                    budget += self._unschedule(scheduled, victim)
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    return budget, preempted
+            scheduled.append(ScheduledRequest(request, num_new, kv.get_block_ids(request.request_id)))
+            budget -= num_new
+            index += 1
+        return budget, preempted
+
+    def _schedule_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> int:
+        """Admit waiting requests while budget, seats and blocks last; return the budget left."""
+        kv = self.kv_cache_manager
+        waiting = self.waiting
+        skipped = []  # siblings waiting for a shared prompt: they don't block the queue
+        while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = waiting.pop()
+            if request.wait_for is not None:
+                if not _prompt_ready(request.wait_for):
+                    skipped.append(request)
+                    continue
+                request.wait_for = None
+            computed_blocks, num_cached = kv.get_computed_blocks(request)
+            num_new = self._num_tokens_to_admit(request, num_cached, budget)
+            if num_new == 0 or kv.allocate_slots(request, num_new, computed_blocks) is None:
+                waiting.push_front(request)  # FCFS: later requests don't jump ahead
+                break
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_cached
+            request.status = _RUNNING
+            self.running.append(request)
+            scheduled.append(ScheduledRequest(request, num_new, kv.get_block_ids(request.request_id)))
+            budget -= num_new
+        for request in reversed(skipped):
+            waiting.push_front(request)
+        return budget
+
+    def _num_tokens_to_admit(self, request: Request, num_cached: int, budget: int) -> int:
+        """Tokens a newly admitted request computes this step; 0 means it must wait."""
+        remaining = request.num_tokens - num_cached
+        if remaining <= budget:
+            return remaining
+        if self.enable_chunked_prefill or remaining > self.max_num_batched_tokens:
+            # The second case is a recompute that outgrew the budget: split it or it never runs.
+            return budget
+        return 0
+
+    def _victim_index(self) -> int:
+        """Index in `running` of the request to preempt."""
+        running = self.running
+        if self.policy == "priority":
+            return max(range(len(running)), key=lambda i: (running[i].priority, running[i].arrival_time))
+        return len(running) - 1
+
+    def _unschedule(self, scheduled: list[ScheduledRequest], request: Request) -> int:
+        """Drop `request` from this step's batch; return the tokens it had been given."""
+        for position, item in enumerate(scheduled):
+            if item.request is request:
+                del scheduled[position]
+                return item.num_new_tokens
+        return 0
+
+    def _preempt(self, request: Request) -> None:
+        """Free the request's blocks and queue it at the front to be recomputed from scratch."""
+        self.kv_cache_manager.free(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.push_front(request)
+
+    def _finish(self, request: Request) -> None:
+        """Forget a request that just ended and release its blocks (the caller removes it from running)."""
+        self.kv_cache_manager.free(request)
+        del self._requests[request.request_id]
+        self._finished_ids.add(request.request_id)
+
+
+def _prompt_ready(sibling: Request) -> bool:
+    """True once `sibling`'s prompt K/V is computed (so cached) or it has ended."""
+    return sibling.is_finished or sibling.num_computed_tokens >= sibling.num_prompt_tokens

@@ -1,0 +1,45 @@
+"""What the scheduler decided for one step: the contract between scheduling and execution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from forgellm.engine.request import Request
+
+
+@dataclass
+class ScheduledRequest:
+    """One request's share of a step: `num_new_tokens` tokens starting at `request.num_computed_tokens`.
+
+    `block_ids` is the request's block table (owned by the KVCacheManager; read it, don't mutate it).
+    """
+
+    request: Request
+    num_new_tokens: int
+    block_ids: list[int]
+
+    @property
+    def start(self) -> int:
+        """Position of the first token computed this step."""
+        return self.request.num_computed_tokens
+
+    @property
+    def samples(self) -> bool:
+        """True when this step reaches the end of the known tokens, so a new token is sampled."""
+        return self.start + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """The batch of one engine step, in batch order, plus bookkeeping for the model runner."""
+
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    num_batched_tokens: int = 0
+    # Requests that ended (finished or aborted) since the last step: the model runner drops the
+    # per-request state it keeps for them (seeded generators). Preempted requests keep theirs, so a
+    # seeded request samples the same tokens whether or not it was preempted.
+    finished_request_ids: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled

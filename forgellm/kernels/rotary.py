@@ -1,0 +1,42 @@
+"""Rotary position embedding applied to q and k, in the NeoX / Hugging Face "rotate_half" layout.
+
+Each head vector of size D is split into two halves (x1, x2) that rotate as pairs (x1[i], x2[i]);
+this is the layout Llama, Qwen and Mistral checkpoints on the Hugging Face hub use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    """Map (x1, x2) to (-x2, x1) along the last dimension."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary_ref(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hk, D] by per-token cos/sin [T, D]; pure-torch reference.
+
+    Like transformers, cos/sin are cast to each input's dtype first and the products are taken in that
+    dtype, so bf16 inputs round exactly as the Hugging Face models do.
+    """
+    if cos.shape != sin.shape or cos.dim() != 2:
+        raise ValueError(f"cos and sin must both be [T, D], got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    for name, x in (("q", q), ("k", k)):
+        if x.dim() != 3 or x.shape[0] != cos.shape[0] or x.shape[-1] != cos.shape[-1]:
+            raise ValueError(f"{name} must be [T, H, D] with T, D = {tuple(cos.shape)}, got {tuple(x.shape)}")
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Apply x * cos + rotate_half(x) * sin with cos/sin broadcast over the head dimension."""
+    cos = cos.to(x.dtype).unsqueeze(1)
+    sin = sin.to(x.dtype).unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+# The Triton implementation and CUDA dispatch are added by the GPU kernel issue; until then every
+# device uses the reference. The dispatcher will move to forgellm/kernels/__init__.py.
+apply_rotary = apply_rotary_ref

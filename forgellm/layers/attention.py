@@ -1,0 +1,39 @@
+"""Paged attention layer: writes this step's K/V into the cache, then attends over it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from forgellm import kernels
+from forgellm.engine.forward_batch import ForwardBatch
+
+
+class Attention(nn.Module):
+    """Attention of the batch's new tokens over their cached sequences (any GQA ratio).
+
+    The ModelRunner binds `k_cache`/`v_cache` ([num_blocks, block_size, num_kv_heads, head_dim])
+    once at start-up; the layer never allocates cache memory itself.
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 sliding_window: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]."""
+        if self.k_cache is None or self.v_cache is None:
+            raise RuntimeError("KV cache not bound: the ModelRunner binds it before the first forward")
+        kernels.write_kv_cache(k, v, self.k_cache, self.v_cache, batch.slot_mapping)
+        out = kernels.paged_attention(
+            q, self.k_cache, self.v_cache, batch.block_tables, batch.query_start_loc, batch.seq_lens,
+            self.scale, self.sliding_window,
+        )
+        return out.flatten(1)

@@ -1,0 +1,160 @@
+"""The Llama family: Llama, Mistral, Qwen2 and Qwen3.
+
+They differ only in what ModelArchConfig carries: q/k/v bias (Qwen2, Llama attention_bias), q/k
+RMSNorm (Qwen3), sliding-window attention (Mistral), tied embeddings and the rotary scaling.
+q/k/v and gate/up are fused at load time into one matmul each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from forgellm.distributed import ParallelContext
+from forgellm.engine.forward_batch import ForwardBatch
+from forgellm.hf.config_types import ModelArchConfig
+from forgellm.layers.activation import SiluAndMul
+from forgellm.layers.attention import Attention
+from forgellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from forgellm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from forgellm.layers.norm import RMSNorm
+from forgellm.layers.rotary import RotaryEmbedding
+from forgellm.models.weight_loading import WeightMap, load_weights
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention: fused qkv projection, optional q/k norm, rotary, paged attention, output proj."""
+
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext) -> None:
+        super().__init__()
+        d = config.head_dim
+        self.num_heads = config.num_attention_heads // parallel.tp_size
+        self.num_kv_heads = config.num_key_value_heads // parallel.tp_size
+        self.head_dim = d
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, d, config.num_attention_heads, config.num_key_value_heads,
+            bias=config.qkv_bias, dtype=dtype, parallel=parallel,
+        )
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * d, config.hidden_size, bias=config.o_proj_bias, dtype=dtype, parallel=parallel
+        )
+        self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype=dtype) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype=dtype) if config.qk_norm else None
+        self.rotary = RotaryEmbedding(d, config.rope, config.max_position_embeddings)
+        self.rotary_needs_seq_lens = config.rope.type == "dynamic"
+        self.attn = Attention(self.num_heads, self.num_kv_heads, d, d**-0.5, config.sliding_window)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        token_seq_lens = batch.token_seq_lens if self.rotary_needs_seq_lens else None
+        q, k = self.rotary(positions, q, k, token_seq_lens)
+        return self.o_proj(self.attn(q, k, v, batch))
+
+
+class LlamaMLP(nn.Module):
+    """Gated MLP: fused gate|up projection, SiLU-and-mul, down projection."""
+
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext) -> None:
+        super().__init__()
+        size = config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [size, size], bias=config.mlp_bias, dtype=dtype, parallel=parallel
+        )
+        self.act = SiluAndMul()
+        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=config.mlp_bias, dtype=dtype, parallel=parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm transformer block; the residual add is fused into the next norm."""
+
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        self.self_attn = LlamaAttention(config, dtype, parallel)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        self.mlp = LlamaMLP(config, dtype, parallel)
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder-only LM: `forward` gives hidden states, `compute_logits` the float32 logits."""
+
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext = ParallelContext()) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, parallel) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        if config.tie_word_embeddings:
+            self.lm_head = self.embed_tokens
+        else:
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, batch)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [N, vocab] for the selected hidden states [N, hidden]."""
+        return self.lm_head.compute_logits(hidden)
+
+    def weight_map(self) -> WeightMap:
+        """Checkpoint tensor name -> (module, parameter, shard) for every tensor this model loads."""
+        wmap = WeightMap(ignored_suffixes=("rotary_emb.inv_freq",))
+        wmap.add("model.embed_tokens.weight", self.embed_tokens, "weight")
+        wmap.add("model.norm.weight", self.norm, "weight")
+        if self.config.tie_word_embeddings:
+            wmap.ignore("lm_head.weight")  # some tied checkpoints still store a copy
+        else:
+            wmap.add("lm_head.weight", self.lm_head, "weight")
+        for i, layer in enumerate(self.layers):
+            prefix = f"model.layers.{i}"
+            attn, mlp = layer.self_attn, layer.mlp
+            params = ["weight"] + (["bias"] if attn.qkv_proj.bias is not None else [])
+            for shard in ("q", "k", "v"):
+                for param in params:
+                    wmap.add(f"{prefix}.self_attn.{shard}_proj.{param}", attn.qkv_proj, param, shard)
+            for param in ["weight"] + (["bias"] if attn.o_proj.bias is not None else []):
+                wmap.add(f"{prefix}.self_attn.o_proj.{param}", attn.o_proj, param)
+            if attn.q_norm is not None and attn.k_norm is not None:
+                wmap.add(f"{prefix}.self_attn.q_norm.weight", attn.q_norm, "weight")
+                wmap.add(f"{prefix}.self_attn.k_norm.weight", attn.k_norm, "weight")
+            mlp_params = ["weight"] + (["bias"] if mlp.down_proj.bias is not None else [])
+            for index, name in enumerate(("gate_proj", "up_proj")):
+                for param in mlp_params:
+                    wmap.add(f"{prefix}.mlp.{name}.{param}", mlp.gate_up_proj, param, index)
+            for param in mlp_params:
+                wmap.add(f"{prefix}.mlp.down_proj.{param}", mlp.down_proj, param)
+            wmap.add(f"{prefix}.input_layernorm.weight", layer.input_layernorm, "weight")
+            wmap.add(f"{prefix}.post_attention_layernorm.weight", layer.post_attention_layernorm, "weight")
+        return wmap
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load checkpoint tensors; a missing or unexpected tensor is a ModelLoadError naming it."""
+        load_weights(self.weight_map(), weights)

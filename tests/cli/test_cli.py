@@ -1,0 +1,249 @@
+"""The `forgellm` command: in-process with a fake engine, and as a subprocess with the real one."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import forgellm
+from forgellm.cli.main import main
+from forgellm.cli.streaming import stream_to
+from forgellm.config import EngineConfig
+from forgellm.errors import ContextLengthError
+from forgellm.outputs import CompletionOutput, RequestOutput
+from forgellm.sampling_params import SamplingParams
+
+REPO = Path(__file__).resolve().parents[2]
+PIECES = ["Hel", "lo", "", " world"]
+
+
+def llm_available() -> bool:
+    try:
+        from forgellm import LLM  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_llm = pytest.mark.skipif(not llm_available(), reason="forgellm.LLM is not written yet")
+
+
+class FakeTokenizer:
+    """Renders messages as `<role>content` and encodes one id per character."""
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        assert add_special_tokens is False
+        return [ord(c) for c in text]
+
+
+@pytest.fixture
+def fake_llm(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """Replace forgellm.LLM with an engine that streams PIECES; returns what it was called with."""
+    record = SimpleNamespace(configs=[], prompts=[], params=[])
+
+    class FakeLLM:
+        def __init__(self, config: EngineConfig | None) -> None:
+            record.configs.append(config)
+
+        def get_tokenizer(self) -> FakeTokenizer:
+            return FakeTokenizer()
+
+        def stream(self, prompt: str | list[int], params: SamplingParams) -> Iterator[RequestOutput]:
+            text = prompt if isinstance(prompt, str) else "".join(map(chr, prompt))
+            if "too long" in text:
+                raise ContextLengthError("prompt is too long for this model")
+            record.prompts.append(text)
+            record.params.append(params)
+            cumulative, ids = "", []
+            for i, piece in enumerate(PIECES):
+                cumulative += piece
+                ids.append(100 + i)
+                done = i == len(PIECES) - 1
+                completion = CompletionOutput(0, cumulative, list(ids), finish_reason="length" if done else None)
+                yield RequestOutput("r0", None, [], [completion], finished=done)
+
+    monkeypatch.setattr(forgellm, "LLM", FakeLLM, raising=False)
+    return record
+
+
+class TerminalInput(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class RecordingOutput(io.StringIO):
+    """Notes the buffer's contents at every flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+# --- in-process, fake engine ----------------------------------------------------------------------
+
+
+def test_stream_to_writes_and_flushes_each_delta(fake_llm: SimpleNamespace) -> None:
+    out = RecordingOutput()
+    result = stream_to(forgellm.LLM(None), "p", SamplingParams(), out)
+    assert out.getvalue() == "Hello world"
+    assert out.flushed == ["Hel", "Hello", "Hello world"]
+    assert (result.text, result.num_tokens, result.finish_reason) == ("Hello world", 4, "length")
+    assert "4 tokens" in result.summary() and "tokens/s" in result.summary()
+
+
+def test_generate_streams_and_summarises(fake_llm: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["generate", "def f", "--max-tokens", "8", "--temperature", "0", "--stop", "\n", "--seed", "5"]
+    assert main(argv + ["--max-num-seqs", "4"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "Hello world\n"
+    assert "4 tokens" in captured.err and "tokens/s" in captured.err
+    assert fake_llm.prompts == ["def f"]
+    params = fake_llm.params[0]
+    assert (params.max_tokens, params.temperature, params.stop, params.seed) == (8, 0.0, ["\n"], 5)
+    assert fake_llm.configs[0].max_num_seqs == 4 and fake_llm.configs[0].seed == 5
+
+
+def test_generate_reads_piped_stdin(
+    fake_llm: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("import os\n"))
+    assert main(["generate"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin"))
+    assert main(["generate", "-"]) == 0
+    assert fake_llm.prompts == ["import os", "from stdin"]
+
+
+def test_generate_without_prompt_on_a_terminal(
+    fake_llm: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", TerminalInput())
+    assert main(["generate"]) == 2
+    assert capsys.readouterr().err.startswith("error: no prompt")
+    assert fake_llm.configs == []
+
+
+def test_generate_engine_error_exits_2(fake_llm: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "too long"]) == 2
+    assert capsys.readouterr().err == "error: prompt is too long for this model\n"
+
+
+def test_generate_bad_config_exits_2_before_loading(
+    fake_llm: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "x", "--block-size", "0"]) == 2
+    assert "block_size" in capsys.readouterr().err
+    assert fake_llm.configs == []
+
+
+def test_chat_keeps_history_and_resets(
+    fake_llm: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = "hi\n\nagain\n/reset\nfresh\n/help\n/exit\nnever read\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert main(["chat", "--system", "be brief", "--temperature", "0.5"]) == 0
+    assert fake_llm.prompts == [
+        "<system>be brief<user>hi<assistant>",
+        "<system>be brief<user>hi<assistant>Hello world<user>again<assistant>",
+        "<system>be brief<user>fresh<assistant>",
+    ]
+    assert fake_llm.params[0].temperature == 0.5
+    captured = capsys.readouterr()
+    assert captured.out.count("Hello world\n") == 3
+    assert ">>> " in captured.out
+    assert "conversation cleared" in captured.err and "unknown command /help" in captured.err
+
+
+def test_chat_continues_after_an_error(
+    fake_llm: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("too long\nshort\n"))  # ends with EOF, no /exit
+    assert main(["chat"]) == 0
+    # The failed turn is not kept in the history.
+    assert fake_llm.prompts == ["<user>short<assistant>"]
+    err = capsys.readouterr().err
+    assert "error: prompt is too long for this model (/reset" in err
+    assert "Traceback" not in err
+
+
+def test_chat_bad_sampling_exits_2(fake_llm: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--top-p", "0"]) == 2
+    assert "error: top_p" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "generate" in capsys.readouterr().err
+
+
+# --- subprocess ------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, "-m", "forgellm", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("forgellm ")
+
+
+def test_bad_temperature_is_a_clean_error() -> None:
+    proc = run_cli("generate", "def f", "--temperature", "-1")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "temperature" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_yaml_key_is_a_clean_error(tmp_path: Path) -> None:
+    config = tmp_path / "engine.yaml"
+    config.write_text("max_num_seq: 4\n")
+    proc = run_cli("generate", "def f", "--config", str(config))
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "max_num_seq" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@needs_llm
+def test_generate_with_the_demo_model() -> None:
+    proc = run_cli("generate", "def f", "--max-tokens", "8", "--temperature", "0", "--ignore-eos")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and len(proc.stdout) > 1
+    assert "8 tokens" in proc.stderr
+
+
+@needs_llm
+def test_generate_is_reproducible_with_a_seed() -> None:
+    argv = ("generate", "import", "--max-tokens", "8", "--seed", "3", "--ignore-eos")
+    assert run_cli(*argv).stdout == run_cli(*argv).stdout
+
+
+@needs_llm
+def test_chat_with_the_demo_model() -> None:
+    proc = run_cli("chat", "--max-tokens", "8", "--ignore-eos", stdin="hello\n/exit\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(">>> ") and len(proc.stdout) > len(">>> \n>>> ")
+    assert "Traceback" not in proc.stderr
