@@ -113,6 +113,7 @@ class OutputProcessor:
                 if self._append_tokens(sample, out) and not out.finished:
                     stopped.append(out.request_id)
             if out.finished and sample.finish_reason is None:
+                sample.text += sample.detokenizer.flush()  # a trailing partial character, as decode() shows it
                 sample.finish_reason, sample.stop_reason = out.finish_reason, out.stop_reason
         results = []
         for state in changed.values():

@@ -11,8 +11,9 @@ def apply_min_tokens(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tens
     """Mask EOS and stop token ids to -inf on rows that have not yet produced min_tokens tokens."""
     if meta.min_tokens_rows is None:
         return logits
-    return logits.index_put((meta.min_tokens_rows, meta.min_tokens_token_ids),
-                            torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
+    # new_full fills on the device; torch.tensor(-inf, device=...) would be a blocking host copy.
+    minus_inf = logits.new_full((1,), float("-inf"))
+    return logits.index_put((meta.min_tokens_rows, meta.min_tokens_token_ids), minus_inf)
 
 
 def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:

@@ -24,9 +24,7 @@ _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 def compile_chat_template(source: str) -> jinja2.Template:
     """Compile a chat template in the sandbox; a syntax error raises jinja2.TemplateSyntaxError."""
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
-    )
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

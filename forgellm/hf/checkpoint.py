@@ -81,9 +81,7 @@ def read_safetensors_header_names(path: Path) -> list[str]:
                 raise ModelLoadError(f"{path} is corrupt: {size} bytes is too short for a safetensors header")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > size - 8 or header_len > _MAX_HEADER_BYTES:
-                raise ModelLoadError(
-                    f"{path} is corrupt: its header claims {header_len} bytes but the file has {size}"
-                )
+                raise ModelLoadError(f"{path} is corrupt: its header claims {header_len} bytes but the file has {size}")
             header_bytes = handle.read(header_len)
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc

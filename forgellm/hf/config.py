@@ -205,7 +205,7 @@ def _parse_checkpoint_dtype(fields: _ConfigFields, source: str) -> torch.dtype |
     if name is None:
         return None
     if not isinstance(name, str):
-        raise ModelLoadError(f"{source}: dtype must be a string such as \"bfloat16\", got {name!r}")
+        raise ModelLoadError(f'{source}: dtype must be a string such as "bfloat16", got {name!r}')
     bare = name.removeprefix("torch.")
     if bare in _DTYPE_ALIASES:
         return _DTYPE_ALIASES[bare]

@@ -232,7 +232,9 @@ def _extra_special_tokens(config: dict[str, Any]) -> list[dict[str, Any]]:
     extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
     values = list(extra.values()) if isinstance(extra, dict) else list(extra)
     # Model-specific named tokens (e.g. "image_token") are special tokens too in transformers 5.
-    values += [v for k, v in config.items() if k.endswith("_token") and k not in SPECIAL_TOKEN_NAMES and isinstance(v, str)]
+    values += [
+        v for k, v in config.items() if k.endswith("_token") and k not in SPECIAL_TOKEN_NAMES and isinstance(v, str)
+    ]
     return [token for token in map(_token_dict, values) if token is not None]
 
 

@@ -161,9 +161,9 @@ def test_special_tokens_are_variables_and_kwargs_override(ours):
     assert ours.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template, custom=7) == (
         "<|im_end|>|<|endoftext|>|False|7"
     )
-    assert ours.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template, eos_token="E")[
-        :2
-    ] == "E|"
+    assert (
+        ours.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template, eos_token="E")[:2] == "E|"
+    )
 
 
 def test_caller_messages_are_not_modified(ours):
