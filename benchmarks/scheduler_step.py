@@ -32,7 +32,8 @@ def parse_args() -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> Scheduler:
     """A scheduler with every request prefilled and decoding, and blocks for all the timed steps."""
-    max_len = args.prompt_len + args.steps + 8
+    # Early requests decode while later ones prefill: leave room for those extra tokens too.
+    max_len = 2 * (args.prompt_len + args.steps)
     blocks_per_request = -(-max_len // args.block_size)
     kv = KVCacheManager(args.requests * blocks_per_request, args.block_size, not args.no_prefix_caching)
     scheduler = Scheduler(kv, args.requests, max(8192, args.requests), max_len + 1)
@@ -40,7 +41,7 @@ def build(args: argparse.Namespace) -> Scheduler:
     for index in range(args.requests):
         # Distinct prompts: no prefix sharing, so every request hashes its own blocks.
         prompt = [(index * 7919 + position) % 32000 for position in range(args.prompt_len)]
-        scheduler.add_request(Request(f"r{index}", prompt, params, max_tokens=args.steps + 4))
+        scheduler.add_request(Request(f"r{index}", prompt, params, max_tokens=max_len - args.prompt_len))
     sampled = {f"r{index}": 1 for index in range(args.requests)}
     while any(r.num_computed_tokens < r.num_prompt_tokens for r in [*scheduler.running, *scheduler.waiting]):
         scheduler.update_from_output(scheduler.schedule(), sampled)

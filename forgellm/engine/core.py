@@ -9,7 +9,7 @@ from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.model_runner import ModelRunner, TokenLogprobs
 from forgellm.engine.request import Request, RequestStatus
 from forgellm.engine.scheduler import Scheduler
-from forgellm.errors import CapacityError
+from forgellm.errors import CapacityError, ContextLengthError
 
 
 @dataclass
@@ -49,8 +49,16 @@ class EngineCore:
         self.scheduler = scheduler
         self.kv_cache = kv_cache
 
-    def check_fits(self, num_tokens: int) -> None:
-        """Raise CapacityError if a sequence of num_tokens could never fit in the whole KV cache."""
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise if this request could never run: too big for the whole KV cache or the step budget."""
+        scheduler = self.scheduler
+        if not scheduler.enable_chunked_prefill and num_prompt_tokens > scheduler.max_num_batched_tokens:
+            raise ContextLengthError(
+                f"the prompt has {num_prompt_tokens} tokens but chunked prefill is off and a step holds at most "
+                f"{scheduler.max_num_batched_tokens} (max_num_batched_tokens); enable chunked prefill or raise it",
+                "prompt",
+            )
+        num_tokens = num_prompt_tokens + max_tokens
         needed = -(-num_tokens // self.kv_cache.block_size)
         if needed > self.kv_cache.num_blocks:
             capacity = self.kv_cache.num_blocks * self.kv_cache.block_size
@@ -60,7 +68,7 @@ class EngineCore:
             )
 
     def add_request(self, request: Request) -> None:
-        self.check_fits(request.num_prompt_tokens + request.max_tokens)
+        self.check_fits(request.num_prompt_tokens, request.max_tokens)
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
@@ -73,6 +81,7 @@ class EngineCore:
         """Run one engine step; returns an output for every request that progressed."""
         scheduler_output = self.scheduler.schedule()
         if scheduler_output.is_empty:
+            self.runner.release(scheduler_output.finished_request_ids)
             return []
         now = time.monotonic()
         for s in scheduler_output.scheduled:
@@ -86,10 +95,12 @@ class EngineCore:
             out.new_token_ids = [request.all_token_ids[-1]]
             out.logprobs = result.logprobs.get(request.request_id)
             outputs[request.request_id] = out
-        for request_id, entries in result.prompt_logprobs.items():
-            if request_id not in outputs:
-                outputs[request_id] = self._output_for(self.scheduler.get_request(request_id))
-            outputs[request_id].prompt_logprobs = entries
+        if result.prompt_logprobs:
+            scheduled = {s.request.request_id: s.request for s in scheduler_output.scheduled}
+            for request_id, entries in result.prompt_logprobs.items():
+                if request_id not in outputs:
+                    outputs[request_id] = self._output_for(scheduled[request_id])
+                outputs[request_id].prompt_logprobs = entries
         return list(outputs.values())
 
     @staticmethod

@@ -89,9 +89,11 @@ class KVCacheManager:
         num_blocks_needed = -(-(num_computed + num_new_tokens) // bs)
         table = self._block_tables.get(request.request_id)
         num_held = len(table) if table is not None else 0
-        # Fast path of every decode step: the last block still has room.
-        if not computed_blocks and num_blocks_needed <= num_held:
-            return []
+        if not computed_blocks:
+            if num_blocks_needed <= num_held:  # the fast path of most decode steps
+                return []
+        elif num_held or request.num_computed_tokens:
+            raise ValueError(f"request {request.request_id!r}: computed_blocks on a non-first allocation")
         num_new_blocks = max(num_blocks_needed - num_held - len(computed_blocks), 0)
         pool = self.pool
         # Evictable hits are counted as free but are about to be taken, not recycled.
@@ -102,8 +104,6 @@ class KVCacheManager:
             table = self._block_tables[request.request_id] = []
             self._num_registered[request.request_id] = 0
         if computed_blocks:
-            if num_held:
-                raise ValueError(f"request {request.request_id}: computed_blocks on a non-first allocation")
             pool.take(list(computed_blocks))
             table.extend(computed_blocks)
             self._num_registered[request.request_id] = len(computed_blocks)

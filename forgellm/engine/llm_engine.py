@@ -106,7 +106,7 @@ class LLMEngine:
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
         """Validate and tokenize without queuing (raises a typed error on bad input)."""
         processed = self.input_processor.process(prompt, params)
-        self.core.check_fits(len(processed.prompt_token_ids) + processed.max_tokens)
+        self.core.check_fits(len(processed.prompt_token_ids), processed.max_tokens)
         return processed
 
     def add_request(self, request_id: str, prompt: Prompt | ProcessedPrompt, params: SamplingParams | None = None,
@@ -121,14 +121,18 @@ class LLMEngine:
         self.output_processor.add_request(request_id, processed.prompt, processed.prompt_token_ids, params,
                                           sample_ids, arrival, stream)
         first: Request | None = None
-        for index, sample_id in enumerate(sample_ids):
-            request = Request(sample_id, processed.prompt_token_ids, params, processed.max_tokens,
-                              self.eos_token_ids, arrival, priority, sample_index=index)
-            # Siblings wait for the first sample's prompt, then find it in the prefix cache.
-            if first is not None and self.config.enable_prefix_caching:
-                request.wait_for = first
-            first = first or request
-            self.core.add_request(request)
+        try:
+            for index, sample_id in enumerate(sample_ids):
+                request = Request(sample_id, processed.prompt_token_ids, params, processed.max_tokens,
+                                  self.eos_token_ids, arrival, priority, sample_index=index)
+                # Siblings wait for the first sample's prompt, then find it in the prefix cache.
+                if first is not None and self.config.enable_prefix_caching:
+                    request.wait_for = first
+                first = first or request
+                self.core.add_request(request)
+        except BaseException:
+            self.abort_request(request_id)  # leave no half-added request behind
+            raise
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request at once and free its KV blocks; unknown ids are ignored."""

@@ -101,12 +101,16 @@ class ModelRunner:
         done = self.prompt_logprobs_done.get(request.request_id, 0)
         return range(max(s.start, done), min(s.start + s.num_new_tokens, request.num_prompt_tokens - 1))
 
+    def release(self, request_ids: set[str]) -> None:
+        """Forget the per-request state of requests that ended."""
+        for request_id in request_ids:
+            self.generators.pop(request_id, None)
+            self.prompt_logprobs_done.pop(request_id, None)
+
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Run the forward pass for the scheduled chunks and sample where a request needs a token."""
-        for request_id in scheduler_output.finished_request_ids:
-            self.generators.pop(request_id, None)
-            self.prompt_logprobs_done.pop(request_id, None)
+        self.release(scheduler_output.finished_request_ids)
         chunks, samplers, prompt_rows = [], [], []
         row = 0
         for s in scheduler_output.scheduled:

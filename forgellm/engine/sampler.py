@@ -89,21 +89,31 @@ def _exponential_race(
 
 
 def apply_top_k_top_p_min_p(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-    """Return `logits` with every token outside the row's top-k, top-p nucleus or min-p set at -inf."""
+    """Return `logits` with every token outside the row's top-k, top-p nucleus or min-p set at -inf.
+
+    Greedy rows are left unfiltered, except that with `meta.top_k_bound` they keep only that many
+    best tokens (harmless: they take the argmax before filtering).
+    """
     if meta.top_k is not None or meta.top_p is not None:
-        logits = _apply_top_k_top_p(logits, meta.top_k, meta.top_p)
+        logits = _apply_top_k_top_p(logits, meta.top_k, meta.top_p, meta.top_k_bound)
     if meta.min_p is not None:
         logits = _apply_min_p(logits, meta.min_p)
     return logits
 
 
 def _apply_top_k_top_p(
-    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None
+    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, bound: int | None
 ) -> torch.Tensor:
     """Filter in sorted order, where both top-k and top-p are prefixes, then scatter back."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    if bound is not None:
+        # Every random row keeps at most `bound` tokens, so only those need sorting.
+        sorted_logits, order = logits.topk(bound, dim=-1)
+        filtered = torch.full_like(logits, float("-inf"))
+    else:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        filtered = torch.empty_like(logits)
     if top_k is not None:
-        positions = torch.arange(logits.shape[-1], device=logits.device)
+        positions = torch.arange(sorted_logits.shape[-1], device=logits.device)
         # By position rather than by value, so ties at the k-th logit still keep exactly k tokens.
         sorted_logits = sorted_logits.masked_fill(positions >= top_k.unsqueeze(1), float("-inf"))
     if top_p is not None:
@@ -114,7 +124,7 @@ def _apply_top_k_top_p(
         mass_before = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], dim=-1)
         drop = (mass_before >= top_p.unsqueeze(1)) & (top_p < 1.0).unsqueeze(1)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return filtered.scatter_(-1, order, sorted_logits)
 
 
 def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from forgellm.engine.request import Request
+
+# Up to this k, torch.topk costs about a quarter of a full sort (H200, 152k vocabulary, 256 rows:
+# 0.65 ms for k = 4096 against 2.8 ms); above it, the sort path is used.
+_MAX_TOP_K_BOUND = 4096
 
 
 @dataclass
@@ -25,6 +31,9 @@ class SamplingMetadata:
     # [N] float32; 1.0 on greedy rows so dividing by it is harmless. None when every row uses 1.0.
     temperature: torch.Tensor | None
     top_k: torch.Tensor | None  # [N] int64, vocab_size where off
+    # When every random row has a small top-k, the largest: filtering then needs only that many
+    # best tokens per row (torch.topk) instead of a sort of the whole vocabulary.
+    top_k_bound: int | None
     top_p: torch.Tensor | None  # [N] float32, 1.0 where off
     min_p: torch.Tensor | None  # [N] float32, 0.0 where off
     presence_penalties: torch.Tensor | None  # [N] float32
@@ -66,6 +75,10 @@ class SamplingMetadata:
         frequency = [p.frequency_penalty for p in params]
         repetition = [p.repetition_penalty for p in params]
         logprobs = [p.logprobs for p in params if p.logprobs is not None]
+        random_top_ks = [k for k, p in zip(top_ks, random_params, strict=True) if p is not None]
+        top_k_bound = max(random_top_ks) if random_top_ks else None
+        if top_k_bound is not None and top_k_bound > min(_MAX_TOP_K_BOUND, vocab_size - 1):
+            top_k_bound = None
 
         def put(values: list, dtype: torch.dtype) -> torch.Tensor:
             return _to_device(torch.tensor(values, dtype=dtype), device)
@@ -86,6 +99,7 @@ class SamplingMetadata:
             greedy_mask=put(greedy, torch.bool),
             temperature=put(temps, torch.float32) if any(t != 1.0 for t in temps) else None,
             top_k=put(top_ks, torch.int64) if any(k < vocab_size for k in top_ks) else None,
+            top_k_bound=top_k_bound,
             top_p=put(top_ps, torch.float32) if any(p < 1.0 for p in top_ps) else None,
             min_p=put(min_ps, torch.float32) if any(p > 0.0 for p in min_ps) else None,
             presence_penalties=put(presence, torch.float32) if any(presence) else None,
@@ -110,16 +124,16 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
     """[N, V] int32 occurrence counts of each token id in each row's list."""
     n = len(token_lists)
-    width = max((len(t) for t in token_lists), default=0)
-    # Padding points at an extra column V that is dropped afterwards, so no masking is needed.
-    padded = torch.full((n, width), vocab_size, dtype=torch.int64)
-    for row, tokens in enumerate(token_lists):
-        if tokens:
-            padded[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
-    padded = _to_device(padded.masked_fill_((padded < 0) | (padded > vocab_size), vocab_size), device)
-    counts = torch.zeros(n, vocab_size + 1, dtype=torch.int32, device=device)
-    counts.scatter_add_(1, padded, torch.ones_like(padded, dtype=torch.int32))
-    return counts[:, :vocab_size]
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n)
+    # numpy reads Python ints about 8x faster than torch.tensor does, and prompts can be long.
+    ids = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    valid = (ids >= 0) & (ids < vocab_size)
+    flat_index = _to_device(torch.from_numpy(rows[valid] * vocab_size + ids[valid]), device)
+    counts = torch.zeros(n * vocab_size, dtype=torch.int32, device=device)
+    ones = torch.ones(1, dtype=torch.int32, device=device).expand(flat_index.shape[0])
+    counts.scatter_add_(0, flat_index, ones)
+    return counts.view(n, vocab_size)
 
 
 def _min_tokens_pairs(requests: Sequence[Request], vocab_size: int) -> tuple[list[int], list[int]]:

@@ -138,8 +138,7 @@ def _plain(value: Any) -> Any:
     """A copy of `value` built from JSON types only; other objects become an inert "<TypeName>" string."""
     if value is None or type(value) in (str, int, float, bool):
         return value
-    if isinstance(value, bool):
-        return bool(value)
+    # Subclasses of str/int/float (enums, ...) may carry methods: strip them back to the base type.
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, int):

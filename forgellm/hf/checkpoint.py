@@ -60,8 +60,14 @@ def load_checkpoint_index(model_dir: str | Path) -> CheckpointIndex:
 def iter_checkpoint_tensors(
     model_dir: str | Path, dtype: torch.dtype | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield `(name, tensor)` for every tensor, shard by shard; floating tensors are cast to `dtype`."""
-    index = load_checkpoint_index(model_dir)
+    """Yield `(name, tensor)` for every tensor, shard by shard; floating tensors are cast to `dtype`.
+
+    Every file is validated before this returns, so a broken checkpoint fails before any weight is read.
+    """
+    return _iter_tensors(load_checkpoint_index(model_dir), dtype)
+
+
+def _iter_tensors(index: CheckpointIndex, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
     for shard in index.shards:
         with safe_open(str(shard), framework="pt") as handle:
             for name in index.names_in(shard):

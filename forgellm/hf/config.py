@@ -24,8 +24,8 @@ _DTYPE_ALIASES = {
     "bf16": torch.bfloat16,
 }
 
-_REQUIRED_FIELDS = (
-    "model_type",
+# Positive integers every decoder-only config states; transformers' class defaults are not guessed.
+_REQUIRED_SIZES = (
     "vocab_size",
     "hidden_size",
     "intermediate_size",
@@ -50,39 +50,37 @@ def parse_model_config(raw: dict[str, Any], source: str = "config.json") -> Mode
     architectures = fields.get("architectures")
     if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
         raise ModelLoadError(f"{source}: missing or empty 'architectures' (expected e.g. [\"LlamaForCausalLM\"])")
-    values = {name: fields.require(name) for name in _REQUIRED_FIELDS}
-    num_heads = _as_int(values["num_attention_heads"], "num_attention_heads", source)
-    hidden_size = _as_int(values["hidden_size"], "hidden_size", source)
+    model_type = fields.require("model_type")
+    sizes = {name: _as_int(fields.require(name), name, source, positive=True) for name in _REQUIRED_SIZES}
+    num_heads = sizes["num_attention_heads"]
+    num_kv_heads = _as_int(fields.get("num_key_value_heads", num_heads), "num_key_value_heads", source, positive=True)
+    if num_heads % num_kv_heads:
+        raise ModelLoadError(
+            f"{source}: num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
+        )
     head_dim = fields.get("head_dim")
     if head_dim is None:
-        if hidden_size % num_heads:
+        if sizes["hidden_size"] % num_heads:
             raise ModelLoadError(
-                f"{source}: hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} "
+                f"{source}: hidden_size {sizes['hidden_size']} is not divisible by num_attention_heads {num_heads} "
                 "and no head_dim is given"
             )
-        head_dim = hidden_size // num_heads
-    num_kv_heads = fields.get("num_key_value_heads")
-    max_positions = _as_int(values["max_position_embeddings"], "max_position_embeddings", source)
+        head_dim = sizes["hidden_size"] // num_heads
     return ModelArchConfig(
         architecture=architectures[0],
-        model_type=str(values["model_type"]),
-        vocab_size=_as_int(values["vocab_size"], "vocab_size", source),
-        hidden_size=hidden_size,
-        intermediate_size=_as_int(values["intermediate_size"], "intermediate_size", source),
-        num_hidden_layers=_as_int(values["num_hidden_layers"], "num_hidden_layers", source),
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads if num_kv_heads is None else _as_int(num_kv_heads, "num_key_value_heads", source),
-        head_dim=_as_int(head_dim, "head_dim", source),
-        rms_norm_eps=float(fields.get("rms_norm_eps", 1e-6)),
-        max_position_embeddings=max_positions,
+        model_type=str(model_type),
+        **sizes,
+        num_key_value_heads=num_kv_heads,
+        head_dim=_as_int(head_dim, "head_dim", source, positive=True),
+        rms_norm_eps=_as_float(fields.get("rms_norm_eps", 1e-6), "rms_norm_eps", source),
         tie_word_embeddings=bool(fields.get("tie_word_embeddings", False)),
-        rope=parse_rope_config(raw, max_positions, source),
+        rope=parse_rope_config(raw, sizes["max_position_embeddings"], source),
         hidden_act=str(fields.get("hidden_act", "silu")),
         torch_dtype=_parse_checkpoint_dtype(fields, source),
         bos_token_id=_opt_int(fields.get("bos_token_id"), "bos_token_id", source),
         eos_token_ids=_as_id_tuple(fields.get("eos_token_id"), "eos_token_id", source),
         raw=raw,
-        **_family_fields(str(values["model_type"]), fields),
+        **_family_fields(str(model_type), fields),
     )
 
 
@@ -109,26 +107,36 @@ def parse_rope_config(raw: dict[str, Any], max_position_embeddings: int, source:
     original = _first_set(raw.get("original_max_position_embeddings"), params.get("original_max_position_embeddings"))
     if original is None and rope_type in ("llama3", "yarn"):
         original = max_position_embeddings
+    original = _opt_int(original, "original_max_position_embeddings", source, positive=True)
     factor = params.get("factor") if rope_type != "default" else 1.0
     if factor is None:
         if rope_type in ("linear", "dynamic", "llama3"):
             raise ModelLoadError(f"{source}: rope type {rope_type!r} needs a 'factor'")
         # yarn without a factor derives it from the context extension, as transformers does.
         factor = max_position_embeddings / original
+
+    def number(name: str, value: Any) -> float:
+        return _as_float(value, f"rope {name}", source)
+
+    def optional(name: str) -> float | None:
+        value = params.get(name)
+        return None if value is None else number(name, value)
+
     return RopeConfig(
-        theta=float(theta),
+        theta=number("rope_theta", theta),
         type=rope_type,
-        factor=float(factor),
-        original_max_position_embeddings=None if original is None else int(original),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        beta_fast=float(params.get("beta_fast") or 32.0),
-        beta_slow=float(params.get("beta_slow") or 1.0),
-        attention_factor=_opt_float(params.get("attention_factor")),
-        mscale=_opt_float(params.get("mscale")),
-        mscale_all_dim=_opt_float(params.get("mscale_all_dim")),
-        truncate=bool(params.get("truncate", True)),
-        partial_rotary_factor=float(partial),
+        factor=number("factor", factor),
+        original_max_position_embeddings=original,
+        low_freq_factor=number("low_freq_factor", _first_set(params.get("low_freq_factor"), 1.0)),
+        high_freq_factor=number("high_freq_factor", _first_set(params.get("high_freq_factor"), 4.0)),
+        # transformers treats 0 like unset for the yarn betas.
+        beta_fast=number("beta_fast", params.get("beta_fast") or 32.0),
+        beta_slow=number("beta_slow", params.get("beta_slow") or 1.0),
+        attention_factor=optional("attention_factor"),
+        mscale=optional("mscale"),
+        mscale_all_dim=optional("mscale_all_dim"),
+        truncate=bool(_first_set(params.get("truncate"), True)),
+        partial_rotary_factor=number("partial_rotary_factor", partial),
     )
 
 
@@ -215,10 +223,18 @@ def _parse_checkpoint_dtype(fields: _ConfigFields, source: str) -> torch.dtype |
     return dtype
 
 
-def _as_int(value: Any, name: str, source: str) -> int:
+def _as_int(value: Any, name: str, source: str, positive: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ModelLoadError(f"{source}: field '{name}' must be an integer, got {value!r}")
+    if positive and value < 1:
+        raise ModelLoadError(f"{source}: field '{name}' must be positive, got {value}")
     return value
+
+
+def _as_float(value: Any, name: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelLoadError(f"{source}: field '{name}' must be a number, got {value!r}")
+    return float(value)
 
 
 def _as_id_tuple(value: Any, name: str, source: str) -> tuple[int, ...]:
@@ -235,9 +251,5 @@ def _first_set(*values: Any) -> Any:
     return next((value for value in values if value is not None), None)
 
 
-def _opt_int(value: Any, name: str, source: str) -> int | None:
-    return None if value is None else _as_int(value, name, source)
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _opt_int(value: Any, name: str, source: str, positive: bool = False) -> int | None:
+    return None if value is None else _as_int(value, name, source, positive)

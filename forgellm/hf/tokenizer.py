@@ -19,6 +19,8 @@ from forgellm.hf.config import read_json_file
 # The named special tokens transformers passes to chat templates (when set).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
+_MAX_COMPILED_TEMPLATES = 32
+
 _ADDED_TOKEN_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
 
 
@@ -41,6 +43,10 @@ class Tokenizer:
         # transformers skips this clean-up for BPE models: it would corrupt their output.
         self._clean_up_spaces = clean_up_tokenization_spaces and type(backend.model).__name__ != "BPE"
         self._compiled: dict[str, jinja2.Template] = {}
+        # Computed once: detokenizers ask for it per step, and some vocabularies add thousands of tokens.
+        special_ids = {i for i, token in backend.get_added_tokens_decoder().items() if token.special}
+        special_ids.update(i for i in map(self._id_of, self.special_tokens_map.values()) if i is not None)
+        self._special_ids = frozenset(special_ids)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -48,13 +54,11 @@ class Tokenizer:
         directory = Path(path)
         tokenizer_file = directory / "tokenizer.json"
         if not tokenizer_file.is_file():
-            hint = (
-                " (found tokenizer.model: sentencepiece-only tokenizers are not supported; "
-                "save the tokenizer with transformers to get a tokenizer.json)"
-                if (directory / "tokenizer.model").is_file()
-                else ""
+            found = " (there is a tokenizer.model)" if (directory / "tokenizer.model").is_file() else ""
+            raise ModelLoadError(
+                f"{tokenizer_file} not found{found}: forgellm reads tokenizer.json only, a sentencepiece-only "
+                "tokenizer.model is not supported; load it once with transformers and save_pretrained() it"
             )
-            raise ModelLoadError(f"{tokenizer_file} not found{hint}")
         try:
             backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # the Rust side raises plain Exception for bad files
@@ -133,11 +137,9 @@ class Tokenizer:
         return self._id_of(self.pad_token)
 
     @property
-    def all_special_ids(self) -> set[int]:
+    def all_special_ids(self) -> frozenset[int]:
         """Ids that `decode(..., skip_special_tokens=True)` drops: named special tokens and special added tokens."""
-        ids = {i for i, token in self.backend.get_added_tokens_decoder().items() if token.special}
-        ids.update(i for i in map(self._id_of, self.special_tokens_map.values()) if i is not None)
-        return ids
+        return self._special_ids
 
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -165,6 +167,9 @@ class Tokenizer:
                 template = compile_chat_template(source)
             except jinja2.TemplateSyntaxError as exc:
                 raise InvalidRequestError(f"invalid chat template: {exc}", param="chat_template") from exc
+            if len(self._compiled) >= _MAX_COMPILED_TEMPLATES:
+                # Requests may each bring their own template: bound the cache (oldest out; own ones recompile).
+                del self._compiled[next(iter(self._compiled))]
             self._compiled[source] = template
         # Explicit kwargs override the special tokens, as in transformers.
         variables = {**self.special_tokens_map, **kwargs}
@@ -244,6 +249,8 @@ def _add_missing_tokens(
     """Add tokens the config declares but tokenizer.json lacks, as transformers does at load."""
     existing = backend.get_added_tokens_decoder()
     declared = config.get("added_tokens_decoder") or {}
+    if not isinstance(declared, dict) or not all(str(key).isdigit() for key in declared):
+        raise ModelLoadError("tokenizer_config.json: added_tokens_decoder must map token ids to tokens")
     for _, props in sorted(declared.items(), key=lambda item: int(item[0])):
         token = _token_dict(props)
         if token is not None:

@@ -176,3 +176,10 @@ def test_invalid_engine_options():
         LLM(dtype="float8")
     with pytest.raises(ConfigError, match="max_model_len 5000 exceeds the model's context of 2048"):
         LLM(max_model_len=5000)
+
+
+def test_prompt_over_the_step_budget_without_chunked_prefill(tiny_model_dir):
+    llm = LLM(str(tiny_model_dir("llama")), dtype="float32", enable_chunked_prefill=False, max_num_batched_tokens=8)
+    with pytest.raises(ContextLengthError, match="chunked prefill is off"):
+        llm.generate([list(range(1, 12))], GREEDY)
+    still_serves(llm)

@@ -104,3 +104,16 @@ def test_min_tokens_forces_greedy_past_eos() -> None:
     logits = torch.tensor([[0.0, 1.0, 9.0]])
     request = make_request([0], [], eos=frozenset({2}), min_tokens=1, temperature=0.0)
     assert Sampler()(logits, metadata([request], 3)).sampled_token_ids.tolist() == [1]
+
+
+def test_output_counts_and_prompt_mask_per_row() -> None:
+    requests = [
+        make_request([0, 0, 4], [1, 1, 2, 1], repetition_penalty=1.2),
+        make_request([], [], frequency_penalty=0.1),
+        make_request([3], [0, 0]),
+    ]
+    meta = metadata(requests, 5)
+    assert meta.output_token_counts.tolist() == [[0, 3, 1, 0, 0], [0, 0, 0, 0, 0], [2, 0, 0, 0, 0]]
+    assert meta.prompt_token_mask.tolist() == [
+        [True, False, False, False, True], [False] * 5, [False, False, False, True, False]
+    ]

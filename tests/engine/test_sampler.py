@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -204,3 +205,22 @@ def test_prompt_logprobs() -> None:
     expected_ranks = [(raw[i] > raw[i, t]).sum().item() + 1 for i, t in enumerate(targets.tolist())]
     assert lp.ranks.tolist() == expected_ranks
     assert compute_prompt_logprobs(logits, targets, 0).token_ids.shape == (5, 1)
+
+
+def test_top_k_bound_shortcut_matches_the_full_sort() -> None:
+    torch.manual_seed(10)
+    vocab = 40
+    logits = torch.randn(5, vocab)
+    requests = [
+        make_request(top_k=3),
+        make_request(top_k=7, top_p=0.6),
+        make_request(top_k=1, min_p=0.2),
+        make_request(top_k=5, top_p=0.3, min_p=0.1),
+        make_request(top_k=2, temperature=0.0),  # greedy: not part of the bound
+    ]
+    meta = build(requests, vocab)
+    assert meta.top_k_bound == 7
+    shortcut = apply_top_k_top_p_min_p(logits, meta)
+    full_sort = apply_top_k_top_p_min_p(logits, dataclasses.replace(meta, top_k_bound=None))
+    assert torch.equal(shortcut[:4], full_sort[:4])
+    assert build([make_request(top_k=3), make_request(top_p=0.5)], vocab).top_k_bound is None

@@ -38,6 +38,7 @@ class Config:
     chunked: bool
     caching: bool
     policy: str
+    reset_step: int | None  # when to drop the whole prefix cache, mid-run
 
 
 @dataclass
@@ -66,6 +67,7 @@ def configs(draw: st.DrawFn) -> Config:
         chunked=draw(st.booleans()),
         caching=draw(st.booleans()),
         policy=draw(st.sampled_from(["fcfs", "priority"])),
+        reset_step=draw(st.one_of(st.none(), st.integers(0, 30))),
     )
 
 
@@ -172,7 +174,7 @@ def check_finished(request: Request, max_model_len: int) -> None:
         assert (last == EOS and request.stop_reason is None) or request.stop_reason == last == STOP_TOKEN
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_random_workloads_keep_invariants_and_leak_nothing(scenario: tuple[Config, list[Spec], int]) -> None:
     config, spec_list, seed = scenario
@@ -188,18 +190,20 @@ def test_random_workloads_keep_invariants_and_leak_nothing(scenario: tuple[Confi
     step = 0
     while step <= 20 or scheduler.has_unfinished_requests():
         assert step < MAX_STEPS, "the scheduler stopped making progress"
-        for spec, group in zip(spec_list, groups):
+        for spec, group in zip(spec_list, groups, strict=True):
             if spec.arrival_step == step:
                 for request in group:
                     scheduler.add_request(request)
         to_abort = [
             (spec.abort_in_flight, [r.request_id for r in group])
-            for spec, group in zip(spec_list, groups)
+            for spec, group in zip(spec_list, groups, strict=True)
             if spec.abort_step == step and spec.arrival_step <= step
         ]
         for in_flight, ids in to_abort:
             if not in_flight:
                 scheduler.abort_requests(ids)
+        if step == config.reset_step:
+            kv.reset_prefix_cache()
         out = scheduler.schedule()
         reported.update(out.finished_request_ids)
         check_step(scheduler, config, out)

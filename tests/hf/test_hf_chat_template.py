@@ -178,6 +178,9 @@ def test_template_compiled_once_per_tokenizer(ours):
     compiled = ours._compiled[template]
     assert ours.apply_chat_template([{"role": "user", "content": "b"}], chat_template=template) == "b!"
     assert ours._compiled[template] is compiled
+    for i in range(100):  # per-request templates do not grow the cache without bound
+        ours.apply_chat_template([{"role": "user", "content": "c"}], chat_template=f"{{{{ {i} }}}}")
+    assert len(ours._compiled) <= 32
 
 
 def test_chat_template_errors(tmp_path, ours):

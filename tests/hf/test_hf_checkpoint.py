@@ -105,7 +105,7 @@ def test_truncated_shard(tmp_path, tensors):
     shard = tmp_path / SHARD_2
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ModelLoadError, match="truncated") as error:
-        list(iter_checkpoint_tensors(tmp_path))
+        iter_checkpoint_tensors(tmp_path)  # validated up front, before the first tensor is asked for
     assert SHARD_2 in str(error.value)
 
 

@@ -247,6 +247,14 @@ def test_wrong_types_are_named(tmp_path):
         load_model_config(write_config(tmp_path / "b", {**LLAMA_BASE, "eos_token_id": "2"}))
     with pytest.raises(ModelLoadError, match="dtype"):
         load_model_config(write_config(tmp_path / "c", {**LLAMA_BASE, "dtype": "float128"}))
+    with pytest.raises(ModelLoadError, match="num_attention_heads' must be positive"):
+        load_model_config(write_config(tmp_path / "d", {**LLAMA_BASE, "num_attention_heads": 0}))
+    with pytest.raises(ModelLoadError, match="not a multiple of num_key_value_heads 3"):
+        load_model_config(write_config(tmp_path / "e", {**LLAMA_BASE, "num_key_value_heads": 3}))
+    with pytest.raises(ModelLoadError, match="rope factor"):
+        load_model_config(write_config(tmp_path / "f", v5_spelling(1e4, {"rope_type": "linear", "factor": "2"})))
+    with pytest.raises(ModelLoadError, match="rms_norm_eps"):
+        load_model_config(write_config(tmp_path / "g", {**LLAMA_BASE, "rms_norm_eps": [1e-5]}))
 
 
 def test_architecture_is_not_checked(tmp_path):
