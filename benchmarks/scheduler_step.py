@@ -74,8 +74,13 @@ def main() -> None:
     args = parse_args()
     scheduler = build(args)
     result = measure(scheduler, args.steps, args.requests)
-    setup = {"requests": args.requests, "prompt_len": args.prompt_len, "block_size": args.block_size,
-             "steps": args.steps, "prefix_caching": not args.no_prefix_caching}
+    setup = {
+        "requests": args.requests,
+        "prompt_len": args.prompt_len,
+        "block_size": args.block_size,
+        "steps": args.steps,
+        "prefix_caching": not args.no_prefix_caching,
+    }
     if args.json:
         print(json.dumps({**setup, **result}))
         return

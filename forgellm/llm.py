@@ -87,12 +87,14 @@ class LLM:
         prompts = [self.render_chat(c, add_generation_prompt, chat_template) for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def render_chat(self, messages: list[Message], add_generation_prompt: bool = True,
-                    chat_template: str | None = None) -> list[int]:
+    def render_chat(
+        self, messages: list[Message], add_generation_prompt: bool = True, chat_template: str | None = None
+    ) -> list[int]:
         """Token ids of a conversation rendered with the chat template (which adds its own BOS)."""
         tokenizer = self.engine.tokenizer
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                             chat_template=chat_template)
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        )
         return tokenizer.encode(text, add_special_tokens=False)
 
     def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:

@@ -1,5 +1,5 @@
 """Parallel state: ranks, world size and the collectives layers need."""
 
-from forgellm.distributed.parallel_state import ParallelContext
+from forgellm.distributed.parallel_state import SINGLE_DEVICE, ParallelContext
 
-__all__ = ["ParallelContext"]
+__all__ = ["SINGLE_DEVICE", "ParallelContext"]

@@ -28,3 +28,7 @@ class ParallelContext:
         parts = [torch.empty_like(x) for _ in range(self.tp_size)]
         torch.distributed.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=-1)
+
+
+# The ordinary case, and the default of every parallel layer: one device, no communication.
+SINGLE_DEVICE = ParallelContext()

@@ -20,9 +20,7 @@ def hash_block_tokens(parent_hash: int, token_ids: list[int]) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def extend_block_hashes(
-    block_hashes: list[int], token_ids: list[int], num_full_blocks: int, block_size: int
-) -> None:
+def extend_block_hashes(block_hashes: list[int], token_ids: list[int], num_full_blocks: int, block_size: int) -> None:
     """Append the hashes of blocks `len(block_hashes) .. num_full_blocks-1` of `token_ids`, in place."""
     parent = block_hashes[-1] if block_hashes else ROOT_BLOCK_HASH
     for index in range(len(block_hashes), num_full_blocks):

@@ -30,8 +30,7 @@ class ProcessedPrompt:
 class InputProcessor:
     """Tokenizes and validates prompts against the model's vocabulary and context length."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, max_model_len: int,
-                 defaults: GenerationDefaults) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, max_model_len: int, defaults: GenerationDefaults) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
@@ -40,8 +39,13 @@ class InputProcessor:
     def default_sampling_params(self) -> SamplingParams:
         """SamplingParams with the model's generation_config.json defaults where it states them."""
         d = self.defaults
-        values = {"temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k, "min_p": d.min_p,
-                  "repetition_penalty": d.repetition_penalty}
+        values = {
+            "temperature": d.temperature,
+            "top_p": d.top_p,
+            "top_k": d.top_k,
+            "min_p": d.min_p,
+            "repetition_penalty": d.repetition_penalty,
+        }
         return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
     def tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:

@@ -61,8 +61,9 @@ def resolve_max_model_len(config: EngineConfig, arch: ModelArchConfig) -> int:
     return config.max_model_len
 
 
-def num_kv_blocks(config: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device,
-                  max_model_len: int) -> int:
+def num_kv_blocks(
+    config: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device, max_model_len: int
+) -> int:
     """Explicit num_kv_blocks, or as many blocks as the memory budget allows (no more than useful)."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
@@ -93,15 +94,28 @@ class LLMEngine:
         blocks = num_kv_blocks(config, arch, dtype, device, self.max_model_len)
         runner = ModelRunner(model, blocks, config.block_size, config.seed)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
-        scheduler = Scheduler(kv_cache, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
-                              config.enable_chunked_prefill, config.scheduling_policy)
+        scheduler = Scheduler(
+            kv_cache,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self.max_model_len,
+            config.enable_chunked_prefill,
+            config.scheduling_policy,
+        )
         self.core = EngineCore(runner, scheduler, kv_cache)
-        self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or
-                                       ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []))
+        tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)
         self.output_processor = OutputProcessor(self.tokenizer)
-        logger.info("loaded %s (%s, %s) on %s; KV cache: %d blocks of %d tokens", model_dir, arch.architecture,
-                    dtype, device, blocks, config.block_size)
+        logger.info(
+            "loaded %s (%s, %s) on %s; KV cache: %d blocks of %d tokens",
+            model_dir,
+            arch.architecture,
+            dtype,
+            device,
+            blocks,
+            config.block_size,
+        )
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
         """Validate and tokenize without queuing (raises a typed error on bad input)."""
@@ -109,8 +123,15 @@ class LLMEngine:
         self.core.check_fits(len(processed.prompt_token_ids), processed.max_tokens)
         return processed
 
-    def add_request(self, request_id: str, prompt: Prompt | ProcessedPrompt, params: SamplingParams | None = None,
-                    *, priority: int = 0, stream: bool = False) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Prompt | ProcessedPrompt,
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        stream: bool = False,
+    ) -> None:
         """Queue a request (n samples become n engine sequences sharing the prompt's KV blocks)."""
         if request_id in self.output_processor.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
@@ -118,13 +139,22 @@ class LLMEngine:
         params = processed.sampling_params
         arrival = time.monotonic()
         sample_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
-        self.output_processor.add_request(request_id, processed.prompt, processed.prompt_token_ids, params,
-                                          sample_ids, arrival, stream)
+        self.output_processor.add_request(
+            request_id, processed.prompt, processed.prompt_token_ids, params, sample_ids, arrival, stream
+        )
         first: Request | None = None
         try:
             for index, sample_id in enumerate(sample_ids):
-                request = Request(sample_id, processed.prompt_token_ids, params, processed.max_tokens,
-                                  self.eos_token_ids, arrival, priority, sample_index=index)
+                request = Request(
+                    sample_id,
+                    processed.prompt_token_ids,
+                    params,
+                    processed.max_tokens,
+                    self.eos_token_ids,
+                    arrival,
+                    priority,
+                    sample_index=index,
+                )
                 # Siblings wait for the first sample's prompt, then find it in the prefix cache.
                 if first is not None and self.config.enable_prefix_caching:
                     request.wait_for = first

@@ -152,7 +152,9 @@ class ModelRunner:
                 if k is not None:
                     output.logprobs[request.request_id] = _first(entry, k)
 
-    def _score_prompt(self, logits: torch.Tensor, s: ScheduledRequest, positions: range, output: ModelRunnerOutput) -> None:
+    def _score_prompt(
+        self, logits: torch.Tensor, s: ScheduledRequest, positions: range, output: ModelRunnerOutput
+    ) -> None:
         request = s.request
         k = request.sampling_params.prompt_logprobs
         targets = torch.tensor(request.prompt_token_ids[positions.start + 1 : positions.stop + 1], device=logits.device)

@@ -61,9 +61,16 @@ class OutputProcessor:
         self.requests: dict[str, RequestState] = {}
         self.sample_owner: dict[str, tuple[RequestState, SampleState]] = {}
 
-    def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                    params: SamplingParams, sample_ids: list[str], arrival_time: float,
-                    stream: bool = False) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        sample_ids: list[str],
+        arrival_time: float,
+        stream: bool = False,
+    ) -> None:
         """Register a request whose samples run in the engine under `sample_ids`.
 
         With stream=False the request yields one RequestOutput, when it finishes.
@@ -78,8 +85,16 @@ class OutputProcessor:
             )
             for i in range(len(sample_ids))
         ]
-        state = RequestState(request_id, prompt, prompt_token_ids, params, samples, list(sample_ids),
-                             RequestMetrics(arrival_time), stream=stream)
+        state = RequestState(
+            request_id,
+            prompt,
+            prompt_token_ids,
+            params,
+            samples,
+            list(sample_ids),
+            RequestMetrics(arrival_time),
+            stream=stream,
+        )
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]  # the first prompt token has no context to score it
         self.requests[request_id] = state
@@ -168,13 +183,24 @@ class OutputProcessor:
             text = s.text
             if s.finish_reason is None:  # while running, hide what might become a stop string
                 text = text[: len(text) - s.stop_matcher.holdback(text)]
-            outputs.append(CompletionOutput(
-                index=s.index, text=text, token_ids=list(s.token_ids), cumulative_logprob=s.cumulative_logprob,
-                logprobs=list(s.logprobs) if s.logprobs is not None else None,
-                finish_reason=s.finish_reason, stop_reason=s.stop_reason,
-            ))
+            outputs.append(
+                CompletionOutput(
+                    index=s.index,
+                    text=text,
+                    token_ids=list(s.token_ids),
+                    cumulative_logprob=s.cumulative_logprob,
+                    logprobs=list(s.logprobs) if s.logprobs is not None else None,
+                    finish_reason=s.finish_reason,
+                    stop_reason=s.stop_reason,
+                )
+            )
         return RequestOutput(
-            request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_token_ids,
-            outputs=outputs, finished=state.finished, prompt_logprobs=state.prompt_logprobs,
-            metrics=state.metrics, num_cached_tokens=state.num_cached_tokens,
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            outputs=outputs,
+            finished=state.finished,
+            prompt_logprobs=state.prompt_logprobs,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
         )

@@ -55,9 +55,7 @@ class Sampler:
         return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
 
 
-def _sample(
-    logits: torch.Tensor, meta: SamplingMetadata, default_generator: torch.Generator | None
-) -> torch.Tensor:
+def _sample(logits: torch.Tensor, meta: SamplingMetadata, default_generator: torch.Generator | None) -> torch.Tensor:
     """Greedy rows take the argmax; the others sample from the tempered, filtered distribution."""
     greedy_ids = None if meta.all_random else logits.argmax(dim=-1)
     if meta.all_greedy:

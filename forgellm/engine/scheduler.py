@@ -82,13 +82,15 @@ class Scheduler:
         if num_prompt >= self.max_model_len:
             raise ContextLengthError(
                 f"the prompt has {num_prompt} tokens but max_model_len is {self.max_model_len}, "
-                f"which leaves no room for output; shorten the prompt", "prompt"
+                f"which leaves no room for output; shorten the prompt",
+                "prompt",
             )
         if not self.enable_chunked_prefill and num_prompt > self.max_num_batched_tokens:
             raise ContextLengthError(
                 f"the prompt has {num_prompt} tokens, more than max_num_batched_tokens "
                 f"({self.max_num_batched_tokens}) with chunked prefill disabled; enable chunked "
-                "prefill or raise max_num_batched_tokens", "prompt"
+                "prefill or raise max_num_batched_tokens",
+                "prompt",
             )
         # The last sampled token's K/V is never computed, hence the -1.
         max_kv_tokens = min(num_prompt + request.max_tokens, self.max_model_len) - 1
@@ -137,9 +139,7 @@ class Scheduler:
             finished_request_ids=finished_ids,
         )
 
-    def update_from_output(
-        self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, int]
-    ) -> list[Request]:
+    def update_from_output(self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Request]:
         """Advance each scheduled request, append sampled tokens, end the finished ones.
 
         Returns the requests that got a new token this step, finished ones included.

@@ -16,8 +16,9 @@ class Attention(nn.Module):
     once at start-up; the layer never allocates cache memory itself.
     """
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
-                 sliding_window: int | None = None) -> None:
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, sliding_window: int | None = None
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -33,7 +34,13 @@ class Attention(nn.Module):
             raise RuntimeError("KV cache not bound: the ModelRunner binds it before the first forward")
         kernels.write_kv_cache(k, v, self.k_cache, self.v_cache, batch.slot_mapping)
         out = kernels.paged_attention(
-            q, self.k_cache, self.v_cache, batch.block_tables, batch.query_start_loc, batch.seq_lens,
-            self.scale, self.sliding_window,
+            q,
+            self.k_cache,
+            self.v_cache,
+            batch.block_tables,
+            batch.query_start_loc,
+            batch.seq_lens,
+            self.scale,
+            self.sliding_window,
         )
         return out.flatten(1)

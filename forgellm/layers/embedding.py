@@ -6,15 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgellm.distributed import ParallelContext
+from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.layers.linear import copy_checked
 
 
 class VocabParallelEmbedding(nn.Module):
     """Embedding table whose rows (vocabulary) are split across ranks; lookups are all-reduced."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype,
-                 parallel: ParallelContext = ParallelContext()) -> None:
+    def __init__(
+        self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype, parallel: ParallelContext = SINGLE_DEVICE
+    ) -> None:
         super().__init__()
         self.parallel = parallel
         self.vocab_size = vocab_size

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgellm.distributed import ParallelContext
+from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.errors import ModelLoadError
 
 
@@ -75,8 +75,16 @@ class _ParallelLinear(nn.Module):
 class ColumnParallelLinear(_ParallelLinear):
     """y = x W^T with W's output rows split across ranks (each rank yields a slice of y)."""
 
-    def __init__(self, input_size: int, output_size: int, *, bias: bool = False, dtype: torch.dtype,
-                 parallel: ParallelContext = ParallelContext(), method: LinearMethod | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        bias: bool = False,
+        dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        method: LinearMethod | None = None,
+    ) -> None:
         super().__init__(input_size, output_size // parallel.tp_size, bias, dtype, parallel, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +98,16 @@ class ColumnParallelLinear(_ParallelLinear):
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel projections of the same input fused into one matmul (e.g. gate|up)."""
 
-    def __init__(self, input_size: int, output_sizes: list[int], *, bias: bool = False, dtype: torch.dtype,
-                 parallel: ParallelContext = ParallelContext(), method: LinearMethod | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: list[int],
+        *,
+        bias: bool = False,
+        dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        method: LinearMethod | None = None,
+    ) -> None:
         super().__init__(input_size, sum(output_sizes), bias=bias, dtype=dtype, parallel=parallel, method=method)
         self.output_sizes = [size // parallel.tp_size for size in output_sizes]
 
@@ -111,9 +127,18 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 class QKVParallelLinear(MergedColumnParallelLinear):
     """q, k and v projections fused into one matmul; shards are named "q", "k", "v"."""
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, *, bias: bool = False,
-                 dtype: torch.dtype, parallel: ParallelContext = ParallelContext(),
-                 method: LinearMethod | None = None) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        *,
+        bias: bool = False,
+        dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        method: LinearMethod | None = None,
+    ) -> None:
         if num_heads % parallel.tp_size or num_kv_heads % parallel.tp_size:
             raise ModelLoadError(
                 f"tensor_parallel_size {parallel.tp_size} must divide the {num_heads} query heads "
@@ -132,8 +157,16 @@ class QKVParallelLinear(MergedColumnParallelLinear):
 class RowParallelLinear(_ParallelLinear):
     """y = x W^T with W's input columns split across ranks; partial sums are all-reduced."""
 
-    def __init__(self, input_size: int, output_size: int, *, bias: bool = False, dtype: torch.dtype,
-                 parallel: ParallelContext = ParallelContext(), method: LinearMethod | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        bias: bool = False,
+        dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        method: LinearMethod | None = None,
+    ) -> None:
         super().__init__(input_size // parallel.tp_size, output_size, bias, dtype, parallel, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

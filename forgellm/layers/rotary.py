@@ -32,9 +32,7 @@ def _llama3_inv_freq(rope: RopeConfig, dim: int, original_max_positions: int) ->
     high_freq_wavelen = original_max_positions / rope.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq)
-    smooth = (original_max_positions / wavelen - rope.low_freq_factor) / (
-        rope.high_freq_factor - rope.low_freq_factor
-    )
+    smooth = (original_max_positions / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
     smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
     is_medium_freq = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
     return torch.where(is_medium_freq, smoothed, scaled)
@@ -81,10 +79,7 @@ def _yarn_inv_freq(rope: RopeConfig, dim: int, original_max_positions: int) -> T
     pos_freqs = rope.theta ** (torch.arange(0, dim, 2).float() / dim)
     inv_freq_extrapolation = 1.0 / pos_freqs
     inv_freq_interpolation = 1.0 / (rope.factor * pos_freqs)
-    return (
-        inv_freq_interpolation * (1 - extrapolation_weight)
-        + inv_freq_extrapolation * extrapolation_weight
-    )
+    return inv_freq_interpolation * (1 - extrapolation_weight) + inv_freq_extrapolation * extrapolation_weight
 
 
 def token_seq_lens(query_start_loc: Tensor, seq_lens: Tensor, num_tokens: int) -> Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from forgellm.distributed import ParallelContext
+from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.engine.forward_batch import ForwardBatch
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.activation import SiluAndMul
@@ -34,8 +34,13 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads // parallel.tp_size
         self.head_dim = d
         self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, d, config.num_attention_heads, config.num_key_value_heads,
-            bias=config.qkv_bias, dtype=dtype, parallel=parallel,
+            config.hidden_size,
+            d,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bias=config.qkv_bias,
+            dtype=dtype,
+            parallel=parallel,
         )
         self.o_proj = RowParallelLinear(
             config.num_attention_heads * d, config.hidden_size, bias=config.o_proj_bias, dtype=dtype, parallel=parallel
@@ -69,7 +74,9 @@ class LlamaMLP(nn.Module):
             config.hidden_size, [size, size], bias=config.mlp_bias, dtype=dtype, parallel=parallel
         )
         self.act = SiluAndMul()
-        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=config.mlp_bias, dtype=dtype, parallel=parallel)
+        self.down_proj = RowParallelLinear(
+            size, config.hidden_size, bias=config.mlp_bias, dtype=dtype, parallel=parallel
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -101,10 +108,12 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Decoder-only LM: `forward` gives hidden states, `compute_logits` the float32 logits."""
 
-    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext = ParallelContext()) -> None:
+    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext = SINGLE_DEVICE) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel)
+        self.embed_tokens = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel
+        )
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, parallel) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
         if config.tie_word_embeddings:

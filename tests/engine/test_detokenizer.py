@@ -16,7 +16,7 @@ CORPUS = [
     "東京の天気は晴れです。我喜欢学习中文，因为汉字很有意思。한국어도 재미있어요.",
     "Emoji time: 🚀🔥✨ 👩‍💻 loves 🐍 and 🦀! Flags 🇫🇷🇯🇵, faces 😀😂🥲, hands 👍🏽.",
     "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    "for (int i = 0; i < 10; ++i) { printf(\"%d\\n\", i); }  // C code → ∑ λx. x² ≤ ∞",
+    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }  // C code → ∑ λx. x² ≤ ∞',
     "Ελληνικά και русский язык, עברית ו-العربية, हिन्दी भाषा.",
 ]
 EOS = "<|eos|>"
@@ -40,7 +40,9 @@ def tokenizer() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=600,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 3, trainer=trainer)

@@ -115,5 +115,7 @@ def test_output_counts_and_prompt_mask_per_row() -> None:
     meta = metadata(requests, 5)
     assert meta.output_token_counts.tolist() == [[0, 3, 1, 0, 0], [0, 0, 0, 0, 0], [2, 0, 0, 0, 0]]
     assert meta.prompt_token_mask.tolist() == [
-        [True, False, False, False, True], [False] * 5, [False, False, False, True, False]
+        [True, False, False, False, True],
+        [False] * 5,
+        [False, False, False, True, False],
     ]

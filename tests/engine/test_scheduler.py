@@ -41,8 +41,13 @@ def make_request(
     base = 1000 * sum(map(ord, request_id))
     prompt_ids = list(range(base, base + prompt)) if isinstance(prompt, int) else prompt
     return Request(
-        request_id, prompt_ids, SamplingParams(max_tokens=max_tokens, **params), max_tokens,
-        eos_token_ids=frozenset(eos), priority=priority, arrival_time=arrival_time,
+        request_id,
+        prompt_ids,
+        SamplingParams(max_tokens=max_tokens, **params),
+        max_tokens,
+        eos_token_ids=frozenset(eos),
+        priority=priority,
+        arrival_time=arrival_time,
     )
 
 

@@ -108,17 +108,27 @@ def scenarios(draw: st.DrawFn) -> tuple[Config, list[Spec], int]:
 def make_requests(index: int, spec: Spec) -> list[Request]:
     """The Requests of one user request: `num_samples` siblings sharing the prompt."""
     params = SamplingParams(
-        max_tokens=spec.max_tokens, min_tokens=spec.min_tokens, ignore_eos=spec.ignore_eos,
+        max_tokens=spec.max_tokens,
+        min_tokens=spec.min_tokens,
+        ignore_eos=spec.ignore_eos,
         stop_token_ids=[STOP_TOKEN] if spec.stop_token else None,
         prompt_logprobs=1 if spec.prompt_logprobs else None,
     )
     requests: list[Request] = []
     for sample in range(spec.num_samples):
-        requests.append(Request(
-            f"{index}-{sample}", list(spec.prompt), params, spec.max_tokens, eos_token_ids=frozenset([EOS]),
-            arrival_time=spec.arrival_step + index * 1e-3, priority=spec.priority,
-            wait_for=requests[0] if sample else None, sample_index=sample,
-        ))
+        requests.append(
+            Request(
+                f"{index}-{sample}",
+                list(spec.prompt),
+                params,
+                spec.max_tokens,
+                eos_token_ids=frozenset([EOS]),
+                arrival_time=spec.arrival_step + index * 1e-3,
+                priority=spec.priority,
+                wait_for=requests[0] if sample else None,
+                sample_index=sample,
+            )
+        )
     return requests
 
 
@@ -180,9 +190,7 @@ def test_random_workloads_keep_invariants_and_leak_nothing(scenario: tuple[Confi
     config, spec_list, seed = scenario
     rng = random.Random(seed)
     kv = KVCacheManager(config.num_blocks, config.block_size, config.caching)
-    scheduler = Scheduler(
-        kv, config.max_num_seqs, config.budget, config.max_model_len, config.chunked, config.policy
-    )
+    scheduler = Scheduler(kv, config.max_num_seqs, config.budget, config.max_model_len, config.chunked, config.policy)
     groups = [make_requests(index, spec) for index, spec in enumerate(spec_list)]
     all_requests = [request for group in groups for request in group]
     slots: dict[tuple[int, int], int] = {}

@@ -29,9 +29,15 @@ def hf_greedy(path, prompts: list[list[int]]) -> list[list[int]]:
     out = []
     for prompt in prompts:
         model = hf_model(path)
-        ids = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                             do_sample=False, eos_token_id=None, pad_token_id=0)
-        out.append(ids[0, len(prompt):].tolist())
+        ids = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        out.append(ids[0, len(prompt) :].tolist())
     return out
 
 
