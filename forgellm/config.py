@@ -22,6 +22,7 @@ class EngineConfig:
 
     model: str | None = _opt(None, "Hugging Face model directory (default: the embedded demo)")
     tokenizer: str | None = _opt(None, "tokenizer directory (default: the model directory)")
+    load_format: str = _opt("auto", "auto (the checkpoint's safetensors) or dummy (random weights from config.json)")
     dtype: str = _opt("auto", "weights and activations: auto (the checkpoint's), float32, float16, bfloat16")
     device: str = _opt("auto", "cuda, cpu, or auto (cuda when available)")
     max_model_len: int | None = _opt(None, "longest prompt + output in tokens (default: the model's)")
@@ -55,6 +56,8 @@ class EngineConfig:
             raise ConfigError(f"dtype must be one of {sorted(_DTYPE_NAMES)}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.load_format not in ("auto", "dummy"):
+            raise ConfigError(f"load_format must be auto or dummy, got {self.load_format!r}")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise ConfigError(f"scheduling_policy must be fcfs or priority, got {self.scheduling_policy!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -36,6 +36,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    detokenize: bool = True  # False: token ids only (no text, no stop strings), e.g. for benchmarks
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -80,6 +81,8 @@ class SamplingParams:
                 raise bad(name, "must be None or an integer >= 0")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise bad("stop", "must hold non-empty strings")
+        if self.stop and not self.detokenize:
+            raise bad("stop", "needs detokenize=True (stop strings are matched on text)")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must hold non-negative integers")
 

@@ -41,6 +41,15 @@ def resolve_model_dir(model: str | None) -> Path:
     return path
 
 
+def resolve_tokenizer_dir(config: EngineConfig, model_dir: Path) -> Path:
+    """The tokenizer's directory; random-weight presets without one borrow the demo's."""
+    if config.tokenizer:
+        return resolve_model_dir(config.tokenizer)
+    if config.load_format == "dummy" and not (model_dir / "tokenizer.json").is_file():
+        return DEMO_MODEL_DIR
+    return model_dir
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,11 +95,11 @@ class LLMEngine:
         arch = load_model_config(model_dir)
         get_model_class(arch.architecture)  # fail on an unsupported architecture before loading anything
         self.arch = arch
-        self.tokenizer = Tokenizer.from_dir(resolve_model_dir(config.tokenizer) if config.tokenizer else model_dir)
+        self.tokenizer = Tokenizer.from_dir(resolve_tokenizer_dir(config, model_dir))
         defaults = load_generation_defaults(model_dir)
         device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
         self.max_model_len = resolve_max_model_len(config, arch)
-        model = load_model(model_dir, arch, dtype, device)
+        model = load_model(model_dir, arch, dtype, device, config.load_format)
         blocks = num_kv_blocks(config, arch, dtype, device, self.max_model_len)
         runner = ModelRunner(model, blocks, config.block_size, config.seed)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)

@@ -43,13 +43,27 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
 
 
-def load_model(model_dir: Path, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """Build the model for `arch` on `device` and load its weights from memory-mapped safetensors."""
+def load_model(
+    model_dir: Path, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device, load_format: str = "auto"
+) -> nn.Module:
+    """Build the model for `arch` on `device`; load safetensors weights, or random ones for "dummy"."""
     model_class = get_model_class(arch.architecture)
     with torch.device(device):
         model = model_class(arch, dtype)
-    model.load_weights(iter_checkpoint_tensors(model_dir))
+    if load_format == "dummy":
+        init_random_weights(model)
+    else:
+        model.load_weights(iter_checkpoint_tensors(model_dir))
     return model.eval()
+
+
+@torch.no_grad()
+def init_random_weights(model: nn.Module, seed: int = 0) -> None:
+    """Seeded N(0, 0.02) weights (norm scales stay 1): benchmarks need the shapes, not the values."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "norm" not in name:
+            param.normal_(0.0, 0.02, generator=generator)
 
 
 def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:

@@ -23,7 +23,7 @@ class SampleState:
     """One sample (sequence) of a request as the user sees it."""
 
     index: int
-    detokenizer: IncrementalDetokenizer
+    detokenizer: IncrementalDetokenizer | None  # None when the request asked for token ids only
     stop_matcher: StopStringMatcher
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -78,7 +78,11 @@ class OutputProcessor:
         samples = [
             SampleState(
                 index=i,
-                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens),
+                detokenizer=(
+                    IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
+                    if params.detokenize
+                    else None
+                ),
                 stop_matcher=StopStringMatcher(params.stop, params.include_stop_str_in_output),
                 logprobs=[] if params.logprobs is not None else None,
                 cumulative_logprob=0.0 if params.logprobs is not None else None,
@@ -128,7 +132,8 @@ class OutputProcessor:
                 if self._append_tokens(sample, out) and not out.finished:
                     stopped.append(out.request_id)
             if out.finished and sample.finish_reason is None:
-                sample.text += sample.detokenizer.flush()  # a trailing partial character, as decode() shows it
+                if sample.detokenizer is not None:  # a trailing partial character, as decode() shows it
+                    sample.text += sample.detokenizer.flush()
                 sample.finish_reason, sample.stop_reason = out.finish_reason, out.stop_reason
         results = []
         for state in changed.values():
@@ -152,8 +157,10 @@ class OutputProcessor:
         """Add new tokens and their text; returns True if a stop string ended the sample."""
         sample.token_ids.extend(out.new_token_ids)
         if sample.logprobs is not None and out.logprobs is not None:
-            sample.logprobs.append(self._position_logprobs(out.logprobs))
+            sample.logprobs.append(self._position_logprobs(out.logprobs, sample.detokenizer is not None))
             sample.cumulative_logprob += out.logprobs.logprobs[0]
+        if sample.detokenizer is None:
+            return False
         delta = sample.detokenizer.update(out.new_token_ids)
         sample.text += delta
         match = sample.stop_matcher.check(sample.text, len(delta))
@@ -166,15 +173,16 @@ class OutputProcessor:
     def _append_prompt_logprobs(self, state: RequestState, entries: tuple[int, list[TokenLogprobs]]) -> None:
         first, positions = entries
         assert state.prompt_logprobs is not None and len(state.prompt_logprobs) == first
-        state.prompt_logprobs.extend(self._position_logprobs(e) for e in positions)
+        state.prompt_logprobs.extend(self._position_logprobs(e, state.params.detokenize) for e in positions)
 
-    def _position_logprobs(self, entry: TokenLogprobs) -> PositionLogprobs:
+    def _position_logprobs(self, entry: TokenLogprobs, decode: bool) -> PositionLogprobs:
         result: PositionLogprobs = {}
         for i, (token, logprob) in enumerate(zip(entry.token_ids, entry.logprobs)):
             if token in result:
                 continue  # the chosen token may also be among the top-k
             rank = entry.rank if i == 0 else i
-            result[token] = Logprob(logprob, rank, self.tokenizer.decode([token], skip_special_tokens=False))
+            text = self.tokenizer.decode([token], skip_special_tokens=False) if decode else None
+            result[token] = Logprob(logprob, rank, text)
         return result
 
     def _request_output(self, state: RequestState) -> RequestOutput:

@@ -130,3 +130,30 @@ def test_float32_and_bfloat16_agree_on_greedy_start(tiny_model_dir):
     b = LLM(path, dtype="bfloat16").generate([PROMPT], greedy(3))[0].outputs[0].token_ids
     assert a[0] == b[0]
     assert torch.bfloat16 == LLM(path, dtype="bfloat16").engine.core.runner.dtype
+
+
+def test_random_weight_preset_without_detokenizing():
+    from forgellm.models.presets import PRESETS, preset_dir
+
+    assert {"llama-3.1-8b", "llama-3.3-70b", "qwen3-8b", "tiny-llama"} <= set(PRESETS)
+    llm = LLM(str(preset_dir("tiny-llama")), load_format="dummy")
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, detokenize=False, logprobs=1)
+    out = llm.generate([[5, 6, 7]], params)[0].outputs[0]
+    assert len(out.token_ids) == 5 and out.text == ""
+    assert all(entry.decoded_token is None for position in out.logprobs for entry in position.values())
+    again = LLM(str(preset_dir("tiny-llama")), load_format="dummy").generate([[5, 6, 7]], params)[0]
+    assert again.outputs[0].token_ids == out.token_ids  # seeded random weights
+
+
+def test_llama_8b_preset_config_reads_as_the_reference_shape():
+    from forgellm.hf.config import load_model_config
+    from forgellm.models.presets import preset_dir
+
+    arch = load_model_config(preset_dir("llama-3.1-8b"))
+    assert (arch.hidden_size, arch.num_hidden_layers, arch.num_key_value_heads, arch.vocab_size) == (
+        4096,
+        32,
+        8,
+        128256,
+    )
+    assert arch.rope.type == "llama3" and arch.rope.original_max_position_embeddings == 8192
