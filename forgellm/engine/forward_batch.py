@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -28,6 +28,11 @@ class ForwardBatch:
     num_prefills: int = 0  # requests computing more than one token this step
     num_decodes: int = 0  # requests computing exactly one token
 
+    def to(self, device: torch.device) -> ForwardBatch:
+        """The same batch with its tensors on `device` (non-blocking from pinned memory)."""
+        moved = {name: getattr(self, name).to(device, non_blocking=True) for name in _TENSOR_FIELDS}
+        return replace(self, **moved)
+
     @property
     def num_tokens(self) -> int:
         return self.input_ids.shape[0]
@@ -43,6 +48,17 @@ class ForwardBatch:
         return torch.repeat_interleave(self.seq_lens, query_lens.to(torch.int64), output_size=self.num_tokens)
 
 
+_TENSOR_FIELDS = (
+    "input_ids",
+    "positions",
+    "query_start_loc",
+    "seq_lens",
+    "block_tables",
+    "slot_mapping",
+    "logits_indices",
+)
+
+
 @dataclass
 class SequenceChunk:
     """One request's part of a step, as the batch builder needs it."""
@@ -54,7 +70,12 @@ class SequenceChunk:
 
 
 def build_forward_batch(chunks: list[SequenceChunk], block_size: int, device: torch.device) -> ForwardBatch:
-    """Flatten per-request chunks into a ForwardBatch on `device` (one host-to-device copy per field)."""
+    """Flatten per-request chunks into a ForwardBatch on `device`."""
+    return build_host_batch(chunks, block_size, pin=device.type == "cuda").to(device)
+
+
+def build_host_batch(chunks: list[SequenceChunk], block_size: int, pin: bool = False) -> ForwardBatch:
+    """The ForwardBatch in CPU tensors (pinned, when bound for a GPU, so copies are non-blocking)."""
     input_ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -62,6 +83,7 @@ def build_forward_batch(chunks: list[SequenceChunk], block_size: int, device: to
     query_start_loc = [0]
     seq_lens: list[int] = []
     num_prefills = 0
+    max_query_len = 0
     for chunk in chunks:
         n = len(chunk.token_ids)
         offset = query_start_loc[-1]
@@ -74,24 +96,24 @@ def build_forward_batch(chunks: list[SequenceChunk], block_size: int, device: to
         query_start_loc.append(offset + n)
         seq_lens.append(chunk.start + n)
         num_prefills += n > 1
-    max_blocks = max((len(c.block_ids) for c in chunks), default=0)
-    width = max(max_blocks, 1)
-    table = torch.tensor([c.block_ids + [0] * (width - len(c.block_ids)) for c in chunks], dtype=torch.int32)
+        max_query_len = max(max_query_len, n)
+    width = max((len(c.block_ids) for c in chunks), default=1) or 1
+    table = [c.block_ids + [0] * (width - len(c.block_ids)) for c in chunks]
 
-    def as_tensor(values: list[int], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    def host(values: list, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.tensor(values, dtype=dtype)
+        return t.pin_memory() if pin else t
 
-    query_lens = [b - a for a, b in zip(query_start_loc, query_start_loc[1:])]
     return ForwardBatch(
-        input_ids=as_tensor(input_ids, torch.int64),
-        positions=as_tensor(positions, torch.int64),
-        query_start_loc=as_tensor(query_start_loc, torch.int32),
-        seq_lens=as_tensor(seq_lens, torch.int32),
-        max_query_len=max(query_lens, default=0),
+        input_ids=host(input_ids, torch.int64),
+        positions=host(positions, torch.int64),
+        query_start_loc=host(query_start_loc, torch.int32),
+        seq_lens=host(seq_lens, torch.int32),
+        max_query_len=max_query_len,
         max_seq_len=max(seq_lens, default=0),
-        block_tables=table.to(device, non_blocking=True),
-        slot_mapping=as_tensor(slots, torch.int64),
-        logits_indices=as_tensor(logits_indices, torch.int64),
+        block_tables=host(table, torch.int32),
+        slot_mapping=host(slots, torch.int64),
+        logits_indices=host(logits_indices, torch.int64),
         num_prefills=num_prefills,
         num_decodes=len(chunks) - num_prefills,
     )

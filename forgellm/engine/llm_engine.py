@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
 
+from forgellm import kernels
 from forgellm.config import EngineConfig
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
@@ -16,11 +18,12 @@ from forgellm.engine.model_runner import ModelRunner, kv_block_bytes, load_model
 from forgellm.engine.output_processor import OutputProcessor
 from forgellm.engine.request import Request, RequestStatus
 from forgellm.engine.scheduler import Scheduler
-from forgellm.errors import ConfigError, InvalidRequestError, ModelLoadError
+from forgellm.errors import CapacityError, ConfigError, InvalidRequestError, ModelLoadError
 from forgellm.hf.config import load_model_config, resolve_dtype
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.hf.generation_config import load_generation_defaults
 from forgellm.hf.tokenizer import Tokenizer
+from forgellm.kernels.attention import paged_attention_ref
 from forgellm.models.registry import get_model_class
 from forgellm.outputs import RequestOutput
 from forgellm.sampling_params import SamplingParams
@@ -70,20 +73,39 @@ def resolve_max_model_len(config: EngineConfig, arch: ModelArchConfig) -> int:
     return config.max_model_len
 
 
-def num_kv_blocks(
-    config: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device, max_model_len: int
-) -> int:
-    """Explicit num_kv_blocks, or as many blocks as the memory budget allows (no more than useful)."""
+def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int) -> int:
+    """Explicit num_kv_blocks, or as many blocks as the memory budget allows (no more than useful).
+
+    On a GPU the budget is gpu_memory_utilization of its memory minus what is in use at the peak of
+    a warm-up forward pass at the largest step size (weights and activations included).
+    """
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    block_bytes = kv_block_bytes(arch, config.block_size, dtype)
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        budget = free - (1 - config.gpu_memory_utilization) * total
+    block_bytes = kv_block_bytes(runner.arch, config.block_size, runner.dtype)
+    if runner.device.type == "cuda":
+        peak = runner.profile_peak_memory(config.max_num_batched_tokens, config.max_num_seqs)
+        free, total = torch.cuda.mem_get_info(runner.device)
+        outside_torch = total - free - torch.cuda.memory_reserved(runner.device)  # CUDA context, other processes
+        budget = config.gpu_memory_utilization * total - peak - outside_torch
     else:
         budget = config.cpu_kv_cache_gb * 2**30
     useful = config.max_num_seqs * -(-max_model_len // config.block_size)
-    return max(1, min(int(budget // block_bytes), useful))
+    blocks = min(int(budget // block_bytes), useful)
+    if blocks < 1:
+        raise CapacityError(
+            f"no memory is left for the KV cache after loading the model (budget {budget / 2**30:.2f} GiB); "
+            "raise gpu_memory_utilization, lower max_num_batched_tokens, or use a smaller model"
+        )
+    return blocks
+
+
+def use_cuda_graphs(config: EngineConfig, device: torch.device) -> bool:
+    """Graphs need a GPU, graph-safe (Triton) attention, and enforce_eager off."""
+    # The reference attention reads lengths on the host, which a graph cannot capture.
+    graph_safe = (
+        kernels.paged_attention is not paged_attention_ref and os.environ.get("FORGELLM_KERNELS") != "reference"
+    )
+    return device.type == "cuda" and not config.enforce_eager and graph_safe
 
 
 class LLMEngine:
@@ -100,8 +122,11 @@ class LLMEngine:
         device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
         self.max_model_len = resolve_max_model_len(config, arch)
         model = load_model(model_dir, arch, dtype, device, config.load_format)
-        blocks = num_kv_blocks(config, arch, dtype, device, self.max_model_len)
-        runner = ModelRunner(model, blocks, config.block_size, config.seed)
+        runner = ModelRunner(model, config.block_size, config.seed)
+        blocks = num_kv_blocks(config, runner, self.max_model_len)
+        runner.allocate_kv_cache(blocks)
+        if use_cuda_graphs(config, device):
+            runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(
             kv_cache,
@@ -116,14 +141,17 @@ class LLMEngine:
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)
         self.output_processor = OutputProcessor(self.tokenizer)
+        kv_gib = blocks * kv_block_bytes(arch, config.block_size, dtype) / 2**30
         logger.info(
-            "loaded %s (%s, %s) on %s; KV cache: %d blocks of %d tokens",
+            "loaded %s (%s, %s) on %s; KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB)",
             model_dir,
             arch.architecture,
             dtype,
             device,
             blocks,
             config.block_size,
+            blocks * config.block_size,
+            kv_gib,
         )
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from forgellm.engine.forward_batch import SequenceChunk, build_forward_batch
+from forgellm.engine.cuda_graphs import CudaGraphRunner
+from forgellm.engine.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
 from forgellm.engine.request import Request
 from forgellm.engine.sampler import Sampler, compute_prompt_logprobs
 from forgellm.engine.sampling_metadata import SamplingMetadata
@@ -73,30 +74,60 @@ def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -
 
 
 class ModelRunner:
-    """Runs one step of the model over the scheduled requests and samples their next tokens."""
+    """Runs one step of the model over the scheduled requests and samples their next tokens.
 
-    def __init__(self, model: nn.Module, num_blocks: int, block_size: int, seed: int) -> None:
+    Start-up order: build, `profile_peak_memory` (GPU), `allocate_kv_cache`, `capture_cuda_graphs`.
+    """
+
+    def __init__(self, model: nn.Module, block_size: int, seed: int) -> None:
         self.model = model
         self.arch: ModelArchConfig = model.config
         self.block_size = block_size
-        self.num_blocks = num_blocks
+        self.num_blocks = 0
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.kv_caches = self._allocate_kv_cache()
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.sampler = Sampler()
         self.default_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_logprobs_done: dict[str, int] = {}
+        self.graph_runner: CudaGraphRunner | None = None
 
-    def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Give every attention layer its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
+        self.num_blocks = num_blocks
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        shape = (self.num_blocks, self.block_size, self.arch.num_key_value_heads, self.arch.head_dim)
-        caches = []
+        shape = (num_blocks, self.block_size, self.arch.num_key_value_heads, self.arch.head_dim)
+        self.kv_caches = []
         for layer in layers:
             layer.k_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
             layer.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
-            caches.append((layer.k_cache, layer.v_cache))
-        return caches
+            self.kv_caches.append((layer.k_cache, layer.v_cache))
+
+    @torch.inference_mode()
+    def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
+        """Peak GPU bytes of a forward pass at the largest step (weights included), before the KV cache."""
+        self.allocate_kv_cache(-(-num_tokens // self.block_size))  # a scratch cache for the warm-up
+        torch.cuda.reset_peak_memory_stats(self.device)
+        chunk = SequenceChunk([0] * num_tokens, 0, list(range(self.num_blocks)), [])
+        batch = build_forward_batch([chunk], self.block_size, self.device)
+        hidden = self.model(batch.input_ids, batch.positions, batch)
+        logits = self.model.compute_logits(hidden[: min(num_seqs, num_tokens)])
+        # The sampler's penalty tables are [num_seqs, vocab]; count a few such tensors.
+        sampler_bytes = 3 * num_seqs * logits.shape[-1] * 4
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) + sampler_bytes
+        del hidden, logits, batch
+        self.allocate_kv_cache(0)
+        self.kv_caches = []
+        torch.cuda.empty_cache()
+        return peak
+
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture decode graphs for batch sizes up to max_num_seqs (needs graph-safe GPU kernels)."""
+        max_blocks = -(-max_model_len // self.block_size)
+        self.graph_runner = CudaGraphRunner(self.model, max_num_seqs, max_blocks, max_model_len, self.device)
+        self.graph_runner.capture()
 
     def _generator(self, request: Request) -> torch.Generator | None:
         seed = request.sampling_params.seed
@@ -140,9 +171,13 @@ class ModelRunner:
                 row += 1
             tokens = request.all_token_ids[s.start : s.start + s.num_new_tokens]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
-        batch = build_forward_batch(chunks, self.block_size, self.device)
-        hidden = self.model(batch.input_ids, batch.positions, batch)
-        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        host = build_host_batch(chunks, self.block_size, pin=self.device.type == "cuda")
+        if self.graph_runner is not None and self.graph_runner.can_run(host):
+            logits = self.model.compute_logits(self.graph_runner.run(host))
+        else:
+            batch = host.to(self.device)
+            hidden = self.model(batch.input_ids, batch.positions, batch)
+            logits = self.model.compute_logits(hidden[batch.logits_indices])
         output = ModelRunnerOutput()
         if samplers:
             self._sample(logits, samplers, output)
