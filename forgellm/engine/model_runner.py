@@ -146,6 +146,11 @@ class ModelRunner:
         done = self.prompt_logprobs_done.get(request.request_id, 0)
         return range(max(s.start, done), min(s.start + s.num_new_tokens, request.num_prompt_tokens - 1))
 
+    def _to_device(self, values: list[int]) -> torch.Tensor:
+        """An int64 tensor on the device, copied from pinned memory so the host does not wait."""
+        host = torch.tensor(values, dtype=torch.int64)
+        return host.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+
     def release(self, request_ids: set[str]) -> None:
         """Forget the per-request state of requests that ended."""
         for request_id in request_ids:
@@ -187,10 +192,12 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, samplers: list[tuple[Request, int]], output: ModelRunnerOutput) -> None:
         requests = [request for request, _ in samplers]
-        rows = torch.tensor([r for _, r in samplers], device=logits.device)
+        rows = [r for _, r in samplers]
+        if rows != list(range(logits.shape[0])):  # some rows only score the prompt
+            logits = logits[self._to_device(rows)]
         generators = [self._generator(request) for request in requests]
         metadata = SamplingMetadata.from_requests(requests, generators, logits.shape[-1], logits.device)
-        result = self.sampler(logits[rows], metadata, self.default_generator)
+        result = self.sampler(logits, metadata, self.default_generator)
         sampled = result.sampled_token_ids.tolist()  # the one device-to-host copy of the step
         for request, token in zip(requests, sampled):
             output.sampled_token_ids[request.request_id] = token
@@ -206,7 +213,7 @@ class ModelRunner:
     ) -> None:
         request = s.request
         k = request.sampling_params.prompt_logprobs
-        targets = torch.tensor(request.prompt_token_ids[positions.start + 1 : positions.stop + 1], device=logits.device)
+        targets = self._to_device(request.prompt_token_ids[positions.start + 1 : positions.stop + 1])
         entries = _to_token_logprobs(compute_prompt_logprobs(logits, targets, k))
         output.prompt_logprobs[request.request_id] = (positions.start + 1, [_first(e, k) for e in entries])
         self.prompt_logprobs_done[request.request_id] = positions.stop
