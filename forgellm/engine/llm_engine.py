@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -103,7 +104,9 @@ def use_cuda_graphs(config: EngineConfig, device: torch.device) -> bool:
     """Graphs need a GPU, graph-safe (Triton) attention, and enforce_eager off."""
     # The reference attention reads lengths on the host, which a graph cannot capture.
     graph_safe = (
-        kernels.paged_attention is not paged_attention_ref and os.environ.get("FORGELLM_KERNELS") != "reference"
+        kernels.paged_attention is not paged_attention_ref
+        and importlib.util.find_spec("triton") is not None
+        and os.environ.get("FORGELLM_KERNELS") != "reference"
     )
     return device.type == "cuda" and not config.enforce_eager and graph_safe
 

@@ -42,5 +42,7 @@ class Attention(nn.Module):
             batch.seq_lens,
             self.scale,
             self.sliding_window,
+            max_query_len=batch.max_query_len,
+            max_seq_len=batch.max_seq_len,
         )
         return out.flatten(1)
