@@ -8,11 +8,11 @@ import os
 import sys
 
 import forgellm
-from forgellm.cli import chat, generate
+from forgellm.cli import bench, chat, generate
 
 # Each module registers its subparser and sets `handler`; serve, bench, quantize and build join
 # this tuple when they exist.
-SUBCOMMANDS = (generate, chat)
+SUBCOMMANDS = (generate, chat, bench)
 
 
 def version() -> str:
