@@ -26,11 +26,16 @@ def paged_attention_ref(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    *,
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of q [T, Hq, D] over cached K/V; returns [T, Hq, D] in q's dtype.
 
     The queries of request i are rows query_start_loc[i]:query_start_loc[i+1]; they sit at the last
     positions of its seq_lens[i] cached tokens. Grouped-query attention at any Hq/Hkv ratio.
+    max_query_len / max_seq_len are the batch's host ints: the Triton version picks its kernel and
+    grid from them; the reference ignores them.
     """
     out = torch.empty_like(q)
     num_kv_heads = k_cache.shape[2]
