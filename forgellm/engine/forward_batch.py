@@ -7,6 +7,8 @@ from functools import cached_property
 
 import torch
 
+from forgellm.engine.pinned_staging import PinnedStaging
+
 
 @dataclass
 class ForwardBatch:
@@ -74,8 +76,11 @@ def build_forward_batch(chunks: list[SequenceChunk], block_size: int, device: to
     return build_host_batch(chunks, block_size, pin=device.type == "cuda").to(device)
 
 
-def build_host_batch(chunks: list[SequenceChunk], block_size: int, pin: bool = False) -> ForwardBatch:
-    """The ForwardBatch in CPU tensors (pinned, when bound for a GPU, so copies are non-blocking)."""
+def build_host_batch(
+    chunks: list[SequenceChunk], block_size: int, pin: bool = False, staging: PinnedStaging | None = None
+) -> ForwardBatch:
+    """The ForwardBatch in CPU tensors: in `staging`'s pinned buffers when given, else pinned afresh
+    if `pin` (copies from pinned memory to the GPU do not block the host)."""
     input_ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -100,20 +105,22 @@ def build_host_batch(chunks: list[SequenceChunk], block_size: int, pin: bool = F
     width = max((len(c.block_ids) for c in chunks), default=1) or 1
     table = [c.block_ids + [0] * (width - len(c.block_ids)) for c in chunks]
 
-    def host(values: list, dtype: torch.dtype) -> torch.Tensor:
+    def host(field: str, values: list, dtype: torch.dtype) -> torch.Tensor:
+        if staging is not None:
+            return staging.put(field, values, dtype)
         t = torch.tensor(values, dtype=dtype)
         return t.pin_memory() if pin else t
 
     return ForwardBatch(
-        input_ids=host(input_ids, torch.int64),
-        positions=host(positions, torch.int64),
-        query_start_loc=host(query_start_loc, torch.int32),
-        seq_lens=host(seq_lens, torch.int32),
+        input_ids=host("input_ids", input_ids, torch.int64),
+        positions=host("positions", positions, torch.int64),
+        query_start_loc=host("query_start_loc", query_start_loc, torch.int32),
+        seq_lens=host("seq_lens", seq_lens, torch.int32),
         max_query_len=max_query_len,
         max_seq_len=max(seq_lens, default=0),
-        block_tables=host(table, torch.int32),
-        slot_mapping=host(slots, torch.int64),
-        logits_indices=host(logits_indices, torch.int64),
+        block_tables=host("block_tables", table, torch.int32),
+        slot_mapping=host("slot_mapping", slots, torch.int64),
+        logits_indices=host("logits_indices", logits_indices, torch.int64),
         num_prefills=num_prefills,
         num_decodes=len(chunks) - num_prefills,
     )

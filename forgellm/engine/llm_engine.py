@@ -128,6 +128,7 @@ class LLMEngine:
         runner = ModelRunner(model, config.block_size, config.seed)
         blocks = num_kv_blocks(config, runner, self.max_model_len)
         runner.allocate_kv_cache(blocks)
+        runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
         if use_cuda_graphs(config, device):
             runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)

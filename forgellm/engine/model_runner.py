@@ -15,6 +15,7 @@ from torch import nn
 
 from forgellm.engine.cuda_graphs import CudaGraphRunner
 from forgellm.engine.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
+from forgellm.engine.pinned_staging import PinnedStaging
 from forgellm.engine.request import Request
 from forgellm.engine.sampler import Sampler, compute_prompt_logprobs
 from forgellm.engine.sampling_metadata import SamplingMetadata
@@ -92,6 +93,7 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_logprobs_done: dict[str, int] = {}
         self.graph_runner: CudaGraphRunner | None = None
+        self.staging: PinnedStaging | None = None  # set by prepare_host_buffers on a GPU
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """Give every attention layer its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
@@ -122,6 +124,12 @@ class ModelRunner:
         self.kv_caches = []
         torch.cuda.empty_cache()
         return peak
+
+    def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> None:
+        """Pin the step-input buffers once (GPU only: on a CPU there is no copy to overlap)."""
+        if self.device.type == "cuda":
+            max_blocks = -(-max_model_len // self.block_size)
+            self.staging = PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks)
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """Capture decode graphs for batch sizes up to max_num_seqs (needs graph-safe GPU kernels)."""
@@ -176,7 +184,7 @@ class ModelRunner:
                 row += 1
             tokens = request.all_token_ids[s.start : s.start + s.num_new_tokens]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
-        host = build_host_batch(chunks, self.block_size, pin=self.device.type == "cuda")
+        host = build_host_batch(chunks, self.block_size, staging=self.staging)
         if self.graph_runner is not None and self.graph_runner.can_run(host):
             logits = self.model.compute_logits(self.graph_runner.run(host))
         else:

@@ -27,7 +27,7 @@ class SamplingMetadata:
     num_rows: int
     all_greedy: bool
     all_random: bool
-    greedy_mask: torch.Tensor  # [N] bool
+    greedy_mask: torch.Tensor | None  # [N] bool; None unless the batch mixes greedy and random rows
     # [N] float32; 1.0 on greedy rows so dividing by it is harmless. None when every row uses 1.0.
     temperature: torch.Tensor | None
     top_k: torch.Tensor | None  # [N] int64, vocab_size where off
@@ -96,7 +96,7 @@ class SamplingMetadata:
             num_rows=len(requests),
             all_greedy=all(greedy),
             all_random=not any(greedy),
-            greedy_mask=put(greedy, torch.bool),
+            greedy_mask=put(greedy, torch.bool) if any(greedy) and not all(greedy) else None,
             temperature=put(temps, torch.float32) if any(t != 1.0 for t in temps) else None,
             top_k=put(top_ks, torch.int64) if any(k < vocab_size for k in top_ks) else None,
             top_k_bound=top_k_bound,

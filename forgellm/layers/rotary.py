@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from forgellm import kernels
 from forgellm.hf.config_types import RopeConfig
-from forgellm.kernels.rotary import apply_rotary
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
@@ -165,6 +165,8 @@ class RotaryEmbedding(nn.Module):
             inv_freq = self._dynamic_inv_freq(seq_lens_of_tokens)
         freqs = positions[:, None].float() * inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
+        if self.attention_scaling == 1.0:  # skip two kernels per step in the common case
+            return angles.cos(), angles.sin()
         return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
 
     def forward(
@@ -172,7 +174,7 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Return q [T, Hq, D] and k [T, Hk, D] rotated to positions [T] (int64)."""
         cos, sin = self.cos_sin(positions, seq_lens_of_tokens)
-        return apply_rotary(q, k, cos, sin)
+        return kernels.apply_rotary(q, k, cos, sin)
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""

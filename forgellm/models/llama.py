@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from forgellm import kernels
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.engine.forward_batch import ForwardBatch
 from forgellm.hf.config_types import ModelArchConfig
@@ -47,11 +48,12 @@ class LlamaAttention(nn.Module):
         )
         self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype=dtype) if config.qk_norm else None
         self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype=dtype) if config.qk_norm else None
-        self.rotary = RotaryEmbedding(d, config.rope, config.max_position_embeddings)
-        self.rotary_needs_seq_lens = config.rope.type == "dynamic"
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, d**-0.5, config.sliding_window)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        """`rope` is the step's (cos, sin), computed once per forward pass for every layer."""
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
@@ -59,8 +61,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        token_seq_lens = batch.token_seq_lens if self.rotary_needs_seq_lens else None
-        q, k = self.rotary(positions, q, k, token_seq_lens)
+        q, k = kernels.apply_rotary(q, k, *rope)
         return self.o_proj(self.attn(q, k, v, batch))
 
 
@@ -93,14 +94,18 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype, parallel)
 
     def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
+        self,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        batch: ForwardBatch,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, batch)
+        hidden = self.self_attn(rope, hidden, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -116,6 +121,8 @@ class LlamaForCausalLM(nn.Module):
         )
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, parallel) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        # Every layer rotates by the same angles: compute cos/sin once per step, not once per layer.
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope, config.max_position_embeddings)
         if config.tie_word_embeddings:
             self.lm_head = self.embed_tokens
         else:
@@ -123,9 +130,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
+        token_seq_lens = batch.token_seq_lens if self.config.rope.type == "dynamic" else None
+        rope = self.rotary.cos_sin(positions, token_seq_lens)
         residual = None
         for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, batch)
+            hidden, residual = layer(rope, hidden, residual, batch)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

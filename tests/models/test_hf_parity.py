@@ -65,7 +65,7 @@ def test_logits_match_transformers(variant, tiny_model_dir):
     for prompt in prompts:
         with torch.no_grad():
             ref = hf_model(path)(torch.tensor([prompt])).logits[0]
-        ours = logits[offset : offset + len(prompt)]
+        ours = logits[offset : offset + len(prompt)].cpu()
         offset += len(prompt)
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
