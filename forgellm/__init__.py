@@ -5,6 +5,7 @@ Start at `LLM` (llm.py) -> LLMEngine (engine/llm_engine.py) -> EngineCore.step (
 """
 
 from forgellm.config import EngineConfig
+from forgellm.engine.async_engine import AsyncLLM
 from forgellm.errors import (
     CapacityError,
     ConfigError,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLM",
+    "AsyncLLM",
     "CapacityError",
     "CompletionOutput",
     "ConfigError",

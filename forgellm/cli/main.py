@@ -8,11 +8,11 @@ import os
 import sys
 
 import forgellm
-from forgellm.cli import bench, chat, generate
+from forgellm.cli import bench, chat, generate, serve
 
 # Each module registers its subparser and sets `handler`; serve, bench, quantize and build join
 # this tuple when they exist.
-SUBCOMMANDS = (generate, chat, bench)
+SUBCOMMANDS = (generate, chat, bench, serve)
 
 
 def version() -> str:

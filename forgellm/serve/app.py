@@ -1,0 +1,31 @@
+"""build_app: the FastAPI application of one engine (no module-level app; each call makes a new one)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+import forgellm
+from forgellm.engine.async_engine import AsyncLLM
+from forgellm.serve.auth import api_key_dependency
+from forgellm.serve.body_limit import BodyLimitMiddleware
+from forgellm.serve.chat import chat_router
+from forgellm.serve.completions import completions_router
+from forgellm.serve.context import ServerContext
+from forgellm.serve.errors import install_error_handlers
+from forgellm.serve.info import info_router
+from forgellm.serve.metrics import ServerMetrics
+from forgellm.serve.settings import ServerSettings
+
+
+def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastAPI:
+    """An OpenAI-compatible app serving `engine`. The caller owns the engine and shuts it down."""
+    settings = settings or ServerSettings()
+    ctx = ServerContext(engine, settings, ServerMetrics(engine))
+    app = FastAPI(title="forgellm", version=forgellm.__version__, docs_url=None, redoc_url=None)
+    app.state.context = ctx  # for callers and tests; routes get ctx from their factory
+    auth = api_key_dependency(settings.api_key)
+    for router in (chat_router(ctx, auth), completions_router(ctx, auth), info_router(ctx, auth)):
+        app.include_router(router)
+    install_error_handlers(app, on_error=ctx.metrics.count_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, on_reject=ctx.metrics.count_error)
+    return app

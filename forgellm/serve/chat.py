@@ -1,0 +1,102 @@
+"""POST /v1/chat/completions: a conversation rendered with the model's chat template, streamed or not."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from forgellm.outputs import RequestOutput
+from forgellm.serve.context import ServerContext, new_request_id, now_seconds
+from forgellm.serve.deltas import DeltaTracker
+from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
+from forgellm.serve.logprobs import chat_logprobs
+from forgellm.serve.protocol import ChatCompletionRequest
+from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
+
+
+def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
+    """The chat completions route, bound to `ctx`; `auth` is the API-key dependency."""
+    router = APIRouter(dependencies=[Depends(auth)])
+
+    @router.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request) -> Response:
+        body = await ctx.parse(request, ChatCompletionRequest)
+        ctx.check_model(body.model)
+        ctx.check_alive()
+        body.check_supported()
+        params = body.sampling_params(ctx.engine.default_sampling_params())
+        ctx.admit()
+        prompt_ids = await ctx.engine.render_chat(body.template_messages())
+        processed = await ctx.engine.process(prompt_ids, params)
+        request_id, created = new_request_id("chatcmpl"), now_seconds()
+        header = {"id": request_id, "created": created, "model": ctx.settings.model_name}
+        top_k = params.logprobs
+        [stream] = start_streams(ctx, [processed], request_id, body.stream)
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return EventStreamResponse(_events(stream, header, params.n, top_k, include_usage))
+        return await respond_when_done(request, _complete(stream, header, top_k))
+
+    return router
+
+
+async def _complete(stream: AsyncIterator[RequestOutput], header: dict[str, Any], top_k: int | None) -> dict[str, Any]:
+    [out] = await final_outputs([stream])
+    choices = []
+    for c in out.outputs:
+        choice: dict[str, Any] = {
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": chat_logprobs(c.token_ids, c.logprobs, top_k) if top_k is not None and c.logprobs else None,
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        }
+        choices.append(choice)
+    return {**header, "object": "chat.completion", "choices": choices, "usage": usage([out])}
+
+
+async def _events(
+    stream: AsyncIterator[RequestOutput], header: dict[str, Any], n: int, top_k: int | None, include_usage: bool
+) -> AsyncIterator[bytes]:
+    base = {**header, "object": "chat.completion.chunk"}
+    if include_usage:
+        base["usage"] = None  # OpenAI sends usage: null on every chunk but the last
+
+    def chunk(choices: list[dict[str, Any]]) -> bytes:
+        return sse_event({**base, "choices": choices})
+
+    tracker = DeltaTracker(n)
+    last: RequestOutput | None = None
+    try:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            yield chunk(
+                [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    for i in range(n)
+                ]
+            )
+            async for last in stream:
+                choices = []
+                for d in tracker.update(last):
+                    choice: dict[str, Any] = {
+                        "index": d.index,
+                        "delta": {"content": d.text} if d.text else {},
+                        "logprobs": chat_logprobs(d.token_ids, d.logprobs, top_k)
+                        if top_k is not None and d.logprobs
+                        else None,
+                        "finish_reason": d.finish_reason,
+                    }
+                    if d.finish_reason is not None:
+                        choice["stop_reason"] = d.stop_reason
+                    choices.append(choice)
+                if choices:
+                    yield chunk(choices)
+        if include_usage and last is not None:
+            yield sse_event({**base, "choices": [], "usage": usage([last])})
+    except Exception as exc:
+        yield error_event(exc)
+    yield DONE_EVENT

@@ -1,0 +1,94 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from forgellm.errors import CapacityError, ContextLengthError, EngineDeadError, ForgeLLMError, InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error answered to the client as an OpenAI error body with `status_code`."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body OpenAI clients parse."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
+
+
+def api_error_from(exc: BaseException) -> APIError:
+    """Map any exception to the APIError a client should see (unexpected ones become a plain 500)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, str(exc), param=exc.param, code="invalid_value")
+    if isinstance(exc, CapacityError):  # this request could never fit in the KV cache, however idle
+        return APIError(400, str(exc), param="max_tokens", code="request_too_large")
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc), type="server_error", code="engine_dead")
+    if isinstance(exc, pydantic.ValidationError):
+        return validation_error(exc)
+    if isinstance(exc, HTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code))
+    logger.error("internal error while serving a request", exc_info=exc)
+    return APIError(500, f"internal server error: {type(exc).__name__}", type="server_error", code="internal_error")
+
+
+def validation_error(exc: pydantic.ValidationError) -> APIError:
+    """A 400 naming the first invalid field (as a dotted path) and why it is invalid."""
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    if first["type"] == "extra_forbidden":
+        message = f"unrecognized request field {param!r}; this server does not support it"
+    elif first["type"] == "missing":
+        message = f"field {param!r} is required"
+    else:
+        message = f"invalid value for {param!r}: {first['msg']}" if param else first["msg"]
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
+    """Answer every error, Starlette's own 404/405 included, in OpenAI's shape.
+
+    `on_error(status_code)` is called for each error response (the metrics count them).
+    """
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        error = api_error_from(exc)
+        if on_error is not None:
+            on_error(error.status_code)
+        return error.response()
+
+    # Typed errors are handled like HTTPException (no traceback); a plain Exception is a bug: 500 + log.
+    for kind in (APIError, HTTPException, ForgeLLMError, pydantic.ValidationError, Exception):
+        app.add_exception_handler(kind, handle)

@@ -1,0 +1,82 @@
+"""The small routes: /v1/models, /health, /version, /metrics, /tokenize and /detokenize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+import forgellm
+from forgellm.serve.context import ServerContext, now_seconds
+from forgellm.serve.errors import APIError
+from forgellm.serve.protocol import ChatCompletionRequest, ChatMessage, DetokenizeRequest, TokenizeRequest
+
+
+def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
+    """Routes that report on the server; /health, /version and /metrics need no API key."""
+    router = APIRouter()
+    protected = [Depends(auth)]
+    started = now_seconds()
+
+    @router.get("/health")
+    async def health() -> Response:
+        if not ctx.engine.is_alive:
+            return APIError(503, "the engine has failed", type="server_error", code="engine_dead").response()
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/version")
+    async def version() -> Response:
+        return JSONResponse({"version": forgellm.__version__})
+
+    @router.get("/metrics")  # a plain route: a mounted ASGI app would answer /metrics with a 307
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/v1/models", dependencies=protected)
+    async def models() -> Response:
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": started,
+                "owned_by": "forgellm",
+                "root": ctx.engine.config.model or name,
+                "max_model_len": ctx.engine.max_model_len,
+            }
+            for name in ctx.settings.served_model_names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @router.post("/tokenize", dependencies=protected)
+    async def tokenize(request: Request) -> Response:
+        body = await ctx.parse(request, TokenizeRequest)
+        ctx.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give exactly one of prompt or messages", param="prompt")
+        if body.messages is not None:
+            tokens = await ctx.engine.render_chat(_template_messages(body.messages), body.add_generation_prompt)
+        else:
+            tokens = await ctx.engine.run_in_pool(ctx.engine.tokenizer.encode, body.prompt, body.add_special_tokens)
+        return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": ctx.engine.max_model_len})
+
+    @router.post("/detokenize", dependencies=protected)
+    async def detokenize(request: Request) -> Response:
+        body = await ctx.parse(request, DetokenizeRequest)
+        ctx.check_model(body.model)
+        vocab = ctx.engine.tokenizer.vocab_size
+        bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="tokens")
+        text = await ctx.engine.run_in_pool(ctx.engine.tokenizer.decode, body.tokens)
+        return JSONResponse({"prompt": text})
+
+    return router
+
+
+def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Check and flatten messages exactly as a chat request would."""
+    request = ChatCompletionRequest(messages=messages)
+    request.check_supported()
+    return request.template_messages()

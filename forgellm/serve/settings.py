@@ -1,0 +1,37 @@
+"""ServerSettings: the options of the HTTP layer (the engine's own live in EngineConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20  # far above any prompt that fits a context; stops abuse
+DEMO_MODEL_NAME = "forgellm-demo"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Model names clients may ask for, the API key, and the limits that protect the engine."""
+
+    served_model_names: tuple[str, ...] = (DEMO_MODEL_NAME,)
+    api_key: str | None = None
+    max_waiting_requests: int | None = None  # None: queue without limit
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.served_model_names:
+            raise ValueError("served_model_names needs at least one name")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
+        if self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
+
+    @property
+    def model_name(self) -> str:
+        """The name responses carry: the first served name."""
+        return self.served_model_names[0]
+
+
+def default_model_name(model: str | None) -> str:
+    """The name a model is served under when none is given: its directory's name."""
+    return DEMO_MODEL_NAME if model is None else Path(model).expanduser().resolve().name

@@ -1,0 +1,54 @@
+"""64 concurrent streaming greedy requests return exactly what LLM.generate returns for the same prompts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from forgellm import LLM, SamplingParams
+
+NUM_REQUESTS = 64
+MAX_TOKENS = 8
+
+
+async def _stream_all(base_url: str, prompts: list[str]) -> list[str]:
+    import openai
+
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+
+        async def one(prompt: str) -> str:
+            stream = await client.completions.create(
+                model="forgellm-demo",
+                prompt=prompt,
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            return "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+
+def test_64_concurrent_streams_equal_offline_generate(demo_server):
+    prompts = [f"def function_{i}(x, y):\n    return x {'+-*/%'[i % 5]} {i}" for i in range(NUM_REQUESTS)]
+    peak = {"running": 0}
+
+    async def run() -> list[str]:
+        async def watch() -> None:  # record how many ran at once: the requests must really overlap
+            while True:
+                peak["running"] = max(peak["running"], demo_server.engine.stats().num_running)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await _stream_all(demo_server.base_url, prompts)
+        finally:
+            watcher.cancel()
+
+    served = asyncio.run(run())
+    llm = LLM(dtype="float32", max_model_len=1024, cpu_kv_cache_gb=0.25)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    offline = [out.outputs[0].text for out in llm.generate(prompts, params, use_tqdm=False)]
+    assert served == offline
+    assert peak["running"] > 1
+    assert demo_server.wait_until(demo_server.is_idle)
