@@ -69,9 +69,10 @@ class CudaGraphRunner:
         start = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
-            batch = self._batch(size)
-            self.model(batch.input_ids, batch.positions, batch)  # warm-up: autotuning, lazy init
+            warmup = self._batch(size)
+            self.model(warmup.input_ids, warmup.positions, warmup)  # autotuning, lazy init
             torch.cuda.synchronize()
+            batch = self._batch(size)  # a fresh batch: nothing computed outside the capture is reused
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 self.hidden[size] = self.model(batch.input_ids, batch.positions, batch)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import torch
 
@@ -43,9 +42,13 @@ class ForwardBatch:
     def num_requests(self) -> int:
         return self.seq_lens.shape[0]
 
-    @cached_property
+    @property
     def token_seq_lens(self) -> torch.Tensor:
-        """[T]: the KV length of each token's sequence (dynamic-NTK rotary needs it per token)."""
+        """[T]: the KV length of each token's sequence (dynamic-NTK rotary needs it per token).
+
+        Computed on every access, never cached: a cached tensor made during a CUDA graph's warm-up
+        would be captured as a constant (and freed), leaving replays to read stale memory.
+        """
         query_lens = self.query_start_loc[1:] - self.query_start_loc[:-1]
         return torch.repeat_interleave(self.seq_lens, query_lens.to(torch.int64), output_size=self.num_tokens)
 
