@@ -1,28 +1,33 @@
-"""Write the embedded demo model (forgellm/assets/demo/): a tiny random-weight Llama and a BPE tokenizer.
+"""Write the embedded demo models' files: the BPE tokenizer, the HF configs, and the trained weights.
 
-Runs offline with core dependencies only (torch, safetensors, tokenizers). The tokenizer is trained
-on the Python standard library's own source (PSF-2.0), so the output depends on the Python version
-that runs this script; corpus.json records which files were used.
+    python tools/make_demo_model.py tokenizer [--corpus .train]   # tokenizer + configs, both models
+    python tools/make_demo_model.py weights --from DIR             # DIR/<model>.partN.safetensors
 
-    python tools/make_demo_model.py [--out forgellm/assets/demo]
+`tokenizer` trains a byte-level BPE on the stdlib part of the corpus made by tools/build_corpus.py
+and writes every file except the weights into forgellm/assets/demo/ and forgellm/assets/demo-draft/
+(or into --assets, e.g. .train/assets to stage a new tokenizer without breaking the shipped models
+before their new weights exist). `weights` stores the checkpoints written by tools/train_demo.py as
+bf16 model.safetensors. The full pipeline is in forgellm/assets/demo/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import sysconfig
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-SEED = 1234
-VOCAB_SIZE = 4096
-# Enough text for a useful 4k vocabulary while keeping training to a few seconds.
-CORPUS_BYTE_CAP = 3_000_000
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "forgellm" / "assets"
+DEFAULT_CORPUS = REPO / ".train"
+VOCAB_SIZE = 8192
+# The tokenizer learns from the stdlib and its documentation only, so it is the same wherever the
+# same Python version runs, whatever else is installed.
+TOKENIZER_SOURCES = ("stdlib", "pydoc_topics")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -30,34 +35,41 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-ARCH = {
-    "hidden_size": 256,
-    "intermediate_size": 768,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "max_position_embeddings": 2048,
+CONTEXT = 2048
+# Model name -> architecture. The target is ~20M parameters with 3:1 grouped-query attention;
+# the draft (~2.8M) shares the tokenizer so it can propose tokens for the target to verify.
+ARCHS: dict[str, dict] = {
+    "demo": {
+        "hidden_size": 384,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 11,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+    },
+    "demo-draft": {
+        "hidden_size": 192,
+        "intermediate_size": 512,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 3,
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+    },
 }
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "forgellm" / "assets" / "demo"
 
 
-def select_corpus(byte_cap: int = CORPUS_BYTE_CAP) -> list[Path]:
-    """Top-level stdlib .py files in name order, stopping once `byte_cap` bytes are collected."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    chosen: list[Path] = []
-    total = 0
-    for path in sorted(stdlib.glob("*.py"), key=lambda p: p.name):
-        if total >= byte_cap:
-            break
-        chosen.append(path)
-        total += path.stat().st_size
-    if not chosen:
-        raise SystemExit(f"no .py files found in {stdlib}")
-    return chosen
+def read_documents(corpus: Path, sources: tuple[str, ...]) -> list[str]:
+    """Texts of the corpus documents whose source is in `sources`, in file order."""
+    texts = []
+    with open(corpus / "train.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            if doc["source"] in sources:
+                texts.append(doc["text"])
+    return texts
 
 
-def train_tokenizer(files: list[Path]) -> Tokenizer:
+def train_tokenizer(texts: list[str]) -> Tokenizer:
     """Train a byte-level BPE whose alphabet covers all 256 bytes, so any text is encodable."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,49 +80,40 @@ def train_tokenizer(files: list[Path]) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = (p.read_bytes().decode("utf-8", errors="replace") for p in files)
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    ids = [tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS]
+    if ids != [0, 1, 2]:  # the chat template, configs and tests rely on these ids
+        raise SystemExit(f"special tokens got ids {ids}, expected [0, 1, 2]")
     return tokenizer
 
 
-def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
-    """Map each special token to its id (the trainer puts them first, but never assume)."""
-    ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
-    missing = [tok for tok, i in ids.items() if i is None]
-    if missing:
-        raise SystemExit(f"special tokens missing from the trained vocabulary: {missing}")
-    return ids
-
-
-def model_config(ids: dict[str, int]) -> dict:
+def model_config(name: str) -> dict:
     """config.json of a Llama in the Hugging Face (v4) spelling."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": VOCAB_SIZE,
-        **ARCH,
+        **ARCHS[name],
+        "max_position_embeddings": CONTEXT,
         "hidden_act": "silu",
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "rope_scaling": None,
         "attention_bias": False,
+        "attention_dropout": 0.0,
         "mlp_bias": False,
         "tie_word_embeddings": True,
         "initializer_range": 0.02,
         "torch_dtype": "bfloat16",
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|endoftext|>"],
-        "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "pad_token_id": 0,
     }
 
 
-def generation_config(ids: dict[str, int]) -> dict:
+def generation_config() -> dict:
     """Stop on end-of-text (plain generation) and end-of-turn (chat); no sampling defaults."""
-    return {
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": [ids["<|endoftext|>"], ids["<|im_end|>"]],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
+    return {"bos_token_id": 0, "eos_token_id": [0, 2], "pad_token_id": 0}
 
 
 def tokenizer_config() -> dict:
@@ -136,47 +139,8 @@ def tokenizer_config() -> dict:
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": ARCH["max_position_embeddings"],
+        "model_max_length": CONTEXT,
         "chat_template": CHAT_TEMPLATE,
-    }
-
-
-def random_weights(seed: int = SEED) -> dict[str, torch.Tensor]:
-    """Seeded N(0, 0.02) matrices and unit norms, under the HF Llama names (lm_head tied, absent)."""
-    gen = torch.Generator().manual_seed(seed)
-    hidden, inter = ARCH["hidden_size"], ARCH["intermediate_size"]
-    q_out = ARCH["num_attention_heads"] * ARCH["head_dim"]
-    kv_out = ARCH["num_key_value_heads"] * ARCH["head_dim"]
-
-    def normal(*shape: int) -> torch.Tensor:
-        # Draw in float32 so the values do not depend on bf16 sampling support.
-        return (torch.randn(*shape, generator=gen) * 0.02).to(torch.bfloat16)
-
-    weights = {"model.embed_tokens.weight": normal(VOCAB_SIZE, hidden)}
-    for i in range(ARCH["num_hidden_layers"]):
-        prefix = f"model.layers.{i}"
-        weights[f"{prefix}.self_attn.q_proj.weight"] = normal(q_out, hidden)
-        weights[f"{prefix}.self_attn.k_proj.weight"] = normal(kv_out, hidden)
-        weights[f"{prefix}.self_attn.v_proj.weight"] = normal(kv_out, hidden)
-        weights[f"{prefix}.self_attn.o_proj.weight"] = normal(hidden, q_out)
-        weights[f"{prefix}.mlp.gate_proj.weight"] = normal(inter, hidden)
-        weights[f"{prefix}.mlp.up_proj.weight"] = normal(inter, hidden)
-        weights[f"{prefix}.mlp.down_proj.weight"] = normal(hidden, inter)
-        weights[f"{prefix}.input_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
-        weights[f"{prefix}.post_attention_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
-    weights["model.norm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
-    return weights
-
-
-def corpus_record(files: list[Path]) -> dict:
-    """corpus.json: enough to tell which stdlib produced the tokenizer."""
-    return {
-        "source": "Python standard library, top-level *.py files in name order",
-        "python_version": sys.version.split()[0],
-        "licence": "PSF-2.0",
-        "file_count": len(files),
-        "byte_count": sum(p.stat().st_size for p in files),
-        "files": [p.name for p in files],
     }
 
 
@@ -185,26 +149,50 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def write_tokenizer_and_configs(corpus: Path, assets: Path) -> None:
+    """Train the tokenizer once and write it with each model's configs into assets/<model>/."""
+    tokenizer = train_tokenizer(read_documents(corpus, TOKENIZER_SOURCES))
+    for name in ARCHS:
+        out = assets / name
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(out / "tokenizer.json"), pretty=True)
+        write_json(out / "tokenizer_config.json", tokenizer_config())
+        write_json(out / "config.json", model_config(name))
+        write_json(out / "generation_config.json", generation_config())
+    shutil.copy(corpus / "corpus.json", assets / "demo" / "corpus.json")
+    print(f"wrote tokenizer (vocab {tokenizer.get_vocab_size()}) and configs for {', '.join(ARCHS)}")
+
+
+def write_weights(trained: Path, assets: Path) -> None:
+    """Copy trained checkpoints into the assets as bf16, tied embeddings without lm_head."""
+    for name in ARCHS:
+        shards = sorted(trained.glob(f"{name}.part*.safetensors"))
+        if not shards:
+            raise SystemExit(f"no {name}.part*.safetensors in {trained}")
+        weights = {k: v for shard in shards for k, v in load_file(str(shard)).items()}
+        weights.pop("lm_head.weight", None)  # tie_word_embeddings: the head is the embedding
+        weights = {k: v.to(torch.bfloat16).contiguous() for k, v in sorted(weights.items())}
+        path = assets / name / "model.safetensors"
+        save_file(weights, str(path), metadata={"format": "pt"})
+        params = sum(v.numel() for v in weights.values())
+        print(f"{path}: {params / 1e6:.2f}M parameters, {path.stat().st_size / 1e6:.1f} MB")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Generate every demo asset into --out."""
+    """Run the `tokenizer` or `weights` step."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    steps = parser.add_subparsers(dest="step", required=True)
+    tok = steps.add_parser("tokenizer", help="train the tokenizer and write configs")
+    tok.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="folder made by build_corpus.py")
+    tok.add_argument("--assets", type=Path, default=ASSETS, help="where demo/ and demo-draft/ go")
+    wts = steps.add_parser("weights", help="store trained weights as bf16 model.safetensors")
+    wts.add_argument("--from", dest="trained", type=Path, required=True, help="folder from train_demo.py")
+    wts.add_argument("--assets", type=Path, default=ASSETS, help="where demo/ and demo-draft/ go")
     args = parser.parse_args(argv)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
-    files = select_corpus()
-    tokenizer = train_tokenizer(files)
-    ids = special_ids(tokenizer)
-    tokenizer.save(str(out / "tokenizer.json"), pretty=True)
-    write_json(out / "tokenizer_config.json", tokenizer_config())
-    write_json(out / "config.json", model_config(ids))
-    write_json(out / "generation_config.json", generation_config(ids))
-    write_json(out / "corpus.json", corpus_record(files))
-    save_file(random_weights(), str(out / "model.safetensors"), metadata={"format": "pt"})
-
-    total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    print(f"wrote {out} ({total / 1e6:.1f} MB; tokenizer trained on {len(files)} stdlib files)")
+    if args.step == "tokenizer":
+        write_tokenizer_and_configs(args.corpus, args.assets)
+    else:
+        write_weights(args.trained, args.assets)
     return 0
 
 

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="complete a prompt",
         description=(
             "Complete PROMPT and stream the text to stdout; a summary (tokens, tokens/s) goes to "
-            "stderr. Without --model the embedded demo model is used (random weights)."
+            "stderr. Without --model the embedded demo model is used (a small Llama trained on Python source)."
         ),
     )
     parser.add_argument(

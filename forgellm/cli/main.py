@@ -8,11 +8,11 @@ import os
 import sys
 
 import forgellm
-from forgellm.cli import bench, chat, generate, serve
+from forgellm.cli import bench, chat, eval, generate, serve
 
 # Each module registers its subparser and sets `handler`; serve, bench, quantize and build join
 # this tuple when they exist.
-SUBCOMMANDS = (generate, chat, bench, serve)
+SUBCOMMANDS = (generate, chat, bench, serve, eval)
 
 
 def version() -> str:

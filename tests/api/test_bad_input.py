@@ -17,6 +17,9 @@ from forgellm import (
     ModelLoadError,
     SamplingParams,
 )
+from tests.fixtures.make_tiny_models import demo_vocab_size
+
+VOCAB = demo_vocab_size()  # the tiny fixture models share the demo tokenizer's vocabulary
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
 
@@ -72,8 +75,8 @@ def test_invalid_sampling_values(kwargs, param):
 
 
 def test_logprobs_beyond_the_vocabulary(llm):
-    with pytest.raises(InvalidRequestError, match="vocabulary size 4096"):
-        llm.generate([[1, 2]], SamplingParams(logprobs=5000))
+    with pytest.raises(InvalidRequestError, match=f"vocabulary size {VOCAB}"):
+        llm.generate([[1, 2]], SamplingParams(logprobs=VOCAB + 1))
 
 
 @pytest.mark.parametrize("prompt", ["", []])
@@ -83,9 +86,9 @@ def test_empty_prompt(llm, prompt):
     still_serves(llm)
 
 
-@pytest.mark.parametrize("bad", [-1, 4096, 10**9])
+@pytest.mark.parametrize("bad", [-1, VOCAB, 10**9])
 def test_token_ids_outside_the_vocabulary(llm, bad):
-    with pytest.raises(InvalidRequestError, match=rf"token id {bad} is outside the vocabulary \[0, 4096\)"):
+    with pytest.raises(InvalidRequestError, match=rf"token id {bad} is outside the vocabulary \[0, {VOCAB}\)"):
         llm.generate([[1, bad, 2]], GREEDY)
     still_serves(llm)
 
