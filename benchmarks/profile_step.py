@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument(
+        "--trace", action="store_true", help="also print torch.profiler tables of a decode step and a prefill"
+    )
     args = parser.parse_args()
 
     llm = LLM(
@@ -84,6 +87,34 @@ def main() -> None:
     step = statistics.median(phases["step"])
     print(f"{'gpu (graph)':<12}{gpu_ms:>12.3f}")
     print(f"{'overhead':<12}{step - gpu_ms:>12.3f}   tok/s per request: {1e3 / step:.1f}")
+    if args.trace:
+        trace(engine, args.input_len)
+
+
+def trace(engine, input_len: int) -> None:
+    """Profiler tables: 3 decode steps, then one prefill of a fresh prompt (the TTFT path)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            engine.step()
+        torch.cuda.synchronize()
+    print("\n== 3 decode steps, by CUDA time")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+    print("\n== 3 decode steps, by CPU time")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, detokenize=False)
+    prompt = list(range(1000, 1000 + input_len))
+    engine.add_request("trace-prefill", prompt, params)
+    torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        engine.step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3
+    print(f"\n== one prefill step of {input_len} tokens: {wall:.2f} ms wall, by CPU time")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=20, max_name_column_width=60))
 
 
 if __name__ == "__main__":
