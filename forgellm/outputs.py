@@ -48,7 +48,11 @@ class RequestMetrics:
 
 @dataclass
 class RequestOutput:
-    """The state of one request: its prompt and the samples generated so far."""
+    """The state of one request: its prompt and the samples generated so far.
+
+    With `delta` set (streams asked for with delta=True) each CompletionOutput holds only what its
+    sample gained since the previous output, and a finish_reason only in the output that ends it.
+    """
 
     request_id: str
     prompt: str | None
@@ -58,3 +62,24 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = field(default=0)
+    delta: bool = False
+
+
+def merge_deltas(older: RequestOutput, newer: RequestOutput) -> RequestOutput:
+    """One delta output covering two consecutive ones of the same request (`older` is extended in place).
+
+    A consumer that fell behind reads one merged delta instead of a backlog of small ones.
+    """
+    for mine, theirs in zip(older.outputs, newer.outputs):
+        mine.text += theirs.text
+        mine.token_ids.extend(theirs.token_ids)
+        if mine.logprobs is not None and theirs.logprobs is not None:
+            mine.logprobs.extend(theirs.logprobs)
+        mine.cumulative_logprob = theirs.cumulative_logprob
+        if theirs.finish_reason is not None:
+            mine.finish_reason, mine.stop_reason = theirs.finish_reason, theirs.stop_reason
+    older.finished = newer.finished
+    older.metrics = newer.metrics
+    older.num_cached_tokens = newer.num_cached_tokens
+    older.prompt_logprobs = newer.prompt_logprobs if newer.prompt_logprobs is not None else older.prompt_logprobs
+    return older

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from forgellm.engine.async_engine import AsyncLLM
+        from forgellm.engine.process_engine import ProcessAsyncLLM
         from forgellm.serve.app import build_app
         from forgellm.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServerSettings, default_model_name
     except ImportError as exc:
@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
             max_waiting_requests=args.max_waiting_requests,
             max_request_bytes=args.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
         )
-        engine = AsyncLLM(config=config)
+        # The engine steps in its own process: on the H200 a thread sharing the GIL with the HTTP side
+        # reached 0.78 of offline throughput at concurrency 64, a process 1.01 (benchmarks/RESULTS.md).
+        engine = ProcessAsyncLLM(config=config)
     except (ForgeLLMError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

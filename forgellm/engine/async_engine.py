@@ -4,7 +4,7 @@ The LLMEngine is not thread-safe, so exactly one thread (the engine thread) call
 abort commands from a thread-safe queue, steps the engine and hands each step's outputs to the event
 loops of the waiting coroutines with `call_soon_threadsafe`, so it never waits on them. Tokenization
 and chat-template rendering run in a small thread pool, neither on the event loop nor in the engine
-thread. Why a thread and not a process: see benchmarks/RESULTS.md, "Server".
+thread. ProcessAsyncLLM (forgellm/engine/process_engine.py) steps it in a child process instead.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from forgellm.engine.input_processor import ProcessedPrompt, Prompt
 from forgellm.engine.llm_engine import LLMEngine
 from forgellm.errors import EngineDeadError, InvalidRequestError
 from forgellm.hf.tokenizer import Tokenizer
-from forgellm.outputs import RequestOutput
+from forgellm.outputs import RequestOutput, merge_deltas
 from forgellm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class _Add:
     priority: int
     stream: bool
     sink: _Sink
+    delta: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +151,13 @@ class AsyncLLM:
         *,
         priority: int = 0,
         stream: bool = True,
+        delta: bool = False,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's cumulative RequestOutput as it progresses (only the final one if not stream).
 
-        A consumer slower than the engine sees only the newest output: every output is cumulative,
-        so skipping older ones loses nothing and the backlog never grows.
+        With delta=True (and stream) each output holds only what is new since the previous one
+        (RequestOutput.delta). A slow consumer gets one output covering all since its last read
+        (the newest cumulative one, or the queued deltas merged): the backlog never grows.
         """
         processed = prompt if isinstance(prompt, ProcessedPrompt) else await self.process(prompt, params)
         request_id = request_id if request_id is not None else f"async-{next(self._ids)}"
@@ -163,14 +166,16 @@ class AsyncLLM:
         with self._lock:
             if self._dead is not None:
                 raise self._dead
+            self._submit(_Add(request_id, processed, priority, stream, sink, delta and stream))
             self._sequences_submitted += processed.sampling_params.n
-            self._inbox.put(_Add(request_id, processed, priority, stream, sink))
         finished = False
         try:
             while not finished:
                 item = await sink.queue.get()
                 while not sink.queue.empty() and isinstance(item, RequestOutput):
-                    item = sink.queue.get_nowait()
+                    newer = sink.queue.get_nowait()
+                    mergeable = isinstance(newer, RequestOutput) and newer.delta
+                    item = merge_deltas(item, newer) if mergeable else newer
                 if item is _ABORTED:
                     finished = True  # by abort(): nothing left to abort
                     return
@@ -181,11 +186,15 @@ class AsyncLLM:
                 yield item
         finally:
             if not finished:
-                self._inbox.put(("abort", request_id))
+                self._submit(("abort", request_id))
 
     def abort(self, request_id: str) -> None:
         """Abort a request by id and free its KV blocks; its stream then ends (unknown ids are ignored)."""
-        self._inbox.put(("abort", request_id))
+        self._submit(("abort", request_id))
+
+    def _submit(self, command: Any) -> None:
+        """Hand an add or abort to the engine loop (never blocks: the loop takes it between steps)."""
+        self._inbox.put(command)
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Stop the engine thread (running requests end with EngineDeadError) and the tokenizer pool."""
@@ -237,7 +246,11 @@ class AsyncLLM:
             return 0
         try:
             self.engine.add_request(
-                command.request_id, command.prompt, priority=command.priority, stream=command.stream
+                command.request_id,
+                command.prompt,
+                priority=command.priority,
+                stream=command.stream,
+                delta=command.delta,
             )
             sinks[command.request_id] = command.sink
         except Exception as exc:  # a bad request fails alone (e.g. a duplicate id); the engine is fine

@@ -172,8 +172,12 @@ class LLMEngine:
         *,
         priority: int = 0,
         stream: bool = False,
+        delta: bool = False,
     ) -> None:
-        """Queue a request (n samples become n engine sequences sharing the prompt's KV blocks)."""
+        """Queue a request (n samples become n engine sequences sharing the prompt's KV blocks).
+
+        stream=True: an output every step, cumulative, or only what is new with delta=True.
+        """
         if request_id in self.output_processor.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         processed = prompt if isinstance(prompt, ProcessedPrompt) else self.process(prompt, params)
@@ -181,7 +185,7 @@ class LLMEngine:
         arrival = time.monotonic()
         sample_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         self.output_processor.add_request(
-            request_id, processed.prompt, processed.prompt_token_ids, params, sample_ids, arrival, stream
+            request_id, processed.prompt, processed.prompt_token_ids, params, sample_ids, arrival, stream, delta
         )
         first: Request | None = None
         try:

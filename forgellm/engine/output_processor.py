@@ -1,7 +1,10 @@
 """OutputProcessor: engine-core outputs (token ids) -> RequestOutputs (text, logprobs, finish).
 
 It detokenizes incrementally, applies stop strings (telling the caller which samples to stop),
-and groups the n samples of a request into one RequestOutput.
+and groups the n samples of a request into one RequestOutput. A streamed request gets either the
+cumulative output every step (`LLM.stream`) or, with delta=True, only what each step added (the
+server): a delta costs the same at token 5 and token 5,000, where a cumulative output copies lists
+that grow with every step.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class SampleState:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # What earlier delta outputs carried (delta mode only): the next delta starts here.
+    emitted_text_len: int = 0
+    emitted_tokens: int = 0
+    emitted_logprobs: int = 0
+    emitted_finish: bool = False
 
 
 @dataclass
@@ -45,6 +53,7 @@ class RequestState:
     sample_ids: list[str]  # the engine's id of each sample
     metrics: RequestMetrics
     stream: bool = False  # emit an output every step, not only at the end
+    delta: bool = False  # streamed outputs carry only what is new since the previous one
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
 
@@ -70,10 +79,13 @@ class OutputProcessor:
         sample_ids: list[str],
         arrival_time: float,
         stream: bool = False,
+        delta: bool = False,
     ) -> None:
         """Register a request whose samples run in the engine under `sample_ids`.
 
-        With stream=False the request yields one RequestOutput, when it finishes.
+        With stream=False the request yields one RequestOutput, when it finishes. With stream=True
+        and delta=True every output holds only the text, tokens and logprobs new since the last one
+        (see `delta_output`).
         """
         samples = [
             SampleState(
@@ -98,6 +110,7 @@ class OutputProcessor:
             list(sample_ids),
             RequestMetrics(arrival_time),
             stream=stream,
+            delta=stream and delta,
         )
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]  # the first prompt token has no context to score it
@@ -140,7 +153,9 @@ class OutputProcessor:
             if state.finished:
                 state.metrics.finished_time = now
                 self.abort_request(state.request_id)
-            if state.finished or state.stream:
+            if state.delta:
+                results.append(self._delta_output(state))
+            elif state.finished or state.stream:
                 results.append(self._request_output(state))
         return results, stopped
 
@@ -211,4 +226,44 @@ class OutputProcessor:
             prompt_logprobs=state.prompt_logprobs,
             metrics=state.metrics,
             num_cached_tokens=state.num_cached_tokens,
+        )
+
+    def _delta_output(self, state: RequestState) -> RequestOutput:
+        """What each sample gained since the last output: one CompletionOutput per sample, in order.
+
+        A sample's finish_reason comes once, with its last delta; later deltas of a finished sample
+        (its siblings still running) are empty with finish_reason None. Prompt logprobs, which can
+        arrive over several prefill chunks, come whole with the last output.
+        """
+        outputs = []
+        for s in state.samples:
+            end = len(s.text)
+            if s.finish_reason is None:  # while running, hide what might become a stop string
+                end -= s.stop_matcher.holdback(s.text)
+            finish = s.finish_reason is not None and not s.emitted_finish
+            outputs.append(
+                CompletionOutput(
+                    index=s.index,
+                    text=s.text[s.emitted_text_len : end] if end > s.emitted_text_len else "",
+                    token_ids=s.token_ids[s.emitted_tokens :],
+                    cumulative_logprob=s.cumulative_logprob,
+                    logprobs=s.logprobs[s.emitted_logprobs :] if s.logprobs is not None else None,
+                    finish_reason=s.finish_reason if finish else None,
+                    stop_reason=s.stop_reason if finish else None,
+                )
+            )
+            s.emitted_text_len = max(s.emitted_text_len, end)
+            s.emitted_tokens = len(s.token_ids)
+            s.emitted_logprobs = len(s.logprobs) if s.logprobs is not None else 0
+            s.emitted_finish = s.emitted_finish or finish
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            outputs=outputs,
+            finished=state.finished,
+            prompt_logprobs=state.prompt_logprobs if state.finished else None,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+            delta=True,
         )

@@ -96,7 +96,7 @@ async def _events(
                 if choices:
                     yield chunk(choices)
         if include_usage and last is not None:
-            yield sse_event({**base, "choices": [], "usage": usage([last])})
+            yield sse_event({**base, "choices": [], "usage": usage([last], tracker.num_tokens)})
     except Exception as exc:
         yield error_event(exc)
     yield DONE_EVENT

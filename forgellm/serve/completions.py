@@ -86,7 +86,8 @@ async def _events(
                 if choices:
                     yield sse_event({**base, "choices": choices})
         if include_usage:
-            yield sse_event({**base, "choices": [], "usage": usage(list(last.values()))})
+            tokens = sum(tracker.num_tokens for tracker in trackers)
+            yield sse_event({**base, "choices": [], "usage": usage(list(last.values()), tokens)})
     except Exception as exc:
         yield error_event(exc)
     yield DONE_EVENT

@@ -1,4 +1,4 @@
-"""DeltaTracker: turns the engine's cumulative outputs into what each choice gained since the last send."""
+"""DeltaTracker: what each choice gained since the last send, from cumulative or delta engine outputs."""
 
 from __future__ import annotations
 
@@ -34,19 +34,30 @@ class DeltaTracker:
         self.first_index = first_index  # completions with several prompts number choices across them
         self._sent = [_Sent() for _ in range(num_choices)]
 
+    @property
+    def num_tokens(self) -> int:
+        """Completion tokens of all choices so far (for usage: delta outputs do not carry the total)."""
+        return sum(sent.num_tokens for sent in self._sent)
+
     def update(self, out: RequestOutput) -> list[ChoiceDelta]:
-        """The deltas of the choices that changed in `out` (each finished choice reported once)."""
+        """The deltas of the choices that changed in `out` (each finished choice reported once).
+
+        A delta output (out.delta) is taken as is; a cumulative one is cut after what was sent.
+        """
         deltas = []
         for completion in out.outputs:
             sent = self._sent[completion.index]
             if sent.finished:
                 continue
-            text = completion.text[sent.text_len :]
-            token_ids = completion.token_ids[sent.num_tokens :]
+            if out.delta:
+                text, token_ids, logprobs = completion.text, completion.token_ids, completion.logprobs
+            else:
+                text = completion.text[sent.text_len :]
+                token_ids = completion.token_ids[sent.num_tokens :]
+                logprobs = completion.logprobs[sent.num_tokens :] if completion.logprobs is not None else None
             finished = completion.finish_reason is not None
             if not text and not token_ids and not finished:
                 continue
-            logprobs = completion.logprobs[sent.num_tokens :] if completion.logprobs is not None else None
             deltas.append(
                 ChoiceDelta(
                     self.first_index + completion.index,
@@ -58,7 +69,7 @@ class DeltaTracker:
                     sent.text_len,
                 )
             )
-            sent.text_len = len(completion.text)
-            sent.num_tokens = len(completion.token_ids)
+            sent.text_len += len(text)
+            sent.num_tokens += len(token_ids)
             sent.finished = finished
         return deltas

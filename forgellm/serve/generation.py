@@ -25,10 +25,16 @@ CLIENT_CLOSED_REQUEST = 499
 def start_streams(
     ctx: ServerContext, processed: list[ProcessedPrompt], request_id: str, stream: bool
 ) -> list[AsyncIterator[RequestOutput]]:
-    """One tracked engine stream per prompt (engine ids `request_id`, `request_id-1`, ...)."""
+    """One tracked engine stream per prompt (engine ids `request_id`, `request_id-1`, ...).
+
+    Streams yield delta outputs (the engine then copies no growing lists each step); a request that
+    is not streamed yields its one cumulative output.
+    """
     return [
         ctx.metrics.track(
-            ctx.engine.generate(p, request_id=request_id if i == 0 else f"{request_id}-{i}", stream=stream)
+            ctx.engine.generate(
+                p, request_id=request_id if i == 0 else f"{request_id}-{i}", stream=stream, delta=stream
+            )
         )
         for i, p in enumerate(processed)
     ]
@@ -89,10 +95,16 @@ async def respond_when_done(request: Request, work: Any) -> Response:
     return JSONResponse(body)
 
 
-def usage(outputs: list[RequestOutput]) -> dict[str, Any]:
-    """OpenAI's usage block summed over the requests (n choices share one prompt)."""
+def usage(outputs: list[RequestOutput], completion_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage block summed over the requests (n choices share one prompt).
+
+    Delta outputs hold only their last tokens: streams pass the count they kept as completion_tokens.
+    """
     prompt = sum(len(out.prompt_token_ids) for out in outputs)
-    completion = sum(len(c.token_ids) for out in outputs for c in out.outputs)
+    if completion_tokens is not None:
+        completion = completion_tokens
+    else:
+        completion = sum(len(c.token_ids) for out in outputs for c in out.outputs)
     cached = sum(out.num_cached_tokens for out in outputs)
     return {
         "prompt_tokens": prompt,

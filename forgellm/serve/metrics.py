@@ -103,13 +103,24 @@ class ServerMetrics:
         self.errors.labels(str(status_code)).inc()
 
     async def track(self, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-        """Pass outputs through, observing inter-token gaps; record the request when it ends or is dropped."""
+        """Pass outputs through, observing inter-token gaps; record the request when it ends or is dropped.
+
+        Outputs may be cumulative or deltas (RequestOutput.delta); token counts and finish reasons
+        are kept here, so both describe the request the same way.
+        """
         last: RequestOutput | None = None
+        counts: list[int] = []  # tokens generated so far, per sample
+        reasons: list[str | None] = []  # finish reason, per sample
         prev_tokens, prev_time = 0, None
         async with contextlib.aclosing(outputs):  # type: ignore[type-var]
             try:
                 async for out in outputs:
-                    tokens = len(out.outputs[0].token_ids) if out.outputs else 0
+                    if len(counts) != len(out.outputs):
+                        counts, reasons = [0] * len(out.outputs), [None] * len(out.outputs)
+                    for c in out.outputs:
+                        counts[c.index] = counts[c.index] + len(c.token_ids) if out.delta else len(c.token_ids)
+                        reasons[c.index] = c.finish_reason or reasons[c.index]
+                    tokens = counts[0] if counts else 0
                     now = out.metrics.last_token_time if out.metrics is not None else None
                     if now is not None and prev_time is not None and tokens > prev_tokens:
                         gap = (now - prev_time) / (tokens - prev_tokens)  # spread a coalesced gap evenly
@@ -118,15 +129,15 @@ class ServerMetrics:
                     prev_tokens, prev_time, last = tokens, now, out
                     yield out
             finally:
-                self._record(last)
+                self._record(last, counts, reasons)
 
-    def _record(self, out: RequestOutput | None) -> None:
+    def _record(self, out: RequestOutput | None, counts: list[int], reasons: list[str | None]) -> None:
         if out is None:  # dropped before the engine produced anything for it
             self.finished.labels("abort").inc()
             return
-        for completion in out.outputs:
-            self.finished.labels(completion.finish_reason or "abort").inc()
-            self.generation_tokens.inc(len(completion.token_ids))
+        for reason in reasons:
+            self.finished.labels(reason or "abort").inc()
+        self.generation_tokens.inc(sum(counts))
         self.prompt_tokens.inc(len(out.prompt_token_ids))
         m = out.metrics
         if m is None or not out.finished or m.finished_time is None:
@@ -136,6 +147,6 @@ class ServerMetrics:
             self.queue_time.observe(m.first_scheduled_time - m.arrival_time)
         if m.first_token_time is not None:
             self.ttft.observe(m.first_token_time - m.arrival_time)
-            tokens = len(out.outputs[0].token_ids) if out.outputs else 0
+            tokens = counts[0] if counts else 0
             if tokens > 1 and m.last_token_time is not None:
                 self.tpot.observe((m.last_token_time - m.first_token_time) / (tokens - 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -20,12 +21,15 @@ openai = pytest.importorskip("openai")
 import uvicorn  # noqa: E402
 
 from forgellm.engine.async_engine import AsyncLLM  # noqa: E402
+from forgellm.engine.process_engine import ProcessAsyncLLM  # noqa: E402
 from forgellm.serve.app import build_app  # noqa: E402
 from forgellm.serve.settings import ServerSettings  # noqa: E402
 
 # float32: the reference CPU kernels are exact enough that greedy outputs match LLM.generate's.
 ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "float32", "max_model_len": 1024, "cpu_kv_cache_gb": 0.25}
 STARTUP_TIMEOUT_S = 20.0
+# FORGELLM_TEST_ENGINE=process runs the server tests against the engine in a child process.
+ENGINE_CLASS: type[AsyncLLM] = ProcessAsyncLLM if os.environ.get("FORGELLM_TEST_ENGINE") == "process" else AsyncLLM
 
 
 @dataclass
@@ -89,7 +93,7 @@ class RunningServer:
 
 def start_server(settings: ServerSettings | None = None, **engine_options: Any) -> RunningServer:
     """Build an engine and app and serve them from a background thread on a free local port."""
-    engine = AsyncLLM(**{**ENGINE_DEFAULTS, **engine_options})
+    engine = ENGINE_CLASS(**{**ENGINE_DEFAULTS, **engine_options})
     settings = settings or ServerSettings()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
