@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from forgellm import LLM, SamplingParams
 from forgellm.engine.async_engine import AsyncLLM
 from forgellm.errors import ContextLengthError, EngineDeadError, InvalidRequestError
+from tests.serve.engine_helpers import wait_engine_idle
 
 OPTIONS = {"dtype": "float32", "max_model_len": 512, "cpu_kv_cache_gb": 0.1}
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
@@ -20,16 +20,6 @@ def engine():
     llm = AsyncLLM(**OPTIONS)
     yield llm
     llm.shutdown()
-
-
-def _wait_idle(engine: AsyncLLM, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = engine.stats()
-        if stats.num_running == 0 and stats.num_waiting == 0 and stats.kv_cache_usage == 0.0:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_streams_match_offline_generate(engine):
@@ -56,7 +46,7 @@ def test_leaving_the_stream_aborts_and_frees_kv(engine):
                 break
 
     asyncio.run(run())
-    assert _wait_idle(engine)
+    assert wait_engine_idle(engine)
 
 
 def test_cancelled_task_aborts(engine):
@@ -72,7 +62,7 @@ def test_cancelled_task_aborts(engine):
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(run())
-    assert _wait_idle(engine)
+    assert wait_engine_idle(engine)
 
 
 def test_bad_prompt_raises_typed_error_without_queuing(engine):
@@ -128,7 +118,7 @@ def test_abort_by_id_ends_the_stream(engine):
 
     outputs = asyncio.run(run())
     assert 2 <= len(outputs) < 400 and not outputs[-1].finished
-    assert _wait_idle(engine)
+    assert wait_engine_idle(engine)
 
 
 def test_duplicate_request_id_fails_alone(engine):

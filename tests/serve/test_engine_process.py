@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from forgellm import LLM, SamplingParams
 from forgellm.engine.process_engine import ProcessAsyncLLM
 from forgellm.errors import ContextLengthError, EngineDeadError, InvalidRequestError, ModelLoadError
+from tests.serve.engine_helpers import wait_engine_idle
 
 OPTIONS = {"dtype": "float32", "max_model_len": 512, "cpu_kv_cache_gb": 0.1}
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -21,16 +21,6 @@ def engine():
     llm = ProcessAsyncLLM(**OPTIONS)
     yield llm
     llm.shutdown()
-
-
-def _wait_idle(engine: ProcessAsyncLLM, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = engine.stats()
-        if stats.num_running == 0 and stats.num_waiting == 0 and stats.kv_cache_usage == 0.0:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_cumulative_and_delta_streams_match_offline_generate(engine):
@@ -58,7 +48,7 @@ def test_leaving_the_stream_aborts_and_frees_kv(engine):
                 break
 
     asyncio.run(run())
-    assert _wait_idle(engine)
+    assert wait_engine_idle(engine)
 
 
 def test_abort_by_id_ends_the_stream(engine):
@@ -70,7 +60,7 @@ def test_abort_by_id_ends_the_stream(engine):
         return count
 
     assert asyncio.run(run()) >= 1
-    assert _wait_idle(engine)
+    assert wait_engine_idle(engine)
 
 
 def test_errors_are_typed(engine):
@@ -84,7 +74,7 @@ def test_errors_are_typed(engine):
         await first.aclose()
 
     asyncio.run(run())
-    assert _wait_idle(engine)
+    assert wait_engine_idle(engine)
 
 
 def test_shutdown_ends_running_streams():
