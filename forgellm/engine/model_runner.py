@@ -87,7 +87,6 @@ class ModelRunner:
         self.num_blocks = 0
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.sampler = Sampler()
         self.default_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.generators: dict[str, torch.Generator] = {}
@@ -100,11 +99,9 @@ class ModelRunner:
         self.num_blocks = num_blocks
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         shape = (num_blocks, self.block_size, self.arch.num_key_value_heads, self.arch.head_dim)
-        self.kv_caches = []
         for layer in layers:
             layer.k_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
             layer.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
-            self.kv_caches.append((layer.k_cache, layer.v_cache))
 
     @torch.inference_mode()
     def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
@@ -120,8 +117,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) + sampler_bytes
         del hidden, logits, batch
-        self.allocate_kv_cache(0)
-        self.kv_caches = []
+        self.allocate_kv_cache(0)  # drop the scratch cache before sizing the real one
         torch.cuda.empty_cache()
         return peak
 

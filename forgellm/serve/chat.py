@@ -24,12 +24,7 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(request: Request) -> Response:
-        body = await ctx.parse(request, ChatCompletionRequest)
-        ctx.check_model(body.model)
-        ctx.check_alive()
-        body.check_supported()
-        params = body.sampling_params(ctx.engine.default_sampling_params())
-        ctx.admit()
+        body, params = await ctx.accept(request, ChatCompletionRequest)
         prompt_ids = await ctx.engine.render_chat(body.template_messages())
         processed = await ctx.engine.process(prompt_ids, params)
         request_id, created = new_request_id("chatcmpl"), now_seconds()

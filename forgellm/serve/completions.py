@@ -24,12 +24,7 @@ def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
 
     @router.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
-        body = await ctx.parse(request, CompletionRequest)
-        ctx.check_model(body.model)
-        ctx.check_alive()
-        body.check_supported()
-        params = body.sampling_params(ctx.engine.default_sampling_params())
-        ctx.admit()
+        body, params = await ctx.accept(request, CompletionRequest)
         # Every prompt is validated before any is queued: one bad prompt fails the request alone.
         processed = [await ctx.engine.process(prompt, params) for prompt in body.prompts()]
         request_id = new_request_id("cmpl")

@@ -12,6 +12,7 @@ import pydantic
 from fastapi import Request
 
 from forgellm.engine.async_engine import AsyncLLM
+from forgellm.sampling_params import SamplingParams
 from forgellm.serve.errors import APIError, validation_error
 from forgellm.serve.metrics import ServerMetrics
 from forgellm.serve.settings import ServerSettings
@@ -40,6 +41,17 @@ class ServerContext:
             return model.model_validate(data)
         except pydantic.ValidationError as exc:
             raise validation_error(exc) from None
+
+    async def accept(self, request: Request, model: type[ModelT]) -> tuple[ModelT, SamplingParams]:
+        """The checks every generation route makes, in order: parse, model name, engine alive,
+        unsupported fields, sampling values, then admission. Returns the body and its sampling params."""
+        body = await self.parse(request, model)
+        self.check_model(body.model)
+        self.check_alive()
+        body.check_supported()
+        params = body.sampling_params(self.engine.default_sampling_params())
+        self.admit()
+        return body, params
 
     def check_model(self, name: str | None) -> None:
         """404 unless `name` is one of the served names (no name means the served model)."""

@@ -186,3 +186,33 @@ def test_prompt_over_the_step_budget_without_chunked_prefill(tiny_model_dir):
     with pytest.raises(ContextLengthError, match="chunked prefill is off"):
         llm.generate([list(range(1, 12))], GREEDY)
     still_serves(llm)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_requested_without_a_gpu():
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        LLM(device="cuda")
+
+
+def test_config_and_keyword_options_together():
+    from forgellm import EngineConfig
+
+    with pytest.raises(InvalidRequestError, match="either config"):
+        LLM(config=EngineConfig(), dtype="float32")
+
+
+def test_request_id_already_in_use(llm):
+    llm.engine.add_request("dup", [1, 2, 3], GREEDY)
+    with pytest.raises(InvalidRequestError, match="already in use"):
+        llm.engine.add_request("dup", [4, 5], GREEDY)
+    llm.engine.abort_request("dup")
+    still_serves(llm)
+
+
+def test_unknown_preset_and_load_format():
+    from forgellm.models.presets import preset_dir
+
+    with pytest.raises(ConfigError, match="unknown model-config preset 'llama-9b'.*llama-3.1-8b"):
+        preset_dir("llama-9b")
+    with pytest.raises(ConfigError, match="load_format must be auto or dummy"):
+        LLM(load_format="pickle")
