@@ -39,6 +39,7 @@ def main() -> None:
         max_model_len=args.max_model_len,
         max_num_seqs=max(args.batch_size, 8),
         enforce_eager=args.enforce_eager,
+        async_scheduling="off",  # the phases below are those of one synchronous step
     )
     engine, core = llm.engine, llm.engine.core
     params = SamplingParams(temperature=0.0, max_tokens=args.steps + 20, ignore_eos=True, detokenize=False)

@@ -23,12 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from benchmarks.process_engine import ProcessAsyncLLM
 from forgellm.bench.datasets import random_requests
 from forgellm.config import EngineConfig
 from forgellm.engine.async_engine import AsyncLLM
+from forgellm.engine.in_flight import InFlightStep
 from forgellm.engine.llm_engine import LLMEngine
 from forgellm.engine.model_runner import ModelRunnerOutput
 from forgellm.sampling_params import SamplingParams
@@ -44,17 +46,28 @@ class EmulatedDevice:
 
     def __call__(self, engine: LLMEngine) -> None:
         runner = engine.core.runner
+        busy_until = [0.0]  # when the emulated device finishes the steps queued so far
 
-        def execute_model(scheduler_output):  # noqa: ANN001, ANN202 - the runner's signature
+        def launch(scheduler_output, in_flight=None):  # noqa: ANN001, ANN202 - the runner's signature
             runner.release(scheduler_output.finished_request_ids)
-            time.sleep(self.base_s + self.per_token_s * scheduler_output.num_batched_tokens)
+            start = max(time.perf_counter(), busy_until[0])
+            busy_until[0] = start + self.base_s + self.per_token_s * scheduler_output.num_batched_tokens
+            samplers = [s.request for s in scheduler_output.scheduled if s.samples]
+            step = InFlightStep(scheduler_output, samplers)
+            # varied ids, so the detokenizer does real work
+            ids = [3 + ((r.num_tokens + r.num_pending_tokens) * 7919) % 4000 for r in samplers]
+            step.sampled_host = torch.tensor(ids, dtype=torch.int64)
+            step.ready_at = busy_until[0]
+            return step
+
+        def collect(step):  # noqa: ANN001, ANN202 - the runner's signature
+            time.sleep(max(0.0, step.ready_at - time.perf_counter()))
             out = ModelRunnerOutput()
-            for s in scheduler_output.scheduled:
-                if s.samples:  # varied ids, so the detokenizer does real work
-                    out.sampled_token_ids[s.request.request_id] = 3 + (s.request.num_tokens * 7919) % 4000
+            for request, token in zip(step.sample_requests, step.sampled_host.tolist()):
+                out.sampled_token_ids[request.request_id] = token
             return out
 
-        runner.execute_model = execute_model
+        runner.launch, runner.collect = launch, collect
 
 
 def offline(

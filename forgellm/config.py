@@ -37,6 +37,9 @@ class EngineConfig:
     scheduling_policy: str = _opt("fcfs", "fcfs (first come, first served) or priority")
     seed: int = _opt(0, "seed of the engine's random generator (requests without their own seed)")
     enforce_eager: bool = _opt(False, "disable CUDA graphs")
+    async_scheduling: str = _opt(
+        "auto", "prepare the next step on the host while the GPU runs the current one: auto (on with a GPU), on, off"
+    )
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
 
     def __post_init__(self) -> None:
@@ -62,6 +65,8 @@ class EngineConfig:
             raise ConfigError(f"scheduling_policy must be fcfs or priority, got {self.scheduling_policy!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.async_scheduling not in ("auto", "on", "off"):
+            raise ConfigError(f"async_scheduling must be auto, on or off, got {self.async_scheduling!r}")
         if self.cpu_kv_cache_gb <= 0:
             raise ConfigError(f"cpu_kv_cache_gb must be > 0, got {self.cpu_kv_cache_gb}")
         if self.tensor_parallel_size != 1:

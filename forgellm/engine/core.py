@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from forgellm.engine.in_flight import InFlightStep
 from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.model_runner import ModelRunner, TokenLogprobs
 from forgellm.engine.request import Request, RequestStatus
@@ -42,12 +43,22 @@ class EngineStats:
 
 
 class EngineCore:
-    """Owns the scheduler, the KV-cache manager and the model runner; knows nothing of text."""
+    """Owns the scheduler, the KV-cache manager and the model runner; knows nothing of text.
 
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, kv_cache: KVCacheManager) -> None:
+    With `async_scheduling` a step launches the next batch before it reads the results of the one
+    in flight, so the host's scheduling, batch building and output handling overlap the GPU's
+    forward pass. Outputs then come one step later; a request that stops on a sampled token (EOS, a
+    stop token) has had one more step computed for it, which is discarded.
+    """
+
+    def __init__(
+        self, runner: ModelRunner, scheduler: Scheduler, kv_cache: KVCacheManager, async_scheduling: bool = False
+    ) -> None:
         self.runner = runner
         self.scheduler = scheduler
         self.kv_cache = kv_cache
+        self.async_scheduling = async_scheduling
+        self._in_flight: InFlightStep | None = None
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Raise if this request could never run: too big for the whole KV cache or the step budget."""
@@ -75,19 +86,34 @@ class EngineCore:
         self.scheduler.abort_requests(request_ids, status)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
 
     def step(self) -> list[EngineCoreOutput]:
-        """Run one engine step; returns an output for every request that progressed."""
+        """Run one engine step; returns an output for every request that progressed.
+
+        Synchronous: schedule, launch, wait, update. Asynchronous: schedule and launch step N+1,
+        then wait for step N and return its outputs.
+        """
         scheduler_output = self.scheduler.schedule()
+        launched = None
         if scheduler_output.is_empty:
             self.runner.release(scheduler_output.finished_request_ids)
-            return []
-        now = time.monotonic()
-        for s in scheduler_output.scheduled:
-            if s.request.first_scheduled_time is None:
-                s.request.first_scheduled_time = now
-        result = self.runner.execute_model(scheduler_output)
+        else:
+            now = time.monotonic()
+            for s in scheduler_output.scheduled:
+                if s.request.first_scheduled_time is None:
+                    s.request.first_scheduled_time = now
+            launched = self.runner.launch(scheduler_output, self._in_flight)
+        if self.async_scheduling:
+            done, self._in_flight = self._in_flight, launched
+        else:
+            done = launched
+        return [] if done is None else self._finish_step(done)
+
+    def _finish_step(self, step: InFlightStep) -> list[EngineCoreOutput]:
+        """Wait for a launched step, update the requests with its tokens, and report them."""
+        result = self.runner.collect(step)
+        scheduler_output = step.scheduler_output
         updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
         outputs: dict[str, EngineCoreOutput] = {}
         for request in updated:

@@ -94,8 +94,8 @@ class CudaGraphRunner:
             and host.logits_indices.shape[0] == host.num_requests
         )
 
-    def run(self, host: ForwardBatch) -> torch.Tensor:
-        """Copy the host batch into the static buffers, replay, and return the real rows' hidden states."""
+    def load(self, host: ForwardBatch) -> int:
+        """Copy the host batch into the static buffers; return the captured size that will replay it."""
         n = host.num_requests
         size = self.sizes[bisect.bisect_left(self.sizes, n)]
         self.input_ids[:n].copy_(host.input_ids, non_blocking=True)
@@ -106,5 +106,13 @@ class CudaGraphRunner:
         if size > n:  # padding rows: attend to nothing, write nothing
             self.slot_mapping[n:size].fill_(-1)
             self.seq_lens[n:size].fill_(0)
+        return size
+
+    def replay(self, size: int, num_requests: int) -> torch.Tensor:
+        """Replay the graph of `size` over the loaded buffers; return the real rows' hidden states."""
         self.graphs[size].replay()
-        return self.hidden[size][:n]
+        return self.hidden[size][:num_requests]
+
+    def run(self, host: ForwardBatch) -> torch.Tensor:
+        """Load the host batch, replay, and return the real rows' hidden states."""
+        return self.replay(self.load(host), host.num_requests)

@@ -140,7 +140,9 @@ class LLMEngine:
             config.enable_chunked_prefill,
             config.scheduling_policy,
         )
-        self.core = EngineCore(runner, scheduler, kv_cache)
+        mode = config.async_scheduling
+        async_scheduling = mode == "on" or (mode == "auto" and device.type == "cuda")
+        self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling)
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)

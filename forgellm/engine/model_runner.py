@@ -15,6 +15,7 @@ from torch import nn
 
 from forgellm.engine.cuda_graphs import CudaGraphRunner
 from forgellm.engine.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
+from forgellm.engine.in_flight import InFlightStep
 from forgellm.engine.pinned_staging import PinnedStaging
 from forgellm.engine.request import Request
 from forgellm.engine.sampler import Sampler, compute_prompt_logprobs
@@ -92,7 +93,8 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_logprobs_done: dict[str, int] = {}
         self.graph_runner: CudaGraphRunner | None = None
-        self.staging: PinnedStaging | None = None  # set by prepare_host_buffers on a GPU
+        self.stagings: list[PinnedStaging] = []  # two, set by prepare_host_buffers on a GPU
+        self._staging_index = 0
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """Give every attention layer its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
@@ -125,7 +127,7 @@ class ModelRunner:
         """Pin the step-input buffers once (GPU only: on a CPU there is no copy to overlap)."""
         if self.device.type == "cuda":
             max_blocks = -(-max_model_len // self.block_size)
-            self.staging = PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks)
+            self.stagings = [PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks) for _ in range(2)]
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """Capture decode graphs for batch sizes up to max_num_seqs (needs graph-safe GPU kernels)."""
@@ -150,7 +152,7 @@ class ModelRunner:
         done = self.prompt_logprobs_done.get(request.request_id, 0)
         return range(max(s.start, done), min(s.start + s.num_new_tokens, request.num_prompt_tokens - 1))
 
-    def _to_device(self, values: list[int]) -> torch.Tensor:
+    def _to_device(self, values: list) -> torch.Tensor:
         """An int64 tensor on the device, copied from pinned memory so the host does not wait."""
         host = torch.tensor(values, dtype=torch.int64)
         return host.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else host
@@ -161,65 +163,139 @@ class ModelRunner:
             self.generators.pop(request_id, None)
             self.prompt_logprobs_done.pop(request_id, None)
 
-    @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        """Run the forward pass for the scheduled chunks and sample where a request needs a token."""
+        """Run one step and wait for its results (no step may be in flight)."""
+        return self.collect(self.launch(scheduler_output))
+
+    @torch.inference_mode()
+    def launch(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None = None) -> InFlightStep:
+        """Queue the step's forward pass and sampling on the device without waiting for them.
+
+        `in_flight` is the step launched before this one and not yet collected: tokens it sampled
+        that this step computes (placeholders) are taken from its sampled ids on the device.
+        """
         self.release(scheduler_output.finished_request_ids)
-        chunks, samplers, prompt_rows = [], [], []
-        row = 0
+        chunks, samplers, prompt_rows, placeholders = [], [], [], []
+        row = num_tokens = 0
         for s in scheduler_output.scheduled:
             request = s.request
             prompt_positions = self._prompt_logprob_positions(s)
             logits_positions = [p - s.start for p in prompt_positions]
             if prompt_positions:
-                prompt_rows.append((s, prompt_positions, row))
+                prompt_rows.append((request, prompt_positions, row))
                 row += len(prompt_positions)
             if s.samples:
                 logits_positions.append(s.num_new_tokens - 1)
                 samplers.append((request, row))
                 row += 1
             tokens = request.all_token_ids[s.start : s.start + s.num_new_tokens]
+            if len(tokens) < s.num_new_tokens:  # its last token was sampled by the step in flight
+                placeholders.append(self._placeholder(request, num_tokens + len(tokens), in_flight))
+                tokens = [*tokens, 0]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
-        host = build_host_batch(chunks, self.block_size, staging=self.staging)
+            num_tokens += s.num_new_tokens
+        staging = self._next_staging()
+        host = build_host_batch(chunks, self.block_size, staging=staging)
+        fill = self._placeholder_indices(placeholders, staging)
         if self.graph_runner is not None and self.graph_runner.can_run(host):
-            logits = self.model.compute_logits(self.graph_runner.run(host))
+            size = self.graph_runner.load(host)
+            if fill is not None:
+                self.graph_runner.input_ids.index_copy_(0, fill[0], in_flight.sampled.index_select(0, fill[1]))
+            logits = self.model.compute_logits(self.graph_runner.replay(size, host.num_requests))
         else:
             batch = host.to(self.device)
+            if fill is not None:
+                batch.input_ids.index_copy_(0, fill[0], in_flight.sampled.index_select(0, fill[1]))
             hidden = self.model(batch.input_ids, batch.positions, batch)
             logits = self.model.compute_logits(hidden[batch.logits_indices])
-        output = ModelRunnerOutput()
+        step = InFlightStep(scheduler_output, [request for request, _ in samplers])
         if samplers:
-            self._sample(logits, samplers, output)
-        for s, positions, first_row in prompt_rows:
-            self._score_prompt(logits[first_row : first_row + len(positions)], s, positions, output)
+            in_flight_ids = None if fill is None else in_flight.sampled.index_select(0, fill[1])
+            self._sample(logits, samplers, step, [request for request, _, _ in placeholders], in_flight_ids)
+        for request, positions, first_row in prompt_rows:
+            self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
+        step.copy_to_host(self.device, None if staging is None else staging.sampled)
+        return step
+
+    def collect(self, step: InFlightStep) -> ModelRunnerOutput:
+        """Wait for a launched step and turn its results into host values."""
+        step.wait()
+        output = ModelRunnerOutput()
+        sampled = step.sampled_host.tolist() if step.sampled_host is not None else []
+        for request, token in zip(step.sample_requests, sampled):
+            output.sampled_token_ids[request.request_id] = token
+        if step.logprobs_host is not None:
+            entries = _to_token_logprobs(step.logprobs_host)
+            for request, entry in zip(step.sample_requests, entries):
+                k = request.sampling_params.logprobs
+                if k is not None:
+                    output.logprobs[request.request_id] = _first(entry, k)
+        for request, first_index, k, tensors in step.prompt_logprobs_host:
+            entries = [_first(e, k) for e in _to_token_logprobs(tensors)]
+            output.prompt_logprobs[request.request_id] = (first_index, entries)
         return output
 
-    def _sample(self, logits: torch.Tensor, samplers: list[tuple[Request, int]], output: ModelRunnerOutput) -> None:
-        requests = [request for request, _ in samplers]
+    def _next_staging(self) -> PinnedStaging | None:
+        """Alternate between two stagings: the step in flight may still be copying from the other."""
+        if not self.stagings:
+            return None
+        self._staging_index ^= 1
+        return self.stagings[self._staging_index]
+
+    @staticmethod
+    def _placeholder(request: Request, token_index: int, in_flight: InFlightStep | None) -> tuple[Request, int, int]:
+        """(request, index of the token in this step, row of the in-flight step's sampled ids holding it)."""
+        source_row = None if in_flight is None else in_flight.sample_rows.get(request.request_id)
+        if source_row is None or request.num_pending_tokens < 1:
+            raise RuntimeError(
+                f"request {request.request_id!r} needs a token that no step in flight samples "
+                "(scheduler and model runner disagree)"
+            )
+        return request, token_index, source_row
+
+    def _placeholder_indices(
+        self, placeholders: list[tuple[Request, int, int]], staging: PinnedStaging | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The placeholders as two index tensors on the device (destinations, source rows)."""
+        if not placeholders:
+            return None
+        columns = [[dst for _, dst, _ in placeholders], [src for _, _, src in placeholders]]
+        if staging is None:
+            indices = torch.tensor(columns, dtype=torch.int64).to(self.device)
+        else:
+            indices = staging.put("placeholders", columns, torch.int64).to(self.device, non_blocking=True)
+        return indices[0], indices[1]
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        samplers: list[tuple[Request, int]],
+        step: InFlightStep,
+        pending_requests: list[Request],
+        pending_ids: torch.Tensor | None,
+    ) -> None:
+        """Sample this step's tokens; `pending_ids` are the in-flight tokens of `pending_requests`."""
+        requests = step.sample_requests
         rows = [r for _, r in samplers]
         if rows != list(range(logits.shape[0])):  # some rows only score the prompt
             logits = logits[self._to_device(rows)]
         generators = [self._generator(request) for request in requests]
-        metadata = SamplingMetadata.from_requests(requests, generators, logits.shape[-1], logits.device)
+        # The outputs before this step's sample: those on the host plus any still in flight.
+        prior = [r.num_output_tokens + r.num_pending_tokens - 1 for r in requests]
+        metadata = SamplingMetadata.from_requests(requests, generators, logits.shape[-1], logits.device, prior)
+        if metadata.output_token_counts is not None and pending_requests:
+            # Penalties count every output token; the host's lists lack those still in flight.
+            rows = self._to_device([step.sample_rows[r.request_id] for r in pending_requests])
+            ones = torch.ones_like(pending_ids, dtype=metadata.output_token_counts.dtype)
+            metadata.output_token_counts.index_put_((rows, pending_ids), ones, accumulate=True)
         result = self.sampler(logits, metadata, self.default_generator)
-        sampled = result.sampled_token_ids.tolist()  # the one device-to-host copy of the step
-        for request, token in zip(requests, sampled):
-            output.sampled_token_ids[request.request_id] = token
-        if result.logprobs is not None:
-            entries = _to_token_logprobs(result.logprobs)
-            for request, entry in zip(requests, entries):
-                k = request.sampling_params.logprobs
-                if k is not None:
-                    output.logprobs[request.request_id] = _first(entry, k)
+        step.sampled = result.sampled_token_ids
+        step.logprobs = result.logprobs
 
-    def _score_prompt(
-        self, logits: torch.Tensor, s: ScheduledRequest, positions: range, output: ModelRunnerOutput
-    ) -> None:
-        request = s.request
+    def _score_prompt(self, logits: torch.Tensor, request: Request, positions: range, step: InFlightStep) -> None:
         k = request.sampling_params.prompt_logprobs
         targets = self._to_device(request.prompt_token_ids[positions.start + 1 : positions.stop + 1])
-        entries = _to_token_logprobs(compute_prompt_logprobs(logits, targets, k))
-        output.prompt_logprobs[request.request_id] = (positions.start + 1, [_first(e, k) for e in entries])
+        step.prompt_logprobs.append((request, positions.start + 1, k, compute_prompt_logprobs(logits, targets, k)))
         self.prompt_logprobs_done[request.request_id] = positions.stop
 
 

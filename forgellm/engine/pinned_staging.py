@@ -3,7 +3,8 @@
 Pinning fresh host memory for every input tensor of every step cost about 1 ms of host time per
 decode step on the H200 machine (pin_memory + is_pinned); copying into buffers pinned once at
 start-up costs microseconds. A buffer is reused by the next step only after this step's sampled
-ids have been copied back, which orders every earlier host-to-device copy before it.
+ids have been copied back, which orders every earlier host-to-device copy before it; with a step
+in flight while the next is prepared, the model runner alternates between two stagings.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ class PinnedStaging:
             "query_start_loc": pinned(max_seqs + 1, torch.int32),
             "seq_lens": pinned(max_seqs, torch.int32),
             "block_tables": pinned(max_seqs * max_blocks_per_seq, torch.int32),
+            # (destination token index, row of the previous step's sampled ids) of each placeholder
+            "placeholders": pinned(2 * max_seqs, torch.int64),
         }
+        # The step's sampled ids come back here (device-to-host, non-blocking).
+        self.sampled = pinned(max_seqs, torch.int64)
 
     def put(self, field: str, values: list, dtype: torch.dtype) -> torch.Tensor:
         """`values` (a flat or rectangular list) copied into the field's pinned buffer, as a view."""

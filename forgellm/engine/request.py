@@ -38,7 +38,10 @@ class Request:
     """A single sequence. A user request with `n > 1` becomes n Requests (one per sample).
 
     `all_token_ids` is prompt + output in one list so that appending a token is O(1).
-    `num_computed_tokens` counts the tokens whose K/V are in the cache.
+    `num_computed_tokens` counts the tokens whose K/V are in the cache or computed by a step already
+    scheduled (the scheduler advances it when it schedules). `num_pending_tokens` counts tokens sampled
+    by scheduled steps whose ids the host has not seen yet (a step in flight on the GPU): the next
+    step computes them from the GPU's copy.
     """
 
     request_id: str
@@ -55,6 +58,7 @@ class Request:
 
     all_token_ids: list[int] = field(init=False)
     num_computed_tokens: int = field(default=0, init=False)
+    num_pending_tokens: int = field(default=0, init=False)
     status: RequestStatus = field(default=RequestStatus.WAITING, init=False)
     stop_reason: int | str | None = field(default=None, init=False)
     num_preemptions: int = field(default=0, init=False)

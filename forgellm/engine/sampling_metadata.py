@@ -59,10 +59,17 @@ class SamplingMetadata:
         generators: Sequence[torch.Generator | None],
         vocab_size: int,
         device: torch.device,
+        num_prior_outputs: Sequence[int] | None = None,
     ) -> SamplingMetadata:
-        """Build the metadata of one step; `generators[i]` is request i's seeded generator or None."""
+        """Build the metadata of one step; `generators[i]` is request i's seeded generator or None.
+
+        `num_prior_outputs[i]`: request i's output tokens before this sample, counting tokens still
+        in flight that its host list lacks (default: the host list's length).
+        """
         if len(generators) != len(requests):
             raise ValueError(f"got {len(requests)} requests but {len(generators)} generators")
+        if num_prior_outputs is None:
+            num_prior_outputs = [r.num_output_tokens for r in requests]
         params = [r.sampling_params for r in requests]
         greedy = [p.is_greedy for p in params]
         # Filters only matter on random rows; greedy rows take the argmax whatever they say.
@@ -90,7 +97,7 @@ class SamplingMetadata:
             counts = _token_counts([r.output_token_ids for r in requests], vocab_size, device)
         if need_repetition:
             prompt_mask = _token_counts([r.prompt_token_ids for r in requests], vocab_size, device) > 0
-        min_rows, min_ids = _min_tokens_pairs(requests, vocab_size)
+        min_rows, min_ids = _min_tokens_pairs(requests, num_prior_outputs, vocab_size)
 
         return cls(
             num_rows=len(requests),
@@ -136,13 +143,15 @@ def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.d
     return counts.view(n, vocab_size)
 
 
-def _min_tokens_pairs(requests: Sequence[Request], vocab_size: int) -> tuple[list[int], list[int]]:
+def _min_tokens_pairs(
+    requests: Sequence[Request], num_prior_outputs: Sequence[int], vocab_size: int
+) -> tuple[list[int], list[int]]:
     """(rows, token ids) that must not be sampled because the row has not reached min_tokens."""
     rows: list[int] = []
     token_ids: list[int] = []
-    for row, request in enumerate(requests):
+    for row, (request, num_outputs) in enumerate(zip(requests, num_prior_outputs, strict=True)):
         params = request.sampling_params
-        if request.num_output_tokens >= params.min_tokens:
+        if num_outputs >= params.min_tokens:
             continue
         # With ignore_eos the EOS is an ordinary token, so it stays allowed.
         banned = set(params.stop_token_ids or ())

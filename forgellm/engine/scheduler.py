@@ -140,9 +140,10 @@ class Scheduler:
         )
 
     def update_from_output(self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Request]:
-        """Advance each scheduled request, append sampled tokens, end the finished ones.
+        """Append the tokens a step sampled, cache newly full blocks, end the finished requests.
 
-        Returns the requests that got a new token this step, finished ones included.
+        Called once the step's sampled ids are on the host, possibly after later steps were
+        scheduled. Returns the requests that got a new token, finished ones included.
         """
         kv = self.kv_cache_manager
         max_model_len = self.max_model_len
@@ -150,24 +151,40 @@ class Scheduler:
         any_finished = False
         for item in scheduler_output.scheduled:
             request = item.request
-            if request.status is not _RUNNING:  # aborted while the step ran
+            status = request.status
+            if status.is_finished:  # aborted or stopped while the step ran
                 continue
-            samples = request.num_computed_tokens + item.num_new_tokens == request.num_tokens
-            request.num_computed_tokens += item.num_new_tokens
-            kv.cache_full_blocks(request, request.num_computed_tokens)
-            if not samples:
+            if status is _RUNNING:
+                # Blocks being computed by a step still in flight may be registered already: any
+                # step that reads them through the prefix cache runs after it on the same stream.
+                kv.cache_full_blocks(request, min(request.num_computed_tokens, request.num_tokens))
+            if not item.samples:
                 continue
             token_id = sampled_token_ids.get(request.request_id)
             if token_id is None:
                 continue
+            request.num_pending_tokens -= 1
+            # A request preempted after this step was scheduled keeps its token: the recompute
+            # then includes it, as if the preemption had come one step later.
             request.append_token(token_id)
             updated.append(request)
             if check_stop(request, token_id, max_model_len):
+                if status is not _RUNNING:
+                    self.waiting.remove(request)
                 self._finish(request)
                 any_finished = True
         if any_finished:
             self.running = [r for r in self.running if r.status is _RUNNING]
         return updated
+
+    def _add_scheduled(self, scheduled: list[ScheduledRequest], request: Request, num_new: int) -> None:
+        """Put `num_new` tokens of `request` in this step and advance the request past them."""
+        start = request.num_computed_tokens
+        samples = start + num_new == request.num_tokens + request.num_pending_tokens
+        block_ids = self.kv_cache_manager.get_block_ids(request.request_id)
+        scheduled.append(ScheduledRequest(request, num_new, block_ids, start, samples))
+        request.num_computed_tokens = start + num_new
+        request.num_pending_tokens += samples
 
     def _schedule_running(self, scheduled: list[ScheduledRequest], budget: int) -> tuple[int, bool]:
         """Schedule running requests in order, preempting on a block shortage; return (budget, preempted)."""
@@ -177,7 +194,11 @@ class Scheduler:
         index = 0
         while index < len(running) and budget > 0:
             request = running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_pending = request.num_pending_tokens
+            if num_pending and self._ends_by_length(request):
+                index += 1  # its token in flight is its last: nothing more to compute
+                continue
+            num_new = min(request.num_tokens + num_pending - request.num_computed_tokens, budget)
             if num_new <= 0:  # its sampled token never came back; nothing to compute
                 index += 1
                 continue
@@ -191,7 +212,7 @@ class Scheduler:
                 preempted = True
                 if victim is request:
                     return budget, preempted
-            scheduled.append(ScheduledRequest(request, num_new, kv.get_block_ids(request.request_id)))
+            self._add_scheduled(scheduled, request, num_new)
             budget -= num_new
             index += 1
         return budget, preempted
@@ -203,6 +224,9 @@ class Scheduler:
         skipped = []  # siblings waiting for a shared prompt: they don't block the queue
         while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = waiting.pop()
+            if request.num_pending_tokens:  # preempted with a token in flight: wait for it
+                skipped.append(request)
+                continue
             if request.wait_for is not None:
                 if not _prompt_ready(request.wait_for):
                     skipped.append(request)
@@ -217,7 +241,7 @@ class Scheduler:
                 request.num_cached_tokens = num_cached
             request.status = _RUNNING
             self.running.append(request)
-            scheduled.append(ScheduledRequest(request, num_new, kv.get_block_ids(request.request_id)))
+            self._add_scheduled(scheduled, request, num_new)
             budget -= num_new
         for request in reversed(skipped):
             waiting.push_front(request)
@@ -245,11 +269,21 @@ class Scheduler:
         for position, item in enumerate(scheduled):
             if item.request is request:
                 del scheduled[position]
+                request.num_pending_tokens -= item.samples
                 return item.num_new_tokens
         return 0
 
+    def _ends_by_length(self, request: Request) -> bool:
+        """True when the tokens already sampled (pending included) reach max_tokens or max_model_len."""
+        num_tokens = request.num_tokens + request.num_pending_tokens
+        num_output = num_tokens - request.num_prompt_tokens
+        return num_output >= request.max_tokens or num_tokens >= self.max_model_len
+
     def _preempt(self, request: Request) -> None:
-        """Free the request's blocks and queue it at the front to be recomputed from scratch."""
+        """Free the request's blocks and queue it at the front to be recomputed from scratch.
+
+        A token it has in flight still arrives (update_from_output appends it) before it is readmitted.
+        """
         self.kv_cache_manager.free(request)
         request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
@@ -265,5 +299,5 @@ class Scheduler:
 
 
 def _prompt_ready(sibling: Request) -> bool:
-    """True once `sibling`'s prompt K/V is computed (so cached) or it has ended."""
-    return sibling.is_finished or sibling.num_computed_tokens >= sibling.num_prompt_tokens
+    """True once `sibling`'s prompt K/V is in the prefix cache (its first token came back) or it ended."""
+    return sibling.is_finished or sibling.num_tokens > sibling.num_prompt_tokens

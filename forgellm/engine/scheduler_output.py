@@ -9,24 +9,18 @@ from forgellm.engine.request import Request
 
 @dataclass
 class ScheduledRequest:
-    """One request's share of a step: `num_new_tokens` tokens starting at `request.num_computed_tokens`.
+    """One request's share of a step: `num_new_tokens` tokens from position `start`.
 
     `block_ids` is the request's block table (owned by the KVCacheManager; read it, don't mutate it).
+    `start` and `samples` are fixed when the step is scheduled: the request itself moves on (the
+    scheduler may schedule its next step before this one's sampled token is known).
     """
 
     request: Request
     num_new_tokens: int
     block_ids: list[int]
-
-    @property
-    def start(self) -> int:
-        """Position of the first token computed this step."""
-        return self.request.num_computed_tokens
-
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the end of the known tokens, so a new token is sampled."""
-        return self.start + self.num_new_tokens == self.request.num_tokens
+    start: int  # position of the first token computed this step
+    samples: bool  # this step reaches the end of the request's tokens, so it samples a new one
 
 
 @dataclass
