@@ -135,6 +135,11 @@ class KVCacheManager:
         if table:
             self.pool.release(table[::-1])
 
+    def reset_stats(self) -> None:
+        """Zero the prefix-cache hit counters (e.g. after a start-up warm-up)."""
+        self._query_tokens = 0
+        self._hit_tokens = 0
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (e.g. after new weights are loaded); blocks in use stay held."""
         self.pool.reset_cache()

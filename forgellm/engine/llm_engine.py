@@ -19,6 +19,7 @@ from forgellm.engine.model_runner import ModelRunner, kv_block_bytes, load_model
 from forgellm.engine.output_processor import OutputProcessor
 from forgellm.engine.request import Request, RequestStatus
 from forgellm.engine.scheduler import Scheduler
+from forgellm.engine.warmup import warm_up
 from forgellm.errors import CapacityError, ConfigError, InvalidRequestError, ModelLoadError
 from forgellm.hf.config import load_model_config, resolve_dtype
 from forgellm.hf.config_types import ModelArchConfig
@@ -147,6 +148,8 @@ class LLMEngine:
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)
         self.output_processor = OutputProcessor(self.tokenizer)
+        if device.type == "cuda":
+            warm_up(self)
         kv_gib = blocks * kv_block_bytes(arch, config.block_size, dtype) / 2**30
         logger.info(
             "loaded %s (%s, %s) on %s; KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB)",

@@ -21,8 +21,9 @@ def make_engine(model_dir, mode: str, **overrides) -> LLMEngine:
     return LLMEngine(EngineConfig(**(options | overrides)))
 
 
-def run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]], abort_after: dict[str, int] = {}):
+def run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]], abort_after: dict[str, int] | None = None):
     """Generate every request to the end; `abort_after` maps request ids to the step that aborts them."""
+    abort_after = abort_after or {}
     for index, (prompt, params) in enumerate(requests):
         engine.add_request(f"r{index}", prompt, params)
     finals, step = {}, 0
