@@ -26,6 +26,7 @@ from forgellm.kernels.attention import paged_attention_ref
 from forgellm.kernels.kv_cache import write_kv_cache_ref
 from forgellm.kernels.norm import fused_add_rms_norm_ref, rms_norm_ref
 from forgellm.kernels.rotary import apply_rotary_ref
+from forgellm.kernels.rotary_kv import rotary_and_write_kv_ref
 from forgellm.kernels.triton_attention import paged_attention_triton
 from forgellm.kernels.triton_decode_attention import DecodeConfig
 from forgellm.kernels.triton_prefill_attention import PrefillConfig
@@ -108,6 +109,7 @@ def small_ops(t: int, dtype=BF16):
     num_blocks = t // BS + 2
     kc = torch.zeros(num_blocks, BS, HKV, D, dtype=dtype, device=DEV)
     vc, kc2, vc2 = kc.clone(), kc.clone(), kc.clone()
+    kc3, vc3, kc4, vc4 = (kc.clone() for _ in range(4))
     slots = torch.randperm(num_blocks * BS, device=DEV)[:t]
     slots[1::7] = -1  # padding tokens
     e = 1e-5
@@ -121,6 +123,9 @@ def small_ops(t: int, dtype=BF16):
         ("silu_and_mul", lambda: kernels.silu_and_mul(gate_up), lambda: silu_and_mul_ref(gate_up), 3 * t * MLP * b),
         ("write_kv_cache", lambda: (kernels.write_kv_cache(k, v, kc, vc, slots), (kc, vc))[1],
          lambda: (write_kv_cache_ref(k, v, kc2, vc2, slots), (kc2, vc2))[1], 4 * t * HKV * D * b),
+        ("rotary_and_write_kv", lambda: (kernels.rotary_and_write_kv(q, k, v, cos, sin, kc3, vc3, slots), kc3, vc3),
+         lambda: (rotary_and_write_kv_ref(q, k, v, cos, sin, kc4, vc4, slots), kc4, vc4),
+         2 * t * HQ * D * b + 4 * t * HKV * D * b + 2 * t * D * 4),
     ]  # fmt: skip
 
 

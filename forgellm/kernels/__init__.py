@@ -18,6 +18,7 @@ from forgellm.kernels.attention import paged_attention_ref
 from forgellm.kernels.kv_cache import write_kv_cache_ref
 from forgellm.kernels.norm import fused_add_rms_norm_ref, rms_norm_ref
 from forgellm.kernels.rotary import apply_rotary_ref
+from forgellm.kernels.rotary_kv import rotary_and_write_kv_ref
 
 
 def dispatch(reference: Callable[..., Any], fast: Callable[..., Any] | None = None) -> Callable[..., Any]:
@@ -63,6 +64,9 @@ fused_add_rms_norm = dispatch(
 silu_and_mul = dispatch(silu_and_mul_ref, triton_op("triton_activation", "silu_and_mul_triton", silu_and_mul_ref))
 apply_rotary = dispatch(apply_rotary_ref, triton_op("triton_rotary", "apply_rotary_triton", apply_rotary_ref))
 write_kv_cache = dispatch(write_kv_cache_ref, triton_op("triton_kv_cache", "write_kv_cache_triton", write_kv_cache_ref))
+rotary_and_write_kv = dispatch(
+    rotary_and_write_kv_ref, triton_op("triton_rotary_kv", "rotary_and_write_kv_triton", rotary_and_write_kv_ref)
+)
 paged_attention = dispatch(
     paged_attention_ref, triton_op("triton_attention", "paged_attention_triton", paged_attention_ref)
 )
@@ -73,6 +77,7 @@ __all__ = [
     "fused_add_rms_norm",
     "paged_attention",
     "rms_norm",
+    "rotary_and_write_kv",
     "silu_and_mul",
     "triton_op",
     "write_kv_cache",

@@ -22,12 +22,17 @@ def apply_rotary_ref(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Te
     Like transformers, cos/sin are cast to each input's dtype first and the products are taken in that
     dtype, so bf16 inputs round exactly as the Hugging Face models do.
     """
+    check_rotary_shapes(q, k, cos, sin)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def check_rotary_shapes(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """Raise ValueError unless q/k are [T, H, D] and cos/sin [T, D]: one message for every rotary version."""
     if cos.shape != sin.shape or cos.dim() != 2:
         raise ValueError(f"cos and sin must both be [T, D], got {tuple(cos.shape)} and {tuple(sin.shape)}")
     for name, x in (("q", q), ("k", k)):
         if x.dim() != 3 or x.shape[0] != cos.shape[0] or x.shape[-1] != cos.shape[-1]:
             raise ValueError(f"{name} must be [T, H, D] with T, D = {tuple(cos.shape)}, got {tuple(x.shape)}")
-    return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

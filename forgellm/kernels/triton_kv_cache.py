@@ -46,6 +46,17 @@ def _write_kv_kernel(
     tl.store(vc, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
+def check_cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """Raise ValueError unless both caches can be addressed by flat slot, as the cache-writing kernels do."""
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim")
+        # Flat slot s = block * block_size + offset addresses [blocks, block_size] as one dim; that needs
+        # the block stride to be block_size times the slot stride (true of any contiguous cache).
+        if c.stride(0) != c.shape[1] * c.stride(1):
+            raise ValueError(f"{name} blocks must be contiguous over their slots")
+
+
 def write_kv_cache_triton(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -53,14 +64,10 @@ def write_kv_cache_triton(
     num_tokens, num_heads, head_dim = k.shape
     if num_tokens == 0:
         return
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+    for name, t in (("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
-    # Flat slot s = block * block_size + offset addresses [blocks, block_size] as one dim; that needs
-    # the block stride to be block_size times the slot stride (true of any contiguous cache).
-    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.stride(0) != c.shape[1] * c.stride(1):
-            raise ValueError(f"{name} blocks must be contiguous over their slots")
+    check_cache_layout(k_cache, v_cache)
     block = next_power_of_2(num_heads * next_power_of_2(head_dim))
     _write_kv_kernel[(num_tokens,)](
         k,

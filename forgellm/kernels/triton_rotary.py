@@ -6,12 +6,28 @@ import torch
 import triton
 import triton.language as tl
 
+from forgellm.kernels.rotary import check_rotary_shapes
 from forgellm.kernels.triton_utils import next_power_of_2
 
 
 @triton.jit
-def _rotate_heads(x_ptr, out_ptr, stride_xh, num_heads, c1, c2, s1, s2, half, H_PAD: tl.constexpr, HALF: tl.constexpr):
-    """Rotate [num_heads, 2*half] at x_ptr into contiguous out_ptr; cos/sin halves are [1, HALF] fp32."""
+def load_cos_sin(cos_ptr, sin_ptr, t, stride_ct, stride_st, half, HALF: tl.constexpr):
+    """Token t's cos/sin halves (c1, c2, s1, s2) as [1, HALF] fp32; loaded once, shared by all heads."""
+    cols = tl.arange(0, HALF)[None, :]
+    cmask = cols < half
+    c1 = tl.load(cos_ptr + t * stride_ct + cols, mask=cmask, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + t * stride_ct + half + cols, mask=cmask, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + t * stride_st + cols, mask=cmask, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + t * stride_st + half + cols, mask=cmask, other=0.0).to(tl.float32)
+    return c1, c2, s1, s2
+
+
+@triton.jit
+def rotate_heads(x_ptr, stride_xh, num_heads, c1, c2, s1, s2, half, H_PAD: tl.constexpr, HALF: tl.constexpr):
+    """Rotated halves (lo, hi) of [num_heads, 2*half] at x_ptr in x's dtype, and their [H_PAD, HALF] mask.
+
+    Shared with triton_rotary_kv so both kernels round exactly like the reference.
+    """
     heads = tl.arange(0, H_PAD)[:, None]
     cols = tl.arange(0, HALF)[None, :]
     mask = (heads < num_heads) & (cols < half)
@@ -26,9 +42,16 @@ def _rotate_heads(x_ptr, out_ptr, stride_xh, num_heads, c1, c2, s1, s2, half, H_
     b = (-x2f * s1).to(dt).to(tl.float32)
     c = (x2f * c2).to(dt).to(tl.float32)
     d = (x1f * s2).to(dt).to(tl.float32)
-    out = out_ptr + heads * (2 * half) + cols
-    tl.store(out, (a + b).to(dt), mask=mask)
-    tl.store(out + half, (c + d).to(dt), mask=mask)
+    return (a + b).to(dt), (c + d).to(dt), mask
+
+
+@triton.jit
+def _rotate_heads(x_ptr, out_ptr, stride_xh, num_heads, c1, c2, s1, s2, half, H_PAD: tl.constexpr, HALF: tl.constexpr):
+    """Rotate [num_heads, 2*half] at x_ptr into contiguous out_ptr."""
+    lo, hi, mask = rotate_heads(x_ptr, stride_xh, num_heads, c1, c2, s1, s2, half, H_PAD, HALF)
+    out = out_ptr + tl.arange(0, H_PAD)[:, None] * (2 * half) + tl.arange(0, HALF)[None, :]
+    tl.store(out, lo, mask=mask)
+    tl.store(out + half, hi, mask=mask)
 
 
 @triton.jit
@@ -54,12 +77,7 @@ def _rotary_kernel(
 ):
     """Token t: load its cos/sin once, rotate every q head and every k head."""
     t = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, HALF)[None, :]
-    cmask = cols < half
-    c1 = tl.load(cos_ptr + t * stride_ct + cols, mask=cmask, other=0.0).to(tl.float32)
-    c2 = tl.load(cos_ptr + t * stride_ct + half + cols, mask=cmask, other=0.0).to(tl.float32)
-    s1 = tl.load(sin_ptr + t * stride_st + cols, mask=cmask, other=0.0).to(tl.float32)
-    s2 = tl.load(sin_ptr + t * stride_st + half + cols, mask=cmask, other=0.0).to(tl.float32)
+    c1, c2, s1, s2 = load_cos_sin(cos_ptr, sin_ptr, t, stride_ct, stride_st, half, HALF)
     _rotate_heads(
         q_ptr + t * stride_qt, q_out_ptr + t * num_q_heads * 2 * half, stride_qh, num_q_heads, c1, c2, s1, s2, half,
         HQ_PAD, HALF,
@@ -74,11 +92,7 @@ def apply_rotary_triton(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton apply_rotary: same contract as forgellm.kernels.rotary.apply_rotary_ref (new contiguous outputs)."""
-    if cos.shape != sin.shape or cos.dim() != 2:
-        raise ValueError(f"cos and sin must both be [T, D], got {tuple(cos.shape)} and {tuple(sin.shape)}")
-    for name, x in (("q", q), ("k", k)):
-        if x.dim() != 3 or x.shape[0] != cos.shape[0] or x.shape[-1] != cos.shape[-1]:
-            raise ValueError(f"{name} must be [T, H, D] with T, D = {tuple(cos.shape)}, got {tuple(x.shape)}")
+    check_rotary_shapes(q, k, cos, sin)
     if q.shape[-1] % 2:
         raise ValueError(f"rotary needs an even head_dim, got {q.shape[-1]}")
     q = q if q.stride(-1) == 1 else q.contiguous()

@@ -1,4 +1,5 @@
-"""Paged attention layer: writes this step's K/V into the cache, then attends over it."""
+"""Paged attention layer: writes this step's K/V into the cache (rotating q and k first when given
+the rotary angles), then attends over it."""
 
 from __future__ import annotations
 
@@ -28,11 +29,24 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]."""
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        batch: ForwardBatch,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]. Pass `rope` = (cos, sin) with q/k not yet rotated
+        to rotate them in the cache-write kernel: one launch (one CUDA-graph node) per layer instead of two.
+        """
         if self.k_cache is None or self.v_cache is None:
             raise RuntimeError("KV cache not bound: the ModelRunner binds it before the first forward")
-        kernels.write_kv_cache(k, v, self.k_cache, self.v_cache, batch.slot_mapping)
+        if rope is None:
+            kernels.write_kv_cache(k, v, self.k_cache, self.v_cache, batch.slot_mapping)
+        else:
+            # The rotated k is not needed back: attention reads every K, this step's too, from the cache.
+            q = kernels.rotary_and_write_kv(q, k, v, *rope, self.k_cache, self.v_cache, batch.slot_mapping)
         out = kernels.paged_attention(
             q,
             self.k_cache,

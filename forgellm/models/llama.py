@@ -12,7 +12,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from forgellm import kernels
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.engine.forward_batch import ForwardBatch
 from forgellm.hf.config_types import ModelArchConfig
@@ -61,8 +60,8 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = kernels.apply_rotary(q, k, *rope)
-        return self.o_proj(self.attn(q, k, v, batch))
+        # Rotary is fused into the attention layer's KV-cache write: one kernel per layer instead of two.
+        return self.o_proj(self.attn(q, k, v, batch, rope))
 
 
 class LlamaMLP(nn.Module):
