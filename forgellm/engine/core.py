@@ -86,7 +86,12 @@ class EngineCore:
         self.scheduler.abort_requests(request_ids, status)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+        """True while any request is waiting or running.
+
+        A step may still be in flight when this turns False, but then every request in it has ended
+        (aborted or stopped) and its results would be discarded; the next step collects it.
+        """
+        return self.scheduler.has_unfinished_requests()
 
     def step(self) -> list[EngineCoreOutput]:
         """Run one engine step; returns an output for every request that progressed.
