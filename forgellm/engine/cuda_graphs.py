@@ -1,10 +1,17 @@
-"""Decode steps as CUDA-graph replays over a ladder of batch sizes.
+"""Decode steps and short single-request prefills as CUDA-graph replays.
 
-A decode step launches hundreds of small kernels; replaying a captured graph removes their launch
-cost. Graphs are captured once at start-up (largest first, all in one memory pool) over static
-input buffers; a step with B requests is padded to the next captured size: padding rows have
-seq_len 0 and slot -1, so attention and the KV write skip them. Logits are computed outside the
-graph, on the real rows only.
+A step launches hundreds of small kernels; replaying a captured graph removes their launch cost.
+Graphs are captured once at start-up (largest first, all in one memory pool) over static input
+buffers, keyed by (kind, size):
+
+- ("decode", B): B requests computing one token each, for B on a ladder 1, 2, 4, 8, 16, 24, ...;
+  a step is padded to the next size with rows of seq_len 0 and slot -1 (attention and the KV
+  write skip them).
+- ("prefill", T): one request computing 2..T prompt tokens, for T in 16, 32, ..., 512; the padding
+  tokens lie past the request's query range (the attention kernel skips them) and have slot -1.
+  Their rows of the hidden states are garbage, which stays in those rows: no op mixes rows.
+
+Logits are computed outside the graph, on the rows that need them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from forgellm.engine.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 
+MAX_PREFILL_GRAPH_TOKENS = 512  # longer prefills are GPU-bound: launch overhead no longer shows
+
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
     """1, 2, 4, 8, 16, 24, 32, ... up to max_num_seqs (always included)."""
@@ -28,91 +37,129 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return sorted(set(sizes + [max_num_seqs]))
 
 
+def prefill_capture_sizes(max_tokens: int) -> list[int]:
+    """16, 32, 64, ... up to min(max_tokens, MAX_PREFILL_GRAPH_TOKENS); empty below 16."""
+    limit = min(max_tokens, MAX_PREFILL_GRAPH_TOKENS)
+    sizes, size = [], 16
+    while size <= limit:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
 class CudaGraphRunner:
-    """Captures the model's decode forward pass per batch size and replays it."""
+    """Captures the model's forward pass for decode batches and short prefills, and replays them."""
 
     def __init__(
-        self, model: nn.Module, max_num_seqs: int, max_blocks_per_seq: int, max_seq_len: int, device: torch.device
+        self,
+        model: nn.Module,
+        max_num_seqs: int,
+        max_blocks_per_seq: int,
+        max_seq_len: int,
+        device: torch.device,
+        max_prefill_tokens: int = 0,
     ) -> None:
         self.model = model
         self.sizes = capture_sizes(max_num_seqs)
+        self.prefill_sizes = prefill_capture_sizes(max_prefill_tokens)
         self.max_seq_len = max_seq_len
         n = self.sizes[-1]
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
+        num_tokens = max([n, *self.prefill_sizes])
+        self.input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((num_tokens,), -1, dtype=torch.int64, device=device)
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # one token per request
+        self.prefill_query_start_loc = torch.zeros(2, dtype=torch.int32, device=device)  # [0, T]
         self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=device)
-        self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.hidden: dict[int, torch.Tensor] = {}
+        self.logits_indices = torch.arange(num_tokens, dtype=torch.int64, device=device)
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.hidden: dict[tuple[str, int], torch.Tensor] = {}
 
-    def _batch(self, size: int) -> ForwardBatch:
+    def _batch(self, kind: str, size: int) -> ForwardBatch:
+        decode = kind == "decode"
+        num_seqs = size if decode else 1
         return ForwardBatch(
             input_ids=self.input_ids[:size],
             positions=self.positions[:size],
-            query_start_loc=self.query_start_loc[: size + 1],
-            seq_lens=self.seq_lens[:size],
-            max_query_len=1,
+            query_start_loc=self.query_start_loc[: size + 1] if decode else self.prefill_query_start_loc,
+            seq_lens=self.seq_lens[:num_seqs],
+            max_query_len=1 if decode else size,
             max_seq_len=self.max_seq_len,
-            block_tables=self.block_tables[:size],
+            block_tables=self.block_tables[:num_seqs],
             slot_mapping=self.slot_mapping[:size],
-            logits_indices=self.logits_indices[:size],
-            num_prefills=0,
-            num_decodes=size,
+            logits_indices=self.logits_indices[:num_seqs],
+            num_prefills=0 if decode else 1,
+            num_decodes=size if decode else 0,
         )
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture one graph per batch size, largest first so smaller ones reuse its pool."""
+        """Capture one graph per shape, largest first so smaller ones reuse its pool."""
         start = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
-        for size in reversed(self.sizes):
-            warmup = self._batch(size)
+        keys = [("decode", s) for s in self.sizes] + [("prefill", s) for s in self.prefill_sizes]
+        for key in sorted(keys, key=lambda k: -k[1]):
+            warmup = self._batch(*key)
             self.model(warmup.input_ids, warmup.positions, warmup)  # autotuning, lazy init
             torch.cuda.synchronize()
-            batch = self._batch(size)  # a fresh batch: nothing computed outside the capture is reused
+            batch = self._batch(*key)  # a fresh batch: nothing computed outside the capture is reused
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.hidden[size] = self.model(batch.input_ids, batch.positions, batch)
-            self.graphs[size] = graph
+                self.hidden[key] = self.model(batch.input_ids, batch.positions, batch)
+            self.graphs[key] = graph
         torch.cuda.synchronize()
         logger.info(
-            "captured %d decode CUDA graphs (batch %s) in %.1f s",
-            len(self.sizes),
+            "captured %d CUDA graphs (decode batch %s, prefill tokens %s) in %.1f s",
+            len(keys),
             self.sizes,
+            self.prefill_sizes,
             time.perf_counter() - start,
         )
 
-    def can_run(self, host: ForwardBatch) -> bool:
-        """Decode-only steps that fit the largest graph and need logits for every request."""
-        return (
-            host.max_query_len == 1
-            and host.num_requests <= self.sizes[-1]
-            and host.block_tables.shape[1] <= self.block_tables.shape[1]
-            and host.logits_indices.shape[0] == host.num_requests
-        )
+    def key_for(self, host: ForwardBatch) -> tuple[str, int] | None:
+        """The graph that can run this step, or None: decode batches that fit the largest graph and
+        need logits for every request; single-request prefills that fit and need only the last logits."""
+        if host.block_tables.shape[1] > self.block_tables.shape[1]:
+            return None
+        n, num_tokens = host.num_requests, host.num_tokens
+        if host.max_query_len == 1:
+            if n <= self.sizes[-1] and host.logits_indices.shape[0] == n:
+                return "decode", self.sizes[bisect.bisect_left(self.sizes, n)]
+            return None
+        if n == 1 and self.prefill_sizes and num_tokens <= self.prefill_sizes[-1]:
+            if host.logits_indices.tolist() == [num_tokens - 1]:
+                return "prefill", self.prefill_sizes[bisect.bisect_left(self.prefill_sizes, num_tokens)]
+        return None
 
-    def load(self, host: ForwardBatch) -> int:
-        """Copy the host batch into the static buffers; return the captured size that will replay it."""
-        n = host.num_requests
-        size = self.sizes[bisect.bisect_left(self.sizes, n)]
-        self.input_ids[:n].copy_(host.input_ids, non_blocking=True)
-        self.positions[:n].copy_(host.positions, non_blocking=True)
-        self.slot_mapping[:n].copy_(host.slot_mapping, non_blocking=True)
+    def load(self, host: ForwardBatch, key: tuple[str, int]) -> None:
+        """Copy the host batch into the static buffers of the graph `key`."""
+        kind, size = key
+        n, num_tokens = host.num_requests, host.num_tokens
+        self.input_ids[:num_tokens].copy_(host.input_ids, non_blocking=True)
+        self.positions[:num_tokens].copy_(host.positions, non_blocking=True)
+        self.slot_mapping[:num_tokens].copy_(host.slot_mapping, non_blocking=True)
         self.seq_lens[:n].copy_(host.seq_lens, non_blocking=True)
         self.block_tables[:n, : host.block_tables.shape[1]].copy_(host.block_tables, non_blocking=True)
-        if size > n:  # padding rows: attend to nothing, write nothing
-            self.slot_mapping[n:size].fill_(-1)
-            self.seq_lens[n:size].fill_(0)
-        return size
+        if kind == "prefill":
+            self.prefill_query_start_loc.copy_(host.query_start_loc, non_blocking=True)
+        if size > num_tokens:  # padding: attend to nothing, write nothing
+            self.slot_mapping[num_tokens:size].fill_(-1)
+            if kind == "decode":
+                self.seq_lens[n:size].fill_(0)
 
-    def replay(self, size: int, num_requests: int) -> torch.Tensor:
-        """Replay the graph of `size` over the loaded buffers; return the real rows' hidden states."""
-        self.graphs[size].replay()
-        return self.hidden[size][:num_requests]
+    def replay(self, key: tuple[str, int], host: ForwardBatch) -> torch.Tensor:
+        """Replay the graph `key` over the loaded buffers; return the hidden states of the logits rows."""
+        self.graphs[key].replay()
+        if key[0] == "decode":
+            return self.hidden[key][: host.num_requests]
+        last = host.num_tokens - 1
+        return self.hidden[key][last : last + 1]
 
     def run(self, host: ForwardBatch) -> torch.Tensor:
-        """Load the host batch, replay, and return the real rows' hidden states."""
-        return self.replay(self.load(host), host.num_requests)
+        """Load the host batch, replay, and return the hidden states of the logits rows (must fit a graph)."""
+        key = self.key_for(host)
+        if key is None:
+            raise ValueError("no captured graph fits this step")
+        self.load(host, key)
+        return self.replay(key, host)

@@ -131,7 +131,7 @@ class LLMEngine:
         runner.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
         if use_cuda_graphs(config, device):
-            runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len)
+            runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(
             kv_cache,

@@ -129,10 +129,15 @@ class ModelRunner:
             max_blocks = -(-max_model_len // self.block_size)
             self.stagings = [PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks) for _ in range(2)]
 
-    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture decode graphs for batch sizes up to max_num_seqs (needs graph-safe GPU kernels)."""
+    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int, max_prefill_tokens: int = 0) -> None:
+        """Capture decode graphs for batch sizes up to max_num_seqs and single-request prefill graphs up to
+        max_prefill_tokens (needs graph-safe GPU kernels)."""
         max_blocks = -(-max_model_len // self.block_size)
-        self.graph_runner = CudaGraphRunner(self.model, max_num_seqs, max_blocks, max_model_len, self.device)
+        if self.arch.rope.type == "dynamic":  # its per-token lengths cannot cover padding tokens
+            max_prefill_tokens = 0
+        self.graph_runner = CudaGraphRunner(
+            self.model, max_num_seqs, max_blocks, max_model_len, self.device, max_prefill_tokens
+        )
         self.graph_runner.capture()
 
     def _generator(self, request: Request) -> torch.Generator | None:
@@ -197,11 +202,12 @@ class ModelRunner:
         staging = self._next_staging()
         host = build_host_batch(chunks, self.block_size, staging=staging)
         fill = self._placeholder_indices(placeholders, staging)
-        if self.graph_runner is not None and self.graph_runner.can_run(host):
-            size = self.graph_runner.load(host)
+        graph_key = None if self.graph_runner is None else self.graph_runner.key_for(host)
+        if graph_key is not None:
+            self.graph_runner.load(host, graph_key)
             if fill is not None:
                 self.graph_runner.input_ids.index_copy_(0, fill[0], in_flight.sampled.index_select(0, fill[1]))
-            logits = self.model.compute_logits(self.graph_runner.replay(size, host.num_requests))
+            logits = self.model.compute_logits(self.graph_runner.replay(graph_key, host))
         else:
             batch = host.to(self.device)
             if fill is not None:

@@ -1,0 +1,44 @@
+"""Which CUDA graph serves a step: decode batches padded up the ladder, short single-request prefills."""
+
+from __future__ import annotations
+
+import torch
+
+from forgellm.engine.cuda_graphs import CudaGraphRunner, capture_sizes, prefill_capture_sizes
+from forgellm.engine.forward_batch import SequenceChunk, build_host_batch
+
+
+def runner() -> CudaGraphRunner:
+    # Buffers only: key_for never touches the model, so a CPU runner is enough to test the choice.
+    return CudaGraphRunner(None, 32, 8, 128, torch.device("cpu"), max_prefill_tokens=100)
+
+
+def host(chunks: list[SequenceChunk]):  # noqa: ANN201 - a host ForwardBatch
+    return build_host_batch(chunks, block_size=16)
+
+
+def test_ladders():
+    assert capture_sizes(32) == [1, 2, 4, 8, 16, 24, 32]
+    assert prefill_capture_sizes(100) == [16, 32, 64] and prefill_capture_sizes(8) == []
+    assert prefill_capture_sizes(8192)[-1] == 512
+
+
+def test_decode_steps_pad_to_the_next_size():
+    graphs = runner()
+    decodes = [SequenceChunk([5], 10 + i, [i], [0]) for i in range(3)]
+    assert graphs.key_for(host(decodes)) == ("decode", 4)
+    assert graphs.key_for(host(decodes * 11)) is None  # 33 requests: more than the largest graph
+
+
+def test_single_request_prefills_that_only_sample_use_prefill_graphs():
+    graphs = runner()
+    assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [19])])) == ("prefill", 32)
+    assert graphs.key_for(host([SequenceChunk(list(range(64)), 16, [0, 1, 2, 3, 4], [63])])) == ("prefill", 64)
+    # Too long, prompt logprobs (several logits rows), a chunk that does not sample, two requests:
+    assert graphs.key_for(host([SequenceChunk(list(range(65)), 0, [0, 1, 2, 3, 4], [64])])) is None
+    assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [18, 19])])) is None
+    assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [])])) is None
+    two = [SequenceChunk(list(range(20)), 0, [0, 1], [19]), SequenceChunk([3], 7, [2], [0])]
+    assert graphs.key_for(host(two)) is None
+    # A block table wider than the graphs' buffers:
+    assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, list(range(9)), [19])])) is None
