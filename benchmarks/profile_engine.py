@@ -31,6 +31,7 @@ SCENARIOS = {
     "decode_b64": (64, 512, 400, 60, 30),
     "decode_b256": (256, 128, 400, 60, 30),
     "prefill_mixed_b256": (256, 1000, 400, 0, 40),  # the first steps: 8k-token prefill chunks + decodes
+    "decode_b256_ctx1500": (256, 1000, 1000, 540, 20),  # mid-way through tput_1000x1000's first wave
 }
 CLASSES = (
     ("gemm", ("gemm", "cutlass", "nvjet", "sm90_", "cublas", "splitk")),
