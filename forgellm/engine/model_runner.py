@@ -180,6 +180,35 @@ class ModelRunner:
         that this step computes (placeholders) are taken from its sampled ids on the device.
         """
         self.release(scheduler_output.finished_request_ids)
+        chunks, samplers, prompt_rows, placeholders = self._plan(scheduler_output, in_flight)
+        staging = self._next_staging()
+        host = build_host_batch(chunks, self.block_size, staging=staging)
+        destinations, pending_ids = None, None
+        if placeholders:
+            destinations, sources = self._placeholder_indices(placeholders, staging)
+            pending_ids = in_flight.sampled.index_select(0, sources)
+        graph_key = None if self.graph_runner is None else self.graph_runner.key_for(host)
+        if graph_key is not None:
+            self.graph_runner.load(host, graph_key)
+            if pending_ids is not None:
+                self.graph_runner.input_ids.index_copy_(0, destinations, pending_ids)
+            logits = self.model.compute_logits(self.graph_runner.replay(graph_key, host))
+        else:
+            batch = host.to(self.device)
+            if pending_ids is not None:
+                batch.input_ids.index_copy_(0, destinations, pending_ids)
+            hidden = self.model(batch.input_ids, batch.positions, batch)
+            logits = self.model.compute_logits(hidden[batch.logits_indices])
+        step = InFlightStep(scheduler_output, [request for request, _ in samplers])
+        if samplers:
+            self._sample(logits, samplers, step, [request for request, _, _ in placeholders], pending_ids)
+        for request, positions, first_row in prompt_rows:
+            self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
+        step.copy_to_host(self.device, None if staging is None else staging.sampled)
+        return step
+
+    def _plan(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None) -> tuple[list, list, list, list]:
+        """Per request: its chunk, its sampling row, its prompt-logprob rows, and its placeholder if any."""
         chunks, samplers, prompt_rows, placeholders = [], [], [], []
         row = num_tokens = 0
         for s in scheduler_output.scheduled:
@@ -199,29 +228,7 @@ class ModelRunner:
                 tokens = [*tokens, 0]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
             num_tokens += s.num_new_tokens
-        staging = self._next_staging()
-        host = build_host_batch(chunks, self.block_size, staging=staging)
-        fill = self._placeholder_indices(placeholders, staging)
-        graph_key = None if self.graph_runner is None else self.graph_runner.key_for(host)
-        if graph_key is not None:
-            self.graph_runner.load(host, graph_key)
-            if fill is not None:
-                self.graph_runner.input_ids.index_copy_(0, fill[0], in_flight.sampled.index_select(0, fill[1]))
-            logits = self.model.compute_logits(self.graph_runner.replay(graph_key, host))
-        else:
-            batch = host.to(self.device)
-            if fill is not None:
-                batch.input_ids.index_copy_(0, fill[0], in_flight.sampled.index_select(0, fill[1]))
-            hidden = self.model(batch.input_ids, batch.positions, batch)
-            logits = self.model.compute_logits(hidden[batch.logits_indices])
-        step = InFlightStep(scheduler_output, [request for request, _ in samplers])
-        if samplers:
-            in_flight_ids = None if fill is None else in_flight.sampled.index_select(0, fill[1])
-            self._sample(logits, samplers, step, [request for request, _, _ in placeholders], in_flight_ids)
-        for request, positions, first_row in prompt_rows:
-            self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
-        step.copy_to_host(self.device, None if staging is None else staging.sampled)
-        return step
+        return chunks, samplers, prompt_rows, placeholders
 
     def collect(self, step: InFlightStep) -> ModelRunnerOutput:
         """Wait for a launched step and turn its results into host values."""
@@ -261,10 +268,8 @@ class ModelRunner:
 
     def _placeholder_indices(
         self, placeholders: list[tuple[Request, int, int]], staging: PinnedStaging | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The placeholders as two index tensors on the device (destinations, source rows)."""
-        if not placeholders:
-            return None
         columns = [[dst for _, dst, _ in placeholders], [src for _, _, src in placeholders]]
         if staging is None:
             indices = torch.tensor(columns, dtype=torch.int64).to(self.device)
