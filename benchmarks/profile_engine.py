@@ -32,6 +32,8 @@ SCENARIOS = {
     "decode_b256": (256, 128, 400, 60, 30),
     "prefill_mixed_b256": (256, 1000, 400, 0, 40),  # the first steps: 8k-token prefill chunks + decodes
     "decode_b256_ctx1500": (256, 1000, 1000, 540, 20),  # mid-way through tput_1000x1000's first wave
+    "decode_b512": (512, 128, 400, 60, 30),  # tput_128x128's decode phase at --max-num-seqs 512
+    "prefill_128_b512": (512, 128, 400, 0, 12),  # its prefill phase: 8k-token steps of 64 prompts each
 }
 CLASSES = (
     ("gemm", ("gemm", "cutlass", "nvjet", "sm90_", "cublas", "splitk")),
