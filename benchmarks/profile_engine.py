@@ -37,6 +37,7 @@ SCENARIOS = {
     "decode_b256_ctx1500": (256, 1000, 1000, 540, 20),  # mid-way through tput_1000x1000's first wave
     "decode_b512": (512, 128, 400, 60, 30),  # tput_128x128's decode phase at --max-num-seqs 512
     "prefill_128_b512": (512, 128, 400, 0, 12),  # its prefill phase: 8k-token steps of 64 prompts each
+    "waves_128_b512": (1024, 128, 128, 125, 30),  # the turn between two waves: mixed steps and decodes
 }
 CLASSES = (
     ("gemm", ("gemm", "cutlass", "nvjet", "sm90_", "cublas", "splitk")),
