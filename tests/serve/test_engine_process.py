@@ -16,9 +16,10 @@ GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    llm = ProcessAsyncLLM(**OPTIONS)
+@pytest.fixture(scope="module", params=["off", "on"], ids=["sync", "async"])
+def engine(request):
+    """The engine process, stepping synchronously or with asynchronous scheduling (GPU default)."""
+    llm = ProcessAsyncLLM(**OPTIONS, async_scheduling=request.param)
     yield llm
     llm.shutdown()
 
