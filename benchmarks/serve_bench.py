@@ -46,8 +46,8 @@ from forgellm.bench.datasets import random_requests  # noqa: E402
 from forgellm.bench.latency import measure_latency  # noqa: E402
 from forgellm.bench.throughput import measure_throughput, warm_up  # noqa: E402
 from forgellm.engine.async_engine import AsyncLLM  # noqa: E402
-from forgellm.serve.app import build_app  # noqa: E402
 from forgellm.engine.process_engine import ProcessAsyncLLM  # noqa: E402
+from forgellm.serve.app import build_app  # noqa: E402
 
 CONCURRENCY = 64
 # (requests, input len, output len) at concurrency 64, and (requests, input, output) at concurrency 1.
