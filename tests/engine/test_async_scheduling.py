@@ -116,3 +116,15 @@ def test_async_preemption_and_aborts_match_sync(tiny_model_dir):
 def test_async_scheduling_option_is_validated():
     with pytest.raises(Exception, match="async_scheduling must be auto, on or off"):
         EngineConfig(async_scheduling="sometimes")
+
+
+def test_a_token_no_step_in_flight_samples_is_an_internal_error(tiny_model_dir):
+    from forgellm.engine.request import Request
+    from forgellm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+
+    engine = make_engine(tiny_model_dir("llama"), "off", num_kv_blocks=8)
+    request = Request("r", [5, 6, 7], SamplingParams(max_tokens=4), 4)
+    request.num_pending_tokens = 1  # the scheduler thinks a token is in flight, but nothing is
+    step = ScheduledRequest(request, 1, [0], start=3, samples=True)
+    with pytest.raises(RuntimeError, match="no step in flight samples"):
+        engine.core.runner.launch(SchedulerOutput([step], 1), in_flight=None)
