@@ -155,11 +155,3 @@ class CudaGraphRunner:
             return self.hidden[key][: host.num_requests]
         last = host.num_tokens - 1
         return self.hidden[key][last : last + 1]
-
-    def run(self, host: ForwardBatch) -> torch.Tensor:
-        """Load the host batch, replay, and return the hidden states of the logits rows (must fit a graph)."""
-        key = self.key_for(host)
-        if key is None:
-            raise ValueError("no captured graph fits this step")
-        self.load(host, key)
-        return self.replay(key, host)

@@ -22,13 +22,12 @@ class InFlightStep:
 
     scheduler_output: SchedulerOutput
     sample_requests: list[Request]  # row i of `sampled` is sample_requests[i]'s new token
-    sampled: torch.Tensor | None = None  # [N] int64 on the device
+    sampled: torch.Tensor | None = None  # [N] int64 on the device: the next step's placeholders read it
+    sampled_host: torch.Tensor | None = None  # its host copy, valid once `done` has fired
+    # Logprobs of the sampled tokens, and (request, index of the first prompt token scored, k,
+    # logprobs) per request scored this step: on the device until copy_to_host, then on the host.
     logprobs: LogprobsTensors | None = None
-    # (request, index of the first prompt token scored, k, logprobs) per request scored this step
     prompt_logprobs: list[tuple[Request, int, int, LogprobsTensors]] = field(default_factory=list)
-    sampled_host: torch.Tensor | None = None
-    logprobs_host: LogprobsTensors | None = None
-    prompt_logprobs_host: list[tuple[Request, int, int, LogprobsTensors]] = field(default_factory=list)
     done: torch.cuda.Event | None = None  # recorded after the copies; None on a CPU
 
     def __post_init__(self) -> None:
@@ -41,8 +40,7 @@ class InFlightStep:
         event is recorded even without results: it also says the step's input copies are done.
         """
         if device.type != "cuda":  # a CPU step is already complete
-            self.sampled_host, self.logprobs_host = self.sampled, self.logprobs
-            self.prompt_logprobs_host = self.prompt_logprobs
+            self.sampled_host = self.sampled
             return
         if self.sampled is not None:
             n = self.sampled.shape[0]
@@ -52,8 +50,8 @@ class InFlightStep:
             else:
                 self.sampled_host = self.sampled.to("cpu", non_blocking=True)
         if self.logprobs is not None:
-            self.logprobs_host = _to_host(self.logprobs)
-        self.prompt_logprobs_host = [(r, first, k, _to_host(t)) for r, first, k, t in self.prompt_logprobs]
+            self.logprobs = _to_host(self.logprobs)
+        self.prompt_logprobs = [(r, first, k, _to_host(t)) for r, first, k, t in self.prompt_logprobs]
         self.done = torch.cuda.Event()
         self.done.record()
 

@@ -237,13 +237,13 @@ class ModelRunner:
         sampled = step.sampled_host.tolist() if step.sampled_host is not None else []
         for request, token in zip(step.sample_requests, sampled):
             output.sampled_token_ids[request.request_id] = token
-        if step.logprobs_host is not None:
-            entries = _to_token_logprobs(step.logprobs_host)
+        if step.logprobs is not None:
+            entries = _to_token_logprobs(step.logprobs)
             for request, entry in zip(step.sample_requests, entries):
                 k = request.sampling_params.logprobs
                 if k is not None:
                     output.logprobs[request.request_id] = _first(entry, k)
-        for request, first_index, k, tensors in step.prompt_logprobs_host:
+        for request, first_index, k, tensors in step.prompt_logprobs:
             entries = [_first(e, k) for e in _to_token_logprobs(tensors)]
             output.prompt_logprobs[request.request_id] = (first_index, entries)
         return output
@@ -272,7 +272,7 @@ class ModelRunner:
         """The placeholders as two index tensors on the device (destinations, source rows)."""
         columns = [[dst for _, dst, _ in placeholders], [src for _, _, src in placeholders]]
         if staging is None:
-            indices = torch.tensor(columns, dtype=torch.int64).to(self.device)
+            indices = self._to_device(columns)
         else:
             indices = staging.put("placeholders", columns, torch.int64).to(self.device, non_blocking=True)
         return indices[0], indices[1]

@@ -8,7 +8,7 @@ from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.request import Request, RequestStatus
 from forgellm.engine.request_queue import make_request_queue
 from forgellm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
-from forgellm.engine.stop_checker import check_stop
+from forgellm.engine.stop_checker import check_stop, reaches_length
 from forgellm.errors import CapacityError, ConfigError, ContextLengthError, InvalidRequestError
 
 _RUNNING = RequestStatus.RUNNING
@@ -195,7 +195,7 @@ class Scheduler:
         while index < len(running) and budget > 0:
             request = running[index]
             num_pending = request.num_pending_tokens
-            if num_pending and self._ends_by_length(request):
+            if num_pending and reaches_length(request, request.num_tokens + num_pending, self.max_model_len):
                 index += 1  # its token in flight is its last: nothing more to compute
                 continue
             num_new = min(request.num_tokens + num_pending - request.num_computed_tokens, budget)
@@ -272,12 +272,6 @@ class Scheduler:
                 request.num_pending_tokens -= item.samples
                 return item.num_new_tokens
         return 0
-
-    def _ends_by_length(self, request: Request) -> bool:
-        """True when the tokens already sampled (pending included) reach max_tokens or max_model_len."""
-        num_tokens = request.num_tokens + request.num_pending_tokens
-        num_output = num_tokens - request.num_prompt_tokens
-        return num_output >= request.max_tokens or num_tokens >= self.max_model_len
 
     def _preempt(self, request: Request) -> None:
         """Free the request's blocks and queue it at the front to be recomputed from scratch.

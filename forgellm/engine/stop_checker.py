@@ -22,7 +22,12 @@ def check_stop(request: Request, token_id: int, max_model_len: int) -> bool:
             request.status = RequestStatus.FINISHED_STOPPED
             request.stop_reason = token_id
             return True
-    if num_output >= request.max_tokens or request.num_tokens >= max_model_len:
+    if reaches_length(request, request.num_tokens, max_model_len):
         request.status = RequestStatus.FINISHED_LENGTH
         return True
     return False
+
+
+def reaches_length(request: Request, num_tokens: int, max_model_len: int) -> bool:
+    """True when `num_tokens` tokens (prompt + output) reach max_tokens or max_model_len."""
+    return num_tokens - request.num_prompt_tokens >= request.max_tokens or num_tokens >= max_model_len

@@ -40,8 +40,3 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     cos = cos.to(x.dtype).unsqueeze(1)
     sin = sin.to(x.dtype).unsqueeze(1)
     return x * cos + _rotate_half(x) * sin
-
-
-# The Triton implementation and CUDA dispatch are added by the GPU kernel issue; until then every
-# device uses the reference. The dispatcher will move to forgellm/kernels/__init__.py.
-apply_rotary = apply_rotary_ref

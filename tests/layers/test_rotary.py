@@ -10,7 +10,8 @@ from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
 
 from forgellm.hf.config_types import RopeConfig
-from forgellm.kernels.rotary import apply_rotary, apply_rotary_ref
+from forgellm.kernels import apply_rotary
+from forgellm.kernels.rotary import apply_rotary_ref
 from forgellm.layers.rotary import RotaryEmbedding, token_seq_lens
 
 HEAD_DIM = 64
