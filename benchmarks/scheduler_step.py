@@ -12,10 +12,10 @@ import json
 import statistics
 import time
 
-from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.request import Request
-from forgellm.engine.scheduler import Scheduler
 from forgellm.sampling_params import SamplingParams
+from forgellm.scheduling.kv_cache import KVCacheManager
+from forgellm.scheduling.scheduler import Scheduler
 
 
 def parse_args() -> argparse.Namespace:

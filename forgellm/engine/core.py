@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from forgellm.engine.in_flight import InFlightStep
-from forgellm.engine.kv_cache import KVCacheManager
-from forgellm.engine.model_runner import ModelRunner, TokenLogprobs
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.engine.scheduler import Scheduler
 from forgellm.errors import CapacityError, ContextLengthError
+from forgellm.scheduling.kv_cache import KVCacheManager
+from forgellm.scheduling.scheduler import Scheduler
+from forgellm.worker.in_flight import InFlightStep
+from forgellm.worker.model_runner import ModelRunner, TokenLogprobs
 
 
 @dataclass

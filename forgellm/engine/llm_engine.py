@@ -14,12 +14,8 @@ from forgellm import kernels
 from forgellm.config import EngineConfig
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
-from forgellm.engine.kv_cache import KVCacheManager
-from forgellm.engine.model_runner import ModelRunner, kv_block_bytes, load_model
 from forgellm.engine.output_processor import OutputProcessor
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.engine.scheduler import Scheduler
-from forgellm.engine.warmup import warm_up
 from forgellm.errors import CapacityError, ConfigError, InvalidRequestError, ModelLoadError
 from forgellm.hf.config import load_model_config, resolve_dtype
 from forgellm.hf.config_types import ModelArchConfig
@@ -29,6 +25,10 @@ from forgellm.kernels.attention import paged_attention_ref
 from forgellm.models.registry import get_model_class
 from forgellm.outputs import RequestOutput
 from forgellm.sampling_params import SamplingParams
+from forgellm.scheduling.kv_cache import KVCacheManager
+from forgellm.scheduling.scheduler import Scheduler
+from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model
+from forgellm.worker.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 

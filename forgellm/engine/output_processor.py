@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from forgellm.engine.core import EngineCoreOutput
 from forgellm.engine.detokenizer import IncrementalDetokenizer
-from forgellm.engine.model_runner import TokenLogprobs
 from forgellm.engine.stop_strings import StopStringMatcher
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from forgellm.sampling_params import SamplingParams
+from forgellm.worker.model_runner import TokenLogprobs
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from forgellm import kernels
-from forgellm.engine.forward_batch import ForwardBatch
+from forgellm.worker.forward_batch import ForwardBatch
 
 
 class Attention(nn.Module):

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
-from forgellm.engine.forward_batch import ForwardBatch
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.activation import SiluAndMul
 from forgellm.layers.attention import Attention
@@ -22,6 +21,7 @@ from forgellm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
 from forgellm.layers.norm import RMSNorm
 from forgellm.layers.rotary import RotaryEmbedding
 from forgellm.models.weight_loading import WeightMap, load_weights
+from forgellm.worker.forward_batch import ForwardBatch
 
 
 class LlamaAttention(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from forgellm import LLM, SamplingParams
-from forgellm.engine.forward_batch import SequenceChunk, build_forward_batch
+from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
 from tests.fixtures.make_tiny_models import VARIANTS
 
 transformers = pytest.importorskip("transformers")

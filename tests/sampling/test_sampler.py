@@ -8,8 +8,8 @@ import math
 import torch
 
 from forgellm.engine.request import Request
-from forgellm.engine.sampler import Sampler, apply_top_k_top_p_min_p, compute_prompt_logprobs
-from forgellm.engine.sampling_metadata import SamplingMetadata
+from forgellm.sampling.sampler import Sampler, apply_top_k_top_p_min_p, compute_prompt_logprobs
+from forgellm.sampling.sampling_metadata import SamplingMetadata
 from forgellm.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")

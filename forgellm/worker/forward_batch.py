@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from forgellm.engine.pinned_staging import PinnedStaging
+from forgellm.worker.pinned_staging import PinnedStaging
 
 
 @dataclass

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from forgellm.engine.request import Request
-from forgellm.engine.sampler import LogprobsTensors
-from forgellm.engine.scheduler_output import SchedulerOutput
+from forgellm.sampling.sampler import LogprobsTensors
+from forgellm.scheduling.scheduler_output import SchedulerOutput
 
 
 @dataclass

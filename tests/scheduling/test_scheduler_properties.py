@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.engine.scheduler import Scheduler
-from forgellm.engine.scheduler_output import SchedulerOutput
 from forgellm.sampling_params import SamplingParams
+from forgellm.scheduling.kv_cache import KVCacheManager
+from forgellm.scheduling.scheduler import Scheduler
+from forgellm.scheduling.scheduler_output import SchedulerOutput
 
 EOS = 0
 STOP_TOKEN = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from forgellm.engine.sampling_metadata import SamplingMetadata
+from forgellm.sampling.sampling_metadata import SamplingMetadata
 
 
 def apply_min_tokens(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from forgellm.engine.cuda_graphs import CudaGraphRunner, capture_sizes, prefill_capture_sizes
-from forgellm.engine.forward_batch import SequenceChunk, build_host_batch
+from forgellm.worker.cuda_graphs import CudaGraphRunner, capture_sizes, prefill_capture_sizes
+from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
 
 
 def runner() -> CudaGraphRunner:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.engine.scheduler import Scheduler
-from forgellm.engine.scheduler_output import SchedulerOutput
 from forgellm.errors import CapacityError, ContextLengthError, InvalidRequestError
 from forgellm.sampling_params import SamplingParams
+from forgellm.scheduling.kv_cache import KVCacheManager
+from forgellm.scheduling.scheduler import Scheduler
+from forgellm.scheduling.scheduler_output import SchedulerOutput
 
 
 def make_scheduler(

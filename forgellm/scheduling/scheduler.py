@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.engine.request_queue import make_request_queue
-from forgellm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
-from forgellm.engine.stop_checker import check_stop, reaches_length
 from forgellm.errors import CapacityError, ConfigError, ContextLengthError, InvalidRequestError
+from forgellm.scheduling.kv_cache import KVCacheManager
+from forgellm.scheduling.request_queue import make_request_queue
+from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
+from forgellm.scheduling.stop_checker import check_stop, reaches_length
 
 _RUNNING = RequestStatus.RUNNING
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from forgellm.engine.block_hash import extend_block_hashes
-from forgellm.engine.block_pool import BlockPool
 from forgellm.engine.request import Request
+from forgellm.scheduling.block_hash import extend_block_hashes
+from forgellm.scheduling.block_pool import BlockPool
 
 
 class KVCacheManager:

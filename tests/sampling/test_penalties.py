@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from forgellm.engine.penalties import apply_min_tokens, apply_penalties
 from forgellm.engine.request import Request
-from forgellm.engine.sampler import Sampler
-from forgellm.engine.sampling_metadata import SamplingMetadata
+from forgellm.sampling.penalties import apply_min_tokens, apply_penalties
+from forgellm.sampling.sampler import Sampler
+from forgellm.sampling.sampling_metadata import SamplingMetadata
 from forgellm.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")

@@ -13,18 +13,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from forgellm.engine.cuda_graphs import CudaGraphRunner
-from forgellm.engine.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
-from forgellm.engine.in_flight import InFlightStep
-from forgellm.engine.pinned_staging import PinnedStaging
 from forgellm.engine.request import Request
-from forgellm.engine.sampler import Sampler, compute_prompt_logprobs
-from forgellm.engine.sampling_metadata import SamplingMetadata
-from forgellm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.attention import Attention
 from forgellm.models.registry import get_model_class
+from forgellm.sampling.sampler import Sampler, compute_prompt_logprobs
+from forgellm.sampling.sampling_metadata import SamplingMetadata
+from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
+from forgellm.worker.cuda_graphs import CudaGraphRunner
+from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
+from forgellm.worker.in_flight import InFlightStep
+from forgellm.worker.pinned_staging import PinnedStaging
 
 
 @dataclass

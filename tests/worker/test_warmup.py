@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from forgellm.config import EngineConfig
 from forgellm.engine.llm_engine import LLMEngine
-from forgellm.engine.warmup import warm_up
+from forgellm.worker.warmup import warm_up
 
 
 def test_warm_up_leaves_no_trace(tiny_model_dir):

@@ -120,7 +120,7 @@ def test_async_scheduling_option_is_validated():
 
 def test_a_token_no_step_in_flight_samples_is_an_internal_error(tiny_model_dir):
     from forgellm.engine.request import Request
-    from forgellm.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+    from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
 
     engine = make_engine(tiny_model_dir("llama"), "off", num_kv_blocks=8)
     request = Request("r", [5, 6, 7], SamplingParams(max_tokens=4), 4)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from forgellm.engine.penalties import apply_min_tokens, apply_penalties
-from forgellm.engine.sampling_metadata import SamplingMetadata
+from forgellm.sampling.penalties import apply_min_tokens, apply_penalties
+from forgellm.sampling.sampling_metadata import SamplingMetadata
 
 
 @dataclass

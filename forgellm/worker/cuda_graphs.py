@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from forgellm.engine.forward_batch import ForwardBatch
+from forgellm.worker.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from forgellm.engine.block_hash import ROOT_BLOCK_HASH, extend_block_hashes, hash_block_tokens
-from forgellm.engine.kv_cache import KVCacheManager
 from forgellm.engine.request import Request
 from forgellm.sampling_params import SamplingParams
+from forgellm.scheduling.block_hash import ROOT_BLOCK_HASH, extend_block_hashes, hash_block_tokens
+from forgellm.scheduling.kv_cache import KVCacheManager
 
 
 def make_request(request_id: str, prompt: list[int], **params) -> Request:
