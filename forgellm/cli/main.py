@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import sys
 
@@ -20,6 +19,8 @@ def version() -> str:
     found = getattr(forgellm, "__version__", None)
     if found:
         return str(found)
+    import importlib.metadata  # only when the attribute is missing: it costs start-up time
+
     try:
         return importlib.metadata.version("forgellm")
     except importlib.metadata.PackageNotFoundError:

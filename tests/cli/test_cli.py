@@ -211,6 +211,29 @@ def test_version() -> None:
     assert proc.stdout.startswith("forgellm ")
 
 
+def test_building_the_parser_imports_no_heavy_package() -> None:
+    """`forgellm --help` (any subcommand's) must not wait for torch, transformers or the server stack."""
+    heavy = ("torch", "transformers", "fastapi", "uvicorn", "triton")
+    code = (
+        "import sys, forgellm.cli.main as m; m.build_parser(); import forgellm; forgellm.__version__; "
+        f"loaded = [name for name in {heavy!r} if name in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_public_names_load_on_first_use() -> None:
+    from forgellm import LLM, SamplingParams
+
+    assert LLM.__module__ == "forgellm.llm" and SamplingParams.__module__ == "forgellm.sampling_params"
+    assert all(getattr(forgellm, name) is not None for name in forgellm.__all__)
+    assert set(forgellm.__all__) <= set(dir(forgellm))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        forgellm.no_such_name  # noqa: B018
+
+
 def test_bad_temperature_is_a_clean_error() -> None:
     proc = run_cli("generate", "def f", "--temperature", "-1")
     assert proc.returncode == 2
