@@ -24,17 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 PIECES = ["Hel", "lo", "", " world"]
 
 
-def llm_available() -> bool:
-    try:
-        from forgellm import LLM  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_llm = pytest.mark.skipif(not llm_available(), reason="forgellm.LLM is not written yet")
-
-
 class FakeTokenizer:
     """Renders messages as `<role>content` and encodes one id per character."""
 
@@ -250,7 +239,6 @@ def test_unknown_yaml_key_is_a_clean_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-@needs_llm
 def test_generate_with_the_demo_model() -> None:
     proc = run_cli("generate", "def f", "--max-tokens", "8", "--temperature", "0", "--ignore-eos")
     assert proc.returncode == 0, proc.stderr
@@ -258,13 +246,11 @@ def test_generate_with_the_demo_model() -> None:
     assert "8 tokens" in proc.stderr
 
 
-@needs_llm
 def test_generate_is_reproducible_with_a_seed() -> None:
     argv = ("generate", "import", "--max-tokens", "8", "--seed", "3", "--ignore-eos")
     assert run_cli(*argv).stdout == run_cli(*argv).stdout
 
 
-@needs_llm
 def test_chat_with_the_demo_model() -> None:
     proc = run_cli("chat", "--max-tokens", "8", "--ignore-eos", stdin="hello\n/exit\n")
     assert proc.returncode == 0, proc.stderr
