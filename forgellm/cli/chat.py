@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from forgellm.cli.engine_args import add_engine_args, engine_config_from_args
+from forgellm.cli.escapes import ESCAPES_HELP, escaped_text
 from forgellm.cli.sampling_args import add_sampling_args, sampling_params_from_args
 from forgellm.cli.streaming import stream_to
 from forgellm.errors import ContextLengthError, ForgeLLMError
@@ -34,7 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "model is used (a 20M-parameter Llama trained on Python source and docs)."
         ),
     )
-    parser.add_argument("--system", metavar="TEXT", default=None, help="system prompt opening the conversation")
+    parser.add_argument(
+        "--system",
+        metavar="TEXT",
+        type=escaped_text,
+        default=None,
+        help=f"system prompt opening the conversation; {ESCAPES_HELP}",
+    )
     add_sampling_args(parser)
     add_engine_args(parser)
     parser.set_defaults(handler=run)

@@ -29,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         nargs="?",
         default=None,
         metavar="PROMPT",
-        help="text to complete; '-' or nothing reads it from stdin (one trailing newline is dropped)",
+        help=(
+            "text to complete, taken as typed (no backslash escapes, so code keeps its backslashes); "
+            "'-' or nothing reads it from stdin (one trailing newline is dropped)"
+        ),
     )
     add_sampling_args(parser)
     add_engine_args(parser)

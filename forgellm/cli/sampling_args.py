@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from forgellm.cli.escapes import ESCAPES_HELP, escaped_text
 from forgellm.sampling_params import SamplingParams
 
 DEFAULT_MAX_TOKENS = 256
@@ -47,9 +48,10 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--stop",
         action="append",
+        type=escaped_text,
         default=argparse.SUPPRESS,
         metavar="STR",
-        help="stop when the output contains STR (not included in the output); repeat for several",
+        help=f"stop when the output contains STR (not included in the output); repeat for several; {ESCAPES_HELP}",
     )
     group.add_argument(
         "--ignore-eos",

@@ -168,6 +168,27 @@ def test_chat_continues_after_an_error(
     assert "Traceback" not in err
 
 
+def test_stop_and_system_take_backslash_escapes(
+    fake_llm: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a shell passes for `--stop "\n\n" --stop "a\\nb"`: backslashes, not newlines.
+    assert main(["generate", r"x\n", "--stop", r"\n\n", "--stop", r"a\\nb"]) == 0
+    assert fake_llm.params[0].stop == ["\n\n", r"a\nb"]
+    assert fake_llm.prompts == [r"x\n"]  # the prompt is taken as typed
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    assert main(["chat", "--system", r"be brief.\tNo lists.", "--stop", r"\u2028"]) == 0
+    assert fake_llm.prompts[1] == "<system>be brief.\tNo lists.<user>hi<assistant>"
+    assert fake_llm.params[1].stop == ["\u2028"]
+
+
+def test_bad_escape_is_a_usage_error(fake_llm: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "x", "--stop", r"\u12"])
+    assert exit_info.value.code == 2
+    assert "--stop" in capsys.readouterr().err
+    assert fake_llm.configs == []
+
+
 def test_chat_bad_sampling_exits_2(fake_llm: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--top-p", "0"]) == 2
     assert "error: top_p" in capsys.readouterr().err
@@ -244,6 +265,19 @@ def test_generate_with_the_demo_model() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("\n") and len(proc.stdout) > 1
     assert "8 tokens" in proc.stderr
+
+
+def test_generate_stops_at_an_escaped_newline_stop_string() -> None:
+    # The demo's greedy completion of this prompt reaches a blank line within a few tokens
+    # ('\n    """\n    Computes the nth degree of a graph.\n\n'); without unescaping, the stop
+    # string would be a backslash and an n, which never occurs, and it would run to --max-tokens.
+    argv = ("generate", "def fibonacci(n):", "--max-tokens", "64", "--temperature", "0", "--dtype", "float32")
+    proc = run_cli(*argv, "--stop", r"\n\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "finish: stop" in proc.stderr
+    text = proc.stdout.removesuffix("\n")  # generate ends its output with one newline
+    assert "\n\n" not in text and "Computes" in text
+    assert "64 tokens" not in proc.stderr
 
 
 def test_generate_is_reproducible_with_a_seed() -> None:
