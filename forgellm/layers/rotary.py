@@ -1,10 +1,13 @@
-"""Rotary position embedding (RoPE) with the Hugging Face scaling types: default, linear, dynamic, llama3, yarn.
+"""Rotary position embedding (RoPE) angles with the Hugging Face scaling types: default, linear, dynamic,
+llama3, yarn.
 
-Frequencies are computed as transformers 5 computes them (modeling_rope_utils.py), operation for
+The model computes cos/sin once per forward pass (`RotaryEmbedding.cos_sin`); every attention layer
+then rotates q and k inside its KV-cache write (forgellm.kernels.rotary_and_write_kv), one launch per
+layer. Frequencies are computed as transformers 5 computes them (modeling_rope_utils.py), operation for
 operation in float32, so cos/sin agree with Hugging Face to the last bit on CPU. For `dynamic` (dynamic
 NTK) HF rescales the base from the batch's max position + 1; we rescale each token from the length of
-its own sequence (`seq_lens_of_tokens`), which equals HF for one sequence per batch and does not depend
-on what else is batched.
+its own sequence (`seq_lens_of_tokens`, ForwardBatch.token_seq_lens), which equals HF for one sequence
+per batch and does not depend on what else is batched.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from forgellm import kernels
 from forgellm.hf.config_types import RopeConfig
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
@@ -82,19 +84,11 @@ def _yarn_inv_freq(rope: RopeConfig, dim: int, original_max_positions: int) -> T
     return inv_freq_interpolation * (1 - extrapolation_weight) + inv_freq_extrapolation * extrapolation_weight
 
 
-def token_seq_lens(query_start_loc: Tensor, seq_lens: Tensor, num_tokens: int) -> Tensor:
-    """Per flattened token, the KV length of its sequence after this step (what `dynamic` RoPE needs).
-
-    Tokens past the last request (padding) get the last request's length; no host synchronisation.
-    """
-    token_index = torch.arange(num_tokens, device=query_start_loc.device, dtype=query_start_loc.dtype)
-    # query_start_loc[1:] holds each request's end; counting the ends <= t gives t's request.
-    request_index = torch.searchsorted(query_start_loc[1:].contiguous(), token_index, right=True)
-    return seq_lens[request_index.clamp(max=seq_lens.numel() - 1)]
-
-
 class RotaryEmbedding(nn.Module):
-    """Applies RoPE to flattened q/k given token positions; frequencies follow the config's scaling type."""
+    """The cos/sin of RoPE for flattened token positions; frequencies follow the config's scaling type.
+
+    A module (without a forward) so that model.to(device) moves inv_freq, which stays float32.
+    """
 
     inv_freq: Tensor
 
@@ -155,26 +149,19 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: Tensor, seq_lens_of_tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """cos and sin [T, head_dim] in float32 for positions [T], attention scaling included.
 
-        Only `dynamic` reads seq_lens_of_tokens; when it is None every token uses the batch's max
-        position + 1, which is exactly HF's rule.
+        Only `dynamic` reads seq_lens_of_tokens ([T], each token's sequence length after this step), and
+        needs it.
         """
         inv_freq = self.inv_freq
         if self.rope.type == "dynamic":
             if seq_lens_of_tokens is None:
-                seq_lens_of_tokens = (positions.amax() + 1).expand_as(positions) if positions.numel() else positions
+                raise ValueError("dynamic RoPE needs seq_lens_of_tokens (ForwardBatch.token_seq_lens)")
             inv_freq = self._dynamic_inv_freq(seq_lens_of_tokens)
         freqs = positions[:, None].float() * inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
         if self.attention_scaling == 1.0:  # skip two kernels per step in the common case
             return angles.cos(), angles.sin()
         return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
-
-    def forward(
-        self, positions: Tensor, q: Tensor, k: Tensor, seq_lens_of_tokens: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Return q [T, Hq, D] and k [T, Hk, D] rotated to positions [T] (int64)."""
-        cos, sin = self.cos_sin(positions, seq_lens_of_tokens)
-        return kernels.apply_rotary(q, k, cos, sin)
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""
