@@ -103,13 +103,11 @@ def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int)
 
 def use_cuda_graphs(config: EngineConfig, device: torch.device) -> bool:
     """Graphs need a GPU, graph-safe (Triton) attention, and enforce_eager off."""
-    # The reference attention reads lengths on the host, which a graph cannot capture.
-    graph_safe = (
-        kernels.paged_attention is not paged_attention_ref
-        and importlib.util.find_spec("triton") is not None
-        and os.environ.get("FORGELLM_KERNELS") != "reference"
-    )
-    return device.type == "cuda" and not config.enforce_eager and graph_safe
+    if device.type != "cuda" or config.enforce_eager:
+        return False
+    # The reference attention reads lengths on the host, which a graph cannot capture. CUDA tensors get
+    # the reference under FORGELLM_KERNELS=reference; a broken Triton raises here, naming the problem.
+    return kernels.cuda_implementation(kernels.paged_attention) is not paged_attention_ref
 
 
 class LLMEngine:

@@ -122,9 +122,7 @@ def test_write_kv_cache(cache_dtype, dtype, block_size, head_dim):
         assert_close(caches[1], caches[3])
 
 
-def test_dispatcher_routes_cpu_to_reference_and_survives_missing_modules():
-    """CPU tensors take the reference; a fast module that cannot be imported falls back to it."""
+def test_dispatcher_routes_cpu_to_reference():
+    """CPU tensors take the reference (test_kernel_dispatch.py: CUDA tensors, a broken Triton)."""
     x, w = torch.randn(3, 8), torch.randn(8)
     assert torch.equal(kernels.rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6))
-    op = kernels.triton_op("no_such_module", "nothing", rms_norm_ref)
-    assert torch.equal(op(x, w, 1e-6), rms_norm_ref(x, w, 1e-6))
