@@ -11,6 +11,10 @@ from typing import Any
 
 from forgellm.errors import ConfigError
 
+# Sequences (n per request) that may wait for a seat in an AsyncLLM / server engine, tokenizing ones
+# included; beyond it requests are refused (429 over HTTP) until the queue drains.
+DEFAULT_MAX_WAITING_REQUESTS = 1024
+
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -41,16 +45,31 @@ class EngineConfig:
         "auto", "prepare the next step on the host while the GPU runs the current one: auto (on with a GPU), on, off"
     )
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
+    # Admission limits: what one request may ask for (engine/admission.py checks them).
+    max_n: int = _opt(128, "most samples (n) one request may ask for")
+    max_logprobs: int = _opt(20, "most logprobs / prompt_logprobs alternatives per position")
+    max_stop_strings: int = _opt(16, "most stop strings one request may give")
+    max_stop_str_len: int = _opt(512, "longest stop string, in characters")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid option."""
-        positive = ("max_num_seqs", "max_num_batched_tokens", "block_size", "tensor_parallel_size")
+        positive = (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "block_size",
+            "tensor_parallel_size",
+            "max_n",
+            "max_stop_str_len",
+        )
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("max_logprobs", "max_stop_strings"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

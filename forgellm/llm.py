@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from forgellm.config import EngineConfig
@@ -18,7 +18,7 @@ Message = dict[str, Any]
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
+    if isinstance(prompts, (str, Mapping)):  # one text, or one {"prompt": ...} / {"prompt_token_ids": ...}
         return [prompts]
     prompts = list(prompts)
     if prompts and all(isinstance(p, int) for p in prompts):
@@ -53,9 +53,11 @@ class LLM:
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); returns outputs in prompt order.
+        """Generate for every prompt; returns outputs in prompt order.
 
+        A prompt is text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids": ids} dict.
         All prompts are validated before any is queued, so one bad prompt raises and runs nothing.
+        A prompt the engine fails to serve comes back with finish_reason "error" and `error` set.
         """
         prompt_list = _as_prompt_list(prompts)
         if isinstance(sampling_params, SamplingParams) or sampling_params is None:

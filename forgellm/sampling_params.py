@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from forgellm.errors import InvalidRequestError
 
 _GREEDY_EPS = 1e-5
+# What torch.Generator.manual_seed takes; sample i of a request draws from (seed + i) mod 2**64.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass
@@ -48,24 +51,31 @@ class SamplingParams:
         self._validate()
 
     def _validate(self) -> None:
+        """Checks that need no engine: types, ranges, finite floats (the engine's limits come later)."""
+
         def bad(param: str, why: str) -> InvalidRequestError:
             return InvalidRequestError(f"{param} {why}, got {getattr(self, param)!r}", param=param)
 
-        if not isinstance(self.n, int) or self.n < 1:
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            # bool is an int: True would pass as 1.0 and hide a wrongly typed field.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, "must be a finite number")
+        if not _is_int(self.n) or self.n < 1:
             raise bad("n", "must be an integer >= 1")
         if not self.temperature >= 0.0:
             raise bad("temperature", "must be >= 0 (0 means greedy)")
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "must be in (0, 1]")
-        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k != -1):
+        if not _is_int(self.top_k) or (self.top_k < 1 and self.top_k != -1):
             raise bad("top_k", "must be -1 (off) or an integer >= 1")
         if not 0.0 <= self.min_p <= 1.0:
             raise bad("min_p", "must be in [0, 1]")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad("seed", "must be an integer")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+        if self.seed is not None and (not _is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
+            raise bad("seed", "must be an integer in [-2**63, 2**64 - 1]")
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
             raise bad("max_tokens", "must be an integer >= 1 (or None for 'until the context is full')")
-        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+        if not _is_int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", "must be an integer >= 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens})")
@@ -77,16 +87,27 @@ class SamplingParams:
             raise bad("repetition_penalty", "must be > 0 (1 means off)")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
+            if value is not None and (not _is_int(value) or value < 0):
                 raise bad(name, "must be None or an integer >= 0")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise bad("stop", "must hold non-empty strings")
         if self.stop and not self.detokenize:
             raise bad("stop", "needs detokenize=True (stop strings are matched on text)")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+        if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must hold non-negative integers")
+
+    def sample_seed(self, index: int) -> int | None:
+        """The seed of sample `index` (of n), in torch.Generator's range; None when unseeded."""
+        return None if self.seed is None else (self.seed + index) % 2**64
 
     @property
     def is_greedy(self) -> bool:
         """True when sampling reduces to argmax."""
         return self.temperature < _GREEDY_EPS
+
+
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

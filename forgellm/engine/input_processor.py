@@ -6,15 +6,19 @@ the whole request is valid, so a bad request never disturbs the ones already run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
-from forgellm.errors import ContextLengthError, InvalidRequestError
+from forgellm.engine.admission import RequestLimits
+from forgellm.errors import InvalidRequestError
 from forgellm.hf.generation_config import GenerationDefaults
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.sampling_params import SamplingParams
 
-Prompt = str | Sequence[int]
+# Text, token ids, or vLLM's prompt dicts: {"prompt": text} (TextPrompt) or
+# {"prompt_token_ids": ids} (TokensPrompt).
+Prompt = str | Sequence[int] | Mapping[str, Any]
 
 
 @dataclass
@@ -28,13 +32,20 @@ class ProcessedPrompt:
 
 
 class InputProcessor:
-    """Tokenizes and validates prompts against the model's vocabulary and context length."""
+    """Tokenizes prompts and admits them against the engine's limits (RequestLimits)."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, max_model_len: int, defaults: GenerationDefaults) -> None:
+    def __init__(self, tokenizer: Tokenizer, limits: RequestLimits, defaults: GenerationDefaults) -> None:
         self.tokenizer = tokenizer
-        self.vocab_size = vocab_size
-        self.max_model_len = max_model_len
+        self.limits = limits
         self.defaults = defaults
+
+    @property
+    def vocab_size(self) -> int:
+        return self.limits.vocab_size
+
+    @property
+    def max_model_len(self) -> int:
+        return self.limits.max_model_len
 
     def default_sampling_params(self) -> SamplingParams:
         """SamplingParams with the model's generation_config.json defaults where it states them."""
@@ -49,10 +60,15 @@ class InputProcessor:
         return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
     def tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
-        """Text is encoded with the tokenizer's special tokens (e.g. BOS); ids are checked as given."""
+        """Text is encoded with the tokenizer's special tokens (e.g. BOS); ids are checked as given.
+
+        A text too long for the context whatever its tokens is refused before it is tokenized.
+        """
+        prompt = _unwrap(prompt)
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("the prompt is empty; give at least one character or token", "prompt")
+            self.limits.check_text_length(len(prompt), self.tokenizer.max_chars_per_token)
             return prompt, self.tokenizer.encode(prompt)
         ids = list(prompt)
         if not ids:
@@ -65,31 +81,31 @@ class InputProcessor:
         return None, ids
 
     def process(self, prompt: Prompt, params: SamplingParams | None) -> ProcessedPrompt:
-        """Tokenize, check lengths and resolve max_tokens; raises before any state changes."""
+        """Check, tokenize, admit and resolve max_tokens; raises a typed error before any state changes."""
         params = params if params is not None else self.default_sampling_params()
+        self.limits.check_sampling(params)  # cheap checks first, before tokenizing
         text, ids = self.tokenize(prompt)
-        n, limit = len(ids), self.max_model_len
-        if n >= limit:
-            raise ContextLengthError(
-                f"the prompt has {n} tokens but max_model_len is {limit} (which must also leave room "
-                f"for at least one generated token); shorten the prompt or raise max_model_len",
-                "prompt",
-            )
-        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
-        if n + max_tokens > limit:
-            raise ContextLengthError(
-                f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is {n + max_tokens} tokens, more "
-                f"than max_model_len ({limit}); set max_tokens to at most {limit - n}",
-                "max_tokens",
-            )
-        if params.min_tokens > max_tokens:
-            raise InvalidRequestError(
-                f"min_tokens ({params.min_tokens}) exceeds the {max_tokens} tokens that fit", "min_tokens"
-            )
-        for name in ("logprobs", "prompt_logprobs"):
-            k = getattr(params, name)
-            if k is not None and k > self.vocab_size:
-                raise InvalidRequestError(f"{name} ({k}) exceeds the vocabulary size {self.vocab_size}", name)
+        max_tokens = self.limits.check_length(len(ids), params)
         if params.max_tokens is None:
             params = replace(params, max_tokens=max_tokens)
         return ProcessedPrompt(text, ids, params, max_tokens)
+
+
+def _unwrap(prompt: Prompt) -> str | Sequence[int]:
+    """The text or token ids of a prompt, unwrapping vLLM's {"prompt": ...} / {"prompt_token_ids": ...}."""
+    if not isinstance(prompt, Mapping):
+        if not isinstance(prompt, (str, Sequence)):
+            raise InvalidRequestError(
+                f"a prompt must be text, a list of token ids or a prompt dict, got {type(prompt).__name__}", "prompt"
+            )
+        return prompt
+    keys = set(prompt)
+    if keys == {"prompt"} and isinstance(prompt["prompt"], str):
+        return prompt["prompt"]
+    if keys == {"prompt_token_ids"} and isinstance(prompt["prompt_token_ids"], Sequence):
+        return prompt["prompt_token_ids"]
+    raise InvalidRequestError(
+        f"a prompt dict takes exactly one key, 'prompt' (text) or 'prompt_token_ids' (a list of ids); "
+        f"got {sorted(map(str, keys))}",
+        "prompt",
+    )

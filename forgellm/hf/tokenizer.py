@@ -20,6 +20,8 @@ from forgellm.hf.config import read_json_file
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 _MAX_COMPILED_TEMPLATES = 32
+# Above this many characters encoding takes long enough (about 1 ms) to release the GIL for it.
+_GIL_FREE_ENCODE_CHARS = 2048
 
 _ADDED_TOKEN_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
 
@@ -47,6 +49,7 @@ class Tokenizer:
         special_ids = {i for i, token in backend.get_added_tokens_decoder().items() if token.special}
         special_ids.update(i for i in map(self._id_of, self.special_tokens_map.values()) if i is not None)
         self._special_ids = frozenset(special_ids)
+        self._max_chars_per_token: int | None = None  # computed on first use
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -79,7 +82,22 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; `add_special_tokens` applies the post-processor (e.g. a leading BOS)."""
+        if len(text) > _GIL_FREE_ENCODE_CHARS:
+            # encode() holds the GIL for the whole text (seconds for megabytes, stalling every other
+            # thread, an event loop included); encode_batch() releases it while it works.
+            return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    @property
+    def max_chars_per_token(self) -> int:
+        """An upper bound on the characters of text one token covers: its longest vocabulary entry.
+
+        Byte-level vocabularies spell each byte as one character, so the bound holds in bytes too.
+        """
+        if self._max_chars_per_token is None:
+            vocab = self.backend.get_vocab(with_added_tokens=True)
+            self._max_chars_per_token = max((len(token) for token in vocab), default=1)
+        return self._max_chars_per_token
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`, dropping special tokens unless `skip_special_tokens` is False."""

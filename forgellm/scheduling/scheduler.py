@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.errors import CapacityError, ConfigError, ContextLengthError, InvalidRequestError
+from forgellm.errors import ConfigError
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.request_queue import make_request_queue
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -21,7 +21,7 @@ class Scheduler:
     prefilling one. When KV blocks run out the newest request (fcfs) or the least important one
     (priority) is preempted and recomputed later. Waiting requests are then admitted while the
     budget, the seats and the blocks last. With chunked prefill off a prompt must fit the budget
-    whole; `add_request` rejects prompts longer than `max_num_batched_tokens` (only a recompute after
+    whole; admission rejects prompts longer than `max_num_batched_tokens` (only a recompute after
     preemption, which is internal, may still be split).
     """
 
@@ -52,7 +52,10 @@ class Scheduler:
         self._requests: dict[str, Request] = {}
         # Ended since the last schedule(); handed to the model runner so it drops their state.
         self._finished_ids: set[str] = set()
-        self.num_preemptions = 0  # since start, for stats
+        # Since start, for stats: preemptions, and sequences aborted or failed by an engine error.
+        self.num_preemptions = 0
+        self.num_aborted = 0
+        self.num_failed = 0
 
     @property
     def num_running(self) -> int:
@@ -73,33 +76,9 @@ class Scheduler:
         return self._requests.get(request_id)
 
     def add_request(self, request: Request) -> None:
-        """Queue a request; raise if it can never run on this engine."""
-        num_prompt = request.num_prompt_tokens
-        if request.request_id in self._requests:
-            raise InvalidRequestError(f"request id {request.request_id!r} is already in use", "request_id")
-        if num_prompt == 0:
-            raise InvalidRequestError("the prompt is empty; give at least one token", "prompt")
-        if num_prompt >= self.max_model_len:
-            raise ContextLengthError(
-                f"the prompt has {num_prompt} tokens but max_model_len is {self.max_model_len}, "
-                f"which leaves no room for output; shorten the prompt",
-                "prompt",
-            )
-        if not self.enable_chunked_prefill and num_prompt > self.max_num_batched_tokens:
-            raise ContextLengthError(
-                f"the prompt has {num_prompt} tokens, more than max_num_batched_tokens "
-                f"({self.max_num_batched_tokens}) with chunked prefill disabled; enable chunked "
-                "prefill or raise max_num_batched_tokens",
-                "prompt",
-            )
-        # The last sampled token's K/V is never computed, hence the -1.
-        max_kv_tokens = min(num_prompt + request.max_tokens, self.max_model_len) - 1
-        kv = self.kv_cache_manager
-        if -(-max_kv_tokens // kv.block_size) > kv.num_blocks:
-            raise CapacityError(
-                f"request {request.request_id!r} may need {max_kv_tokens} tokens of KV cache but the "
-                f"cache holds {kv.num_blocks * kv.block_size}; lower max_tokens or enlarge the cache"
-            )
+        """Queue a request that passed admission (`RequestLimits.check`, engine/admission.py)."""
+        if request.request_id in self._requests:  # engine ids are unique by construction
+            raise RuntimeError(f"engine request id {request.request_id!r} is already queued")
         request.status = RequestStatus.WAITING
         self._requests[request.request_id] = request
         self.waiting.add(request)
@@ -122,6 +101,8 @@ class Scheduler:
             request.status = status
             self._finish(request)
             ended.append(request)
+        self.num_aborted += sum(r.status is RequestStatus.FINISHED_ABORTED for r in ended)
+        self.num_failed += sum(r.status is RequestStatus.FINISHED_ERROR for r in ended)
         if ended:
             self.running = [r for r in self.running if r.status is _RUNNING]
         return ended
@@ -286,8 +267,12 @@ class Scheduler:
         self.waiting.push_front(request)
 
     def _finish(self, request: Request) -> None:
-        """Forget a request that just ended and release its blocks (the caller removes it from running)."""
-        self.kv_cache_manager.free(request)
+        """Forget a request that just ended and release its blocks (the caller removes it from running).
+
+        A request failed by an engine error takes its blocks out of the prefix cache: the failed
+        step may not have written the K/V they were registered for.
+        """
+        self.kv_cache_manager.free(request, uncache=request.status is RequestStatus.FINISHED_ERROR)
         del self._requests[request.request_id]
         self._finished_ids.add(request.request_id)
 

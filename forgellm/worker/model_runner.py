@@ -141,11 +141,11 @@ class ModelRunner:
         self.graph_runner.capture()
 
     def _generator(self, request: Request) -> torch.Generator | None:
-        seed = request.sampling_params.seed
+        seed = request.sampling_params.sample_seed(request.sample_index)
         if seed is None:
             return None
         if request.request_id not in self.generators:
-            g = torch.Generator(device=self.device).manual_seed(seed + request.sample_index)
+            g = torch.Generator(device=self.device).manual_seed(seed)
             self.generators[request.request_id] = g
         return self.generators[request.request_id]
 

@@ -74,9 +74,10 @@ def test_invalid_sampling_values(kwargs, param):
     assert err.value.param == param
 
 
-def test_logprobs_beyond_the_vocabulary(llm):
-    with pytest.raises(InvalidRequestError, match=f"vocabulary size {VOCAB}"):
-        llm.generate([[1, 2]], SamplingParams(logprobs=VOCAB + 1))
+def test_logprobs_beyond_the_engine_limit(llm):
+    with pytest.raises(InvalidRequestError, match=r"at most 20 \(max_logprobs\)"):
+        llm.generate([[1, 2]], SamplingParams(logprobs=21))
+    still_serves(llm)
 
 
 @pytest.mark.parametrize("prompt", ["", []])
