@@ -28,6 +28,8 @@ _EXPORTS = {
     "InvalidRequestError": "forgellm.errors",
     "Logprob": "forgellm.outputs",
     "ModelLoadError": "forgellm.errors",
+    "QueueFullError": "forgellm.errors",
+    "RequestFailedError": "forgellm.errors",
     "RequestOutput": "forgellm.outputs",
     "SamplingParams": "forgellm.sampling_params",
 }
@@ -45,6 +47,8 @@ __all__ = [
     "InvalidRequestError",
     "Logprob",
     "ModelLoadError",
+    "QueueFullError",
+    "RequestFailedError",
     "RequestOutput",
     "SamplingParams",
     "__version__",
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
         ForgeLLMError,
         InvalidRequestError,
         ModelLoadError,
+        QueueFullError,
+        RequestFailedError,
     )
     from forgellm.llm import LLM
     from forgellm.outputs import CompletionOutput, Logprob, RequestOutput

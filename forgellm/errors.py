@@ -20,7 +20,15 @@ class ContextLengthError(InvalidRequestError):
 
 
 class CapacityError(ForgeLLMError):
-    """The engine cannot hold this request: its KV cache is too small or its queue is full."""
+    """The engine can never hold this request: it needs more KV cache than the whole cache."""
+
+
+class QueueFullError(CapacityError):
+    """The engine's waiting queue is full right now; the same request may succeed later."""
+
+
+class RequestFailedError(ForgeLLMError):
+    """The engine failed while serving this request (it goes on serving the others)."""
 
 
 class ModelLoadError(ForgeLLMError):

@@ -20,7 +20,7 @@ PositionLogprobs = dict[int, Logprob]
 
 @dataclass
 class CompletionOutput:
-    """One generated sample. `finish_reason` is "stop", "length", "abort" or None while running."""
+    """One generated sample. `finish_reason` is "stop", "length", "abort", "error" or None while running."""
 
     index: int
     text: str
@@ -63,6 +63,7 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = field(default=0)
     delta: bool = False
+    error: str | None = None  # set when the engine failed while serving the request (finish_reason "error")
 
 
 def merge_deltas(older: RequestOutput, newer: RequestOutput) -> RequestOutput:
@@ -81,5 +82,6 @@ def merge_deltas(older: RequestOutput, newer: RequestOutput) -> RequestOutput:
     older.finished = newer.finished
     older.metrics = newer.metrics
     older.num_cached_tokens = newer.num_cached_tokens
+    older.error = newer.error or older.error
     older.prompt_logprobs = newer.prompt_logprobs if newer.prompt_logprobs is not None else older.prompt_logprobs
     return older

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
+import torch
+
 from forgellm.engine.request import Request, RequestStatus
-from forgellm.errors import CapacityError, ContextLengthError
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
+from forgellm.scheduling.scheduler_output import SchedulerOutput
 from forgellm.worker.in_flight import InFlightStep
 from forgellm.worker.model_runner import ModelRunner, TokenLogprobs
+
+logger = logging.getLogger(__name__)
+
+# Messages of CUDA errors after which the device (its context) can no longer be trusted.
+_DEVICE_FAILURE_MARKERS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert", "illegal memory access")
 
 
 @dataclass
@@ -25,6 +33,7 @@ class EngineCoreOutput:
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     first_scheduled_time: float | None = None
+    error: str | None = None  # why the engine failed this request (finish_reason "error")
 
     @property
     def finished(self) -> bool:
@@ -40,6 +49,8 @@ class EngineStats:
     kv_cache_usage: float
     prefix_cache_hit_rate: float
     num_preemptions: int
+    num_aborted: int = 0  # sequences aborted since start
+    num_failed: int = 0  # sequences failed by an error in a step since start
 
 
 class EngineCore:
@@ -60,26 +71,8 @@ class EngineCore:
         self.async_scheduling = async_scheduling
         self._in_flight: InFlightStep | None = None
 
-    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        """Raise if this request could never run: too big for the whole KV cache or the step budget."""
-        scheduler = self.scheduler
-        if not scheduler.enable_chunked_prefill and num_prompt_tokens > scheduler.max_num_batched_tokens:
-            raise ContextLengthError(
-                f"the prompt has {num_prompt_tokens} tokens but chunked prefill is off and a step holds at most "
-                f"{scheduler.max_num_batched_tokens} (max_num_batched_tokens); enable chunked prefill or raise it",
-                "prompt",
-            )
-        num_tokens = num_prompt_tokens + max_tokens
-        needed = -(-num_tokens // self.kv_cache.block_size)
-        if needed > self.kv_cache.num_blocks:
-            capacity = self.kv_cache.num_blocks * self.kv_cache.block_size
-            raise CapacityError(
-                f"the request needs up to {num_tokens} tokens of KV cache but the whole cache holds "
-                f"{capacity}; lower max_tokens or give the engine more KV-cache memory"
-            )
-
     def add_request(self, request: Request) -> None:
-        self.check_fits(request.num_prompt_tokens, request.max_tokens)
+        """Queue a request that passed admission (RequestLimits)."""
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
@@ -94,13 +87,16 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests()
 
     def step(self) -> list[EngineCoreOutput]:
-        """Run one engine step; returns an output for every request that progressed.
+        """Run one engine step; returns an output for every request that progressed or failed.
 
         Synchronous: schedule, launch, wait, update. Asynchronous: schedule and launch step N+1,
-        then wait for step N and return its outputs.
+        then wait for step N and return its outputs. An exception while launching or finishing a
+        step fails that step's requests alone (outputs with finish_reason "error"), unless it is a
+        device failure, which no request survives: that one propagates and ends the engine.
         """
         scheduler_output = self.scheduler.schedule()
         launched = None
+        failed: list[EngineCoreOutput] = []
         if scheduler_output.is_empty:
             self.runner.release(scheduler_output.finished_request_ids)
         else:
@@ -108,12 +104,40 @@ class EngineCore:
             for s in scheduler_output.scheduled:
                 if s.request.first_scheduled_time is None:
                     s.request.first_scheduled_time = now
-            launched = self.runner.launch(scheduler_output, self._in_flight)
+            try:
+                launched = self.runner.launch(scheduler_output, self._in_flight)
+            except Exception as exc:
+                failed = self._fail_step(scheduler_output, exc)
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, launched
         else:
             done = launched
-        return [] if done is None else self._finish_step(done)
+        if done is None:
+            return failed
+        try:
+            return failed + self._finish_step(done)
+        except Exception as exc:
+            return failed + self._fail_step(done.scheduler_output, exc)
+
+    def _fail_step(self, scheduler_output: SchedulerOutput, exc: Exception) -> list[EngineCoreOutput]:
+        """End every request of a step that raised `exc` with finish_reason "error"; the engine goes on.
+
+        Their blocks are freed (and leave the prefix cache), and the model runner drops their state
+        when the next schedule reports them finished. Requests that ended within the step are
+        reported too, so that nobody waits for an output that will not come.
+        """
+        if is_device_failure(exc):
+            raise exc
+        requests = [s.request for s in scheduler_output.scheduled]
+        logger.error("a step failed; failing its %d request(s)", len(requests), exc_info=exc)
+        self.scheduler.abort_requests([r.request_id for r in requests], RequestStatus.FINISHED_ERROR)
+        message = f"the engine failed while running this request: {type(exc).__name__}: {exc}"
+        return [
+            EngineCoreOutput(
+                r.request_id, [], finish_reason="error", first_scheduled_time=r.first_scheduled_time, error=message
+            )
+            for r in requests
+        ]
 
     def _finish_step(self, step: InFlightStep) -> list[EngineCoreOutput]:
         """Wait for a launched step, update the requests with its tokens, and report them."""
@@ -152,4 +176,14 @@ class EngineCore:
             kv_cache_usage=self.kv_cache.usage,
             prefix_cache_hit_rate=self.kv_cache.prefix_cache_hit_rate,
             num_preemptions=self.scheduler.num_preemptions,
+            num_aborted=self.scheduler.num_aborted,
+            num_failed=self.scheduler.num_failed,
         )
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """True for errors after which the device cannot be trusted (a CUDA error, not out-of-memory)."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _DEVICE_FAILURE_MARKERS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import time
@@ -12,6 +13,7 @@ import torch
 
 from forgellm import kernels
 from forgellm.config import EngineConfig
+from forgellm.engine.admission import RequestLimits
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
 from forgellm.engine.output_processor import OutputProcessor
@@ -144,28 +146,26 @@ class LLMEngine:
         self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling)
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
-        self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)
+        self.limits = RequestLimits.from_config(config, self.max_model_len, arch.vocab_size, blocks)
+        self.input_processor = InputProcessor(self.tokenizer, self.limits, defaults)
         self.output_processor = OutputProcessor(self.tokenizer)
+        # Engine ids of samples: a counter prefix makes them unique whatever ids callers choose.
+        self._sample_counter = itertools.count()
         if device.type == "cuda":
             warm_up(self)
         kv_gib = blocks * kv_block_bytes(arch, config.block_size, dtype) / 2**30
-        logger.info(
-            "loaded %s (%s, %s) on %s; KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB)",
-            model_dir,
-            arch.architecture,
-            dtype,
-            device,
-            blocks,
-            config.block_size,
-            blocks * config.block_size,
-            kv_gib,
+        graphs = "on" if self.core.runner.graph_runner is not None else "off"
+        self.summary = (
+            f"loaded {model_dir} ({arch.architecture}, {str(dtype).removeprefix('torch.')}) on {device}; "
+            f"context {self.max_model_len} tokens; KV cache {blocks} blocks x {config.block_size} tokens = "
+            f"{blocks * config.block_size} tokens ({kv_gib:.2f} GiB); CUDA graphs {graphs}, "
+            f"async scheduling {'on' if async_scheduling else 'off'}"
         )
+        logger.info("%s", self.summary)
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
         """Validate and tokenize without queuing (raises a typed error on bad input)."""
-        processed = self.input_processor.process(prompt, params)
-        self.core.check_fits(len(processed.prompt_token_ids), processed.max_tokens)
-        return processed
+        return self.input_processor.process(prompt, params)
 
     def add_request(
         self,
@@ -179,14 +179,16 @@ class LLMEngine:
     ) -> None:
         """Queue a request (n samples become n engine sequences sharing the prompt's KV blocks).
 
-        stream=True: an output every step, cumulative, or only what is new with delta=True.
+        stream=True: an output every step, cumulative, or only what is new with delta=True. A
+        request id in use raises InvalidRequestError before anything changes.
         """
         if request_id in self.output_processor.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         processed = prompt if isinstance(prompt, ProcessedPrompt) else self.process(prompt, params)
         params = processed.sampling_params
         arrival = time.monotonic()
-        sample_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        # No caller can name an engine sample id: each starts with a number only this engine hands out.
+        sample_ids = [f"{next(self._sample_counter)}:{request_id}#{i}" for i in range(params.n)]
         self.output_processor.add_request(
             request_id, processed.prompt, processed.prompt_token_ids, params, sample_ids, arrival, stream, delta
         )
@@ -212,19 +214,28 @@ class LLMEngine:
             self.abort_request(request_id)  # leave no half-added request behind
             raise
 
-    def abort_request(self, request_id: str) -> None:
-        """Stop a request at once and free its KV blocks; unknown ids are ignored."""
-        self.core.abort_requests(self.output_processor.abort_request(request_id))
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request at once and free its KV blocks; returns its final output (finish_reason
+        "abort" on the samples still running), or None for an unknown id."""
+        sample_ids, final = self.output_processor.abort_request(request_id)
+        self.core.abort_requests(sample_ids)
+        return final
 
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()
 
     def step(self) -> list[RequestOutput]:
-        """Run one step; returns outputs of requests that finished (or progressed, when streaming)."""
-        outputs, stopped = self.output_processor.process(self.core.step())
-        if stopped:
-            self.core.abort_requests(stopped, RequestStatus.FINISHED_STOPPED)
-        return outputs
+        """Run one step; returns outputs of requests that finished (or progressed, when streaming).
+
+        A request the engine failed to serve finishes with finish_reason "error" and its
+        RequestOutput.error set; the others go on.
+        """
+        processed = self.output_processor.process(self.core.step())
+        if processed.stopped:
+            self.core.abort_requests(processed.stopped, RequestStatus.FINISHED_STOPPED)
+        if processed.failed:
+            self.core.abort_requests(processed.failed, RequestStatus.FINISHED_ERROR)
+        return processed.outputs
 
     def stats(self) -> EngineStats:
         return self.core.stats()

@@ -9,16 +9,19 @@ that grow with every step.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from forgellm.engine.core import EngineCoreOutput
 from forgellm.engine.detokenizer import IncrementalDetokenizer
-from forgellm.engine.stop_strings import StopStringMatcher
+from forgellm.engine.stop_strings import StopStringMatcher, StopStrings
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from forgellm.sampling_params import SamplingParams
 from forgellm.worker.model_runner import TokenLogprobs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,10 +59,20 @@ class RequestState:
     delta: bool = False  # streamed outputs carry only what is new since the previous one
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
+    error: str | None = None  # why the engine failed it, if it did
 
     @property
     def finished(self) -> bool:
         return all(s.finish_reason is not None for s in self.samples)
+
+
+@dataclass
+class ProcessedOutputs:
+    """One step's outputs for the callers, and the engine samples the caller must end."""
+
+    outputs: list[RequestOutput]
+    stopped: list[str]  # ended by a stop string
+    failed: list[str]  # of requests whose outputs could not be processed
 
 
 class OutputProcessor:
@@ -87,6 +100,7 @@ class OutputProcessor:
         and delta=True every output holds only the text, tokens and logprobs new since the last one
         (see `delta_output`).
         """
+        stops = StopStrings(params.stop, params.include_stop_str_in_output)
         samples = [
             SampleState(
                 index=i,
@@ -95,7 +109,7 @@ class OutputProcessor:
                     if params.detokenize
                     else None
                 ),
-                stop_matcher=StopStringMatcher(params.stop, params.include_stop_str_in_output),
+                stop_matcher=stops.matcher(),
                 logprobs=[] if params.logprobs is not None else None,
                 cumulative_logprob=0.0 if params.logprobs is not None else None,
             )
@@ -118,46 +132,77 @@ class OutputProcessor:
         for sample_id, sample in zip(sample_ids, samples):
             self.sample_owner[sample_id] = (state, sample)
 
-    def abort_request(self, request_id: str) -> list[str]:
-        """Forget a request; returns its engine sample ids so the caller can abort them."""
-        state = self.requests.pop(request_id, None)
+    def abort_request(self, request_id: str) -> tuple[list[str], RequestOutput | None]:
+        """Forget a request; returns its engine sample ids (for the caller to abort) and its final
+        output, with finish_reason "abort" on the samples still running (None for an unknown id)."""
+        state = self.requests.get(request_id)
         if state is None:
-            return []
+            return [], None
+        for sample in state.samples:
+            if sample.finish_reason is None:
+                sample.finish_reason = "abort"
+        self._forget(state)
+        return state.sample_ids, self._output(state)
+
+    def _forget(self, state: RequestState) -> None:
+        self.requests.pop(state.request_id, None)
         for sample_id in state.sample_ids:
             self.sample_owner.pop(sample_id, None)
-        return state.sample_ids
 
-    def process(self, core_outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
-        """Apply one step's outputs. Returns the changed requests and the sample ids a stop string ended."""
+    def process(self, core_outputs: list[EngineCoreOutput]) -> ProcessedOutputs:
+        """Apply one step's outputs: the changed requests' outputs, and the samples to end.
+
+        An exception while processing one request's output fails that request alone (its output
+        says finish_reason "error"); the caller ends its samples in the engine.
+        """
         now = time.monotonic()
         changed: dict[str, RequestState] = {}
         stopped: list[str] = []
+        failed: list[str] = []
         for out in core_outputs:
             owner = self.sample_owner.get(out.request_id)
             if owner is None:
                 continue  # aborted by the user while the step ran
             state, sample = owner
             changed[state.request_id] = state
-            self._record_metrics(state, out, now)
-            if out.prompt_logprobs is not None and sample.index == 0:
-                self._append_prompt_logprobs(state, out.prompt_logprobs)
-            if out.new_token_ids and sample.finish_reason is None:
-                if self._append_tokens(sample, out) and not out.finished:
+            try:
+                if self._apply(state, sample, out, now):
                     stopped.append(out.request_id)
-            if out.finished and sample.finish_reason is None:
-                if sample.detokenizer is not None:  # a trailing partial character, as decode() shows it
-                    sample.text += sample.detokenizer.flush()
-                sample.finish_reason, sample.stop_reason = out.finish_reason, out.stop_reason
+            except Exception as exc:
+                logger.error("processing the output of request %r failed", state.request_id, exc_info=exc)
+                self._fail(state, f"the engine failed while processing this request's output: {exc!r}")
+                failed.extend(state.sample_ids)
         results = []
         for state in changed.values():
             if state.finished:
                 state.metrics.finished_time = now
-                self.abort_request(state.request_id)
-            if state.delta:
-                results.append(self._delta_output(state))
-            elif state.finished or state.stream:
-                results.append(self._request_output(state))
-        return results, stopped
+                self._forget(state)
+            if state.finished or state.stream:
+                results.append(self._output(state))
+        return ProcessedOutputs(results, stopped, failed)
+
+    def _apply(self, state: RequestState, sample: SampleState, out: EngineCoreOutput, now: float) -> bool:
+        """Apply one engine output to its sample; returns True if a stop string ended the sample."""
+        self._record_metrics(state, out, now)
+        if out.prompt_logprobs is not None and sample.index == 0:
+            self._append_prompt_logprobs(state, out.prompt_logprobs)
+        stopped = False
+        if out.new_token_ids and sample.finish_reason is None:
+            stopped = self._append_tokens(sample, out, state.params.min_tokens) and not out.finished
+        if out.finished and sample.finish_reason is None:
+            if sample.detokenizer is not None:  # a trailing partial character, as decode() shows it
+                sample.text += sample.detokenizer.flush()
+            sample.finish_reason, sample.stop_reason = out.finish_reason, out.stop_reason
+            if out.error is not None:
+                state.error = out.error
+        return stopped
+
+    def _fail(self, state: RequestState, error: str) -> None:
+        """Finish every running sample of `state` with finish_reason "error"."""
+        state.error = error
+        for sample in state.samples:
+            if sample.finish_reason is None:
+                sample.finish_reason = "error"
 
     def _record_metrics(self, state: RequestState, out: EngineCoreOutput, now: float) -> None:
         m = state.metrics
@@ -168,8 +213,11 @@ class OutputProcessor:
             m.first_token_time = m.first_token_time or now
             m.last_token_time = now
 
-    def _append_tokens(self, sample: SampleState, out: EngineCoreOutput) -> bool:
-        """Add new tokens and their text; returns True if a stop string ended the sample."""
+    def _append_tokens(self, sample: SampleState, out: EngineCoreOutput, min_tokens: int) -> bool:
+        """Add new tokens and their text; returns True if a stop string ended the sample.
+
+        Like EOS and stop token ids, stop strings end a sample only once it has min_tokens tokens.
+        """
         sample.token_ids.extend(out.new_token_ids)
         if sample.logprobs is not None and out.logprobs is not None:
             sample.logprobs.append(self._position_logprobs(out.logprobs, sample.detokenizer is not None))
@@ -178,7 +226,7 @@ class OutputProcessor:
             return False
         delta = sample.detokenizer.update(out.new_token_ids)
         sample.text += delta
-        match = sample.stop_matcher.check(sample.text, len(delta))
+        match = sample.stop_matcher.feed(delta, report=len(sample.token_ids) >= min_tokens)
         if match is None:
             return False
         sample.text = sample.text[: match.truncate_to]
@@ -200,12 +248,15 @@ class OutputProcessor:
             result[token] = Logprob(logprob, rank, text)
         return result
 
+    def _output(self, state: RequestState) -> RequestOutput:
+        return self._delta_output(state) if state.delta else self._request_output(state)
+
     def _request_output(self, state: RequestState) -> RequestOutput:
         outputs = []
         for s in state.samples:
             text = s.text
             if s.finish_reason is None:  # while running, hide what might become a stop string
-                text = text[: len(text) - s.stop_matcher.holdback(text)]
+                text = text[: len(text) - s.stop_matcher.holdback()]
             outputs.append(
                 CompletionOutput(
                     index=s.index,
@@ -226,6 +277,7 @@ class OutputProcessor:
             prompt_logprobs=state.prompt_logprobs,
             metrics=state.metrics,
             num_cached_tokens=state.num_cached_tokens,
+            error=state.error,
         )
 
     def _delta_output(self, state: RequestState) -> RequestOutput:
@@ -239,7 +291,7 @@ class OutputProcessor:
         for s in state.samples:
             end = len(s.text)
             if s.finish_reason is None:  # while running, hide what might become a stop string
-                end -= s.stop_matcher.holdback(s.text)
+                end -= s.stop_matcher.holdback()
             finish = s.finish_reason is not None and not s.emitted_finish
             outputs.append(
                 CompletionOutput(
@@ -266,4 +318,5 @@ class OutputProcessor:
             metrics=state.metrics,
             num_cached_tokens=state.num_cached_tokens,
             delta=True,
+            error=state.error,
         )

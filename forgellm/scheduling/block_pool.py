@@ -75,13 +75,20 @@ class BlockPool:
             blocks.append(block_id)
         return blocks
 
-    def release(self, block_ids: list[int]) -> None:
-        """Drop one reference from each block, in the given order (earlier ones are evicted first)."""
+    def release(self, block_ids: list[int], uncache: bool = False) -> None:
+        """Drop one reference from each block, in the given order (earlier ones are evicted first).
+
+        With `uncache`, a block no longer held by anyone also leaves the prefix cache.
+        """
         refs = self._ref_counts
         for block_id in block_ids:
             refs[block_id] -= 1
             if refs[block_id] == 0:
-                if self._hash_of_block[block_id] is None:
+                block_hash = self._hash_of_block[block_id]
+                if block_hash is not None and uncache:
+                    del self._block_of_hash[block_hash]
+                    self._hash_of_block[block_id] = block_hash = None
+                if block_hash is None:
                     self._free.append(block_id)
                 else:
                     self._evictable[block_id] = None

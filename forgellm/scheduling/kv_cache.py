@@ -128,12 +128,16 @@ class KVCacheManager:
             self.pool.cache(table[index], hashes[index])
         self._num_registered[request.request_id] = num_full
 
-    def free(self, request: Request) -> None:
-        """Release the request's blocks; cached ones stay reusable until evicted, tail first."""
+    def free(self, request: Request, uncache: bool = False) -> None:
+        """Release the request's blocks; cached ones stay reusable until evicted, tail first.
+
+        With `uncache` the blocks no other request holds leave the prefix cache (their K/V may be
+        unwritten, e.g. after a failed step); blocks still shared were computed by someone else.
+        """
         table = self._block_tables.pop(request.request_id, None)
         self._num_registered.pop(request.request_id, None)
         if table:
-            self.pool.release(table[::-1])
+            self.pool.release(table[::-1], uncache=uncache)
 
     def reset_stats(self) -> None:
         """Zero the prefix-cache hit counters (e.g. after a start-up warm-up)."""
