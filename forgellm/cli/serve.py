@@ -7,13 +7,21 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 from forgellm.cli.engine_args import add_engine_args, engine_config_from_args
+from forgellm.config import DEFAULT_MAX_WAITING_REQUESTS
 from forgellm.errors import ConfigError, ForgeLLMError
+from forgellm.serve.settings import DEFAULT_MAX_PROMPTS_PER_REQUEST, DEFAULT_MAX_REQUEST_BYTES
 
 EXIT_ERROR = 2
+EXIT_ENGINE_DIED = 1  # the engine failed while serving: a supervisor should restart the server
 API_KEY_ENV = "FORGELLM_API_KEY"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+# After the engine dies the server answers 503 for this long (streams get their error events,
+# health checks see it), then exits non-zero.
+DEAD_ENGINE_EXIT_DELAY_S = 2.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,9 +54,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     group.add_argument(
         "--max-waiting-requests",
         type=int,
-        default=None,
+        default=DEFAULT_MAX_WAITING_REQUESTS,
         metavar="N",
-        help="answer 429 while N sequences are queued and not yet running (default: no limit)",
+        help="answer 429 while N sequences (n per request, prompts tokenizing included) wait for a seat "
+        f"(default: {DEFAULT_MAX_WAITING_REQUESTS})",
+    )
+    group.add_argument(
+        "--max-prompts-per-request",
+        type=int,
+        default=DEFAULT_MAX_PROMPTS_PER_REQUEST,
+        metavar="N",
+        help=f"most prompts in one /v1/completions request (default: {DEFAULT_MAX_PROMPTS_PER_REQUEST})",
     )
     group.add_argument(
         "--shutdown-timeout",
@@ -58,7 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help=f"on SIGTERM, let running requests finish this long, then abort (default: {DEFAULT_SHUTDOWN_TIMEOUT:g})",
     )
     group.add_argument(
-        "--max-request-bytes", type=int, default=None, metavar="N", help="largest request body; larger get 413"
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        metavar="N",
+        help=f"largest request body in bytes; larger get 413 (default: {DEFAULT_MAX_REQUEST_BYTES // 2**20} MiB)",
     )
     group.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     group.add_argument("--access-log", action="store_true", help="log every HTTP request (costs per-request time)")
@@ -68,19 +88,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model, serve until SIGTERM/SIGINT, then drain and exit 0."""
+    """Load the model, serve until SIGTERM/SIGINT (drain, exit 0) or until the engine dies (exit 1)."""
     try:
         import uvicorn
 
         from forgellm.engine.process_engine import ProcessAsyncLLM
         from forgellm.serve.app import build_app
-        from forgellm.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServerSettings, default_model_name
+        from forgellm.serve.settings import ServerSettings, default_model_name
     except ImportError as exc:
         print(
             f"error: forgellm serve needs {exc.name}; install it with: pip install 'forgellm[serve]'", file=sys.stderr
         )
         return EXIT_ERROR
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("forgellm.serve")
     try:
         if args.model_path is not None:
             if getattr(args, "model", args.model_path) != args.model_path:
@@ -90,15 +111,27 @@ def run(args: argparse.Namespace) -> int:
         settings = ServerSettings(
             served_model_names=tuple(args.served_model_name or [default_model_name(config.model)]),
             api_key=args.api_key or None,
-            max_waiting_requests=args.max_waiting_requests,
-            max_request_bytes=args.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
+            max_request_bytes=args.max_request_bytes,
+            max_prompts_per_request=args.max_prompts_per_request,
         )
+        if args.max_waiting_requests < 1:
+            raise ConfigError(f"--max-waiting-requests must be >= 1, got {args.max_waiting_requests}")
         # The engine steps in its own process: on the H200 a thread sharing the GIL with the HTTP side
         # reached 0.78 of offline throughput at concurrency 64, a process 1.01 (benchmarks/RESULTS.md).
-        engine = ProcessAsyncLLM(config=config)
+        engine = ProcessAsyncLLM(config=config, max_waiting_requests=args.max_waiting_requests)
     except (ForgeLLMError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    logger.info("%s", engine.summary)
+    logger.info(
+        "serving %s on http://%s:%d (at most %d sequences waiting, %d prompts a request, %d-byte bodies)",
+        list(settings.served_model_names),
+        args.host,
+        args.port,
+        args.max_waiting_requests,
+        settings.max_prompts_per_request,
+        settings.max_request_bytes,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(engine, settings),
@@ -109,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=args.shutdown_timeout,  # type: ignore[arg-type]  # a float works
         )
     )
+    engine_died = threading.Event()
+    watchdog = threading.Thread(
+        target=_stop_when_engine_dies, args=(engine, server, engine_died), name="forgellm-watchdog", daemon=True
+    )
+    watchdog.start()
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that
     # handler a no-op so the process goes on to stop the engine and exit 0 instead of dying by signal.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -117,4 +155,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         engine.shutdown()
+    if engine_died.is_set():
+        logger.error("exiting with status %d: the engine failed", EXIT_ENGINE_DIED)
+        return EXIT_ENGINE_DIED
     return 0 if server.started else 1
+
+
+def _stop_when_engine_dies(engine, server, died: threading.Event) -> None:  # noqa: ANN001 - uvicorn types
+    """Once the engine is dead (not shut down by us), let callers see 503s briefly, then stop the server."""
+    while engine.is_alive and not server.should_exit:
+        time.sleep(0.05)
+    if engine.is_alive:  # a normal shutdown
+        return
+    died.set()
+    logging.getLogger("forgellm.serve").error(
+        "the engine is dead; /health answers 503 and the server exits in %.0f s", DEAD_ENGINE_EXIT_DELAY_S
+    )
+    time.sleep(DEAD_ENGINE_EXIT_DELAY_S)
+    server.should_exit = True

@@ -1,10 +1,11 @@
-"""AsyncLLM: the engine behind asyncio code. One thread owns the LLMEngine; coroutines stream results.
+"""AsyncLLM: the engine behind asyncio code. One thread steps the LLMEngine; coroutines stream results.
 
-The LLMEngine is not thread-safe, so exactly one thread (the engine thread) calls it: it takes add and
-abort commands from a thread-safe queue, steps the engine and hands each step's outputs to the event
-loops of the waiting coroutines with `call_soon_threadsafe`, so it never waits on them. Tokenization
-and chat-template rendering run in a small thread pool, neither on the event loop nor in the engine
-thread. ProcessAsyncLLM (forgellm/engine/process_engine.py) steps it in a child process instead.
+The front-end (this class) admits requests: it reserves their place in the waiting queue, tokenizes
+and validates them in a small thread pool (neither on the event loop nor in the engine's thread),
+and names each one with a wire id of its own. The engine thread runs an EngineLoop (engine_loop.py)
+over a queue of commands and hands each step's outputs to the requests' OutputSinks, which wake their
+event loops without ever waiting on them. ProcessAsyncLLM (process_engine.py) keeps this front-end and
+steps the engine in a child process instead.
 """
 
 from __future__ import annotations
@@ -21,52 +22,47 @@ from typing import Any
 
 import torch
 
-from forgellm.config import EngineConfig
+from forgellm.config import DEFAULT_MAX_WAITING_REQUESTS, EngineConfig
+from forgellm.engine.admission import RequestLimits
 from forgellm.engine.core import EngineStats
+from forgellm.engine.engine_loop import AbortCommand, AddCommand, Command, EngineLoop, StepReport, StopCommand
 from forgellm.engine.input_processor import ProcessedPrompt, Prompt
 from forgellm.engine.llm_engine import LLMEngine
-from forgellm.errors import EngineDeadError, InvalidRequestError
+from forgellm.engine.output_sink import OutputSink
+from forgellm.errors import EngineDeadError, InvalidRequestError, QueueFullError, RequestFailedError
 from forgellm.hf.tokenizer import Tokenizer
-from forgellm.outputs import RequestOutput, merge_deltas
+from forgellm.outputs import RequestOutput
 from forgellm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-_STOP = object()  # the command that ends the engine thread
-_ABORTED = object()  # tells a stream that its request was aborted: the stream ends
-
-
-@dataclasses.dataclass(frozen=True)
-class _Sink:
-    """Where one request's outputs go: an asyncio queue and the loop that owns it."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-
-
-@dataclasses.dataclass(frozen=True)
-class _Add:
-    request_id: str
-    prompt: ProcessedPrompt
-    priority: int
-    stream: bool
-    sink: _Sink
-    delta: bool = False
-
 
 @dataclasses.dataclass(frozen=True)
 class _Snapshot:
-    """What the engine thread publishes after each iteration (replaced whole, never mutated)."""
+    """What the engine side publishes after each iteration (replaced whole, never mutated)."""
 
     stats: EngineStats
-    sequences_consumed: int  # sequences (n per request) the engine thread has taken from the inbox
+    sequences_consumed: int  # sequences (n per request) the engine has taken in
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """A request in the engine: who asked (their id), where its outputs go, and its prompt."""
+
+    request_id: str
+    sink: OutputSink
+    prompt: str | None
+    prompt_token_ids: list[int]
 
 
 class AsyncLLM:
     """Streams RequestOutputs to coroutines; `AsyncLLM()` serves the embedded demo model.
 
-    `generate` is an async generator of cumulative RequestOutputs; leaving it early (break, cancel,
-    an exception) aborts the request and frees its KV blocks.
+    `add_request` admits a request and returns its stream (errors raise before anything is queued);
+    `generate` does both in one async generator. Leaving a stream early (break, cancel, an exception)
+    aborts the request and frees its KV blocks; `abort(request_id)` ends it with finish_reason
+    "abort". At most `max_waiting_requests` sequences wait for a seat (None: no limit); beyond that
+    `add_request` raises QueueFullError.
     """
 
     def __init__(
@@ -75,39 +71,56 @@ class AsyncLLM:
         *,
         config: EngineConfig | None = None,
         engine: LLMEngine | None = None,
+        max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS,
         **kwargs: Any,
     ) -> None:
         """Build the engine from `model`/options or `config`, or take over an already built `engine`."""
         if engine is not None:
             if model is not None or config is not None or kwargs:
                 raise InvalidRequestError("pass engine= alone: it already holds its configuration")
-        elif config is None:
-            config = EngineConfig(model=model, **kwargs)
-        elif model is not None or kwargs:
-            raise InvalidRequestError("pass either config=EngineConfig(...) or model/keyword options, not both")
-        # The model loads here, in the caller's thread, before anything is served.
-        self.engine = engine if engine is not None else LLMEngine(config)
-        self.config = self.engine.config
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # Guards "is it alive?" + "put in the inbox" against the engine thread dying in between.
+        else:
+            config = _engine_config(model, config, kwargs)
+            engine = LLMEngine(config)  # the model loads here, in the caller's thread
+        self._init_front_end(engine.config, max_waiting_requests)
+        self.engine = engine
+        self._input_processor = engine.input_processor
+        self._tokenizer = engine.tokenizer
+        self._snapshot = _Snapshot(engine.stats(), 0)
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run_engine, name="forgellm-engine", daemon=True)
+        self._thread.start()
+
+    def _init_front_end(self, config: EngineConfig, max_waiting_requests: int | None) -> None:
+        """State of the front-end, shared by the thread and process transports."""
+        if max_waiting_requests is not None and max_waiting_requests < 1:
+            raise InvalidRequestError(f"max_waiting_requests must be >= 1 or None, got {max_waiting_requests}")
+        self.config = config
+        self.max_waiting_requests = max_waiting_requests
+        # Guards the request tables and "is it alive?" against the engine side, which also ends requests.
         self._lock = threading.Lock()
         self._dead: EngineDeadError | None = None
         self._ids = itertools.count()
-        self._sequences_submitted = 0
-        self._snapshot = _Snapshot(self.engine.stats(), 0)
+        self._wire_ids = itertools.count()
+        self._pending: dict[str, _Pending] = {}  # wire id -> request
+        self._live: dict[str, str] = {}  # caller's request id -> wire id, while it runs
+        self._sequences_reserved = 0  # admitted or being tokenized, since start
+        self._sequences_dropped = 0  # reserved, then refused before reaching the engine
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="forgellm-tokenize")
-        self._thread = threading.Thread(target=self._engine_loop, name="forgellm-engine", daemon=True)
-        self._thread.start()
 
     # --- the asyncio side ------------------------------------------------------------------------
 
     @property
     def tokenizer(self) -> Tokenizer:
-        return self.engine.tokenizer
+        return self._tokenizer
+
+    @property
+    def limits(self) -> RequestLimits:
+        """The engine's admission limits."""
+        return self._input_processor.limits
 
     @property
     def max_model_len(self) -> int:
-        return self.engine.max_model_len
+        return self.limits.max_model_len
 
     @property
     def is_alive(self) -> bool:
@@ -115,16 +128,17 @@ class AsyncLLM:
 
     def default_sampling_params(self) -> SamplingParams:
         """SamplingParams carrying the model's generation_config.json defaults."""
-        return self.engine.input_processor.default_sampling_params()
+        return self._input_processor.default_sampling_params()
 
     def stats(self) -> EngineStats:
         """The engine's counters and gauges as of its last step."""
         return self._snapshot.stats
 
     def num_waiting(self) -> int:
-        """Sequences queued and not yet running: the engine's count plus those still in the inbox."""
+        """Sequences admitted and not yet running: the engine's queue, its inbox, and those tokenizing."""
         snapshot = self._snapshot
-        return snapshot.stats.num_waiting + max(0, self._sequences_submitted - snapshot.sequences_consumed)
+        in_transit = self._sequences_reserved - self._sequences_dropped - snapshot.sequences_consumed
+        return snapshot.stats.num_waiting + max(0, in_transit)
 
     async def run_in_pool(self, fn: Any, *args: Any) -> Any:
         """Run a CPU-bound helper (tokenizing, rendering) off the event loop and off the engine thread."""
@@ -132,7 +146,7 @@ class AsyncLLM:
 
     async def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
         """Tokenize and validate a prompt without queuing it (raises a typed error on bad input)."""
-        return await self.run_in_pool(self.engine.process, prompt, params)
+        return await self.run_in_pool(self._input_processor.process, prompt, params)
 
     async def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template (which adds its own BOS)."""
@@ -142,6 +156,114 @@ class AsyncLLM:
             return self.tokenizer.encode(text, add_special_tokens=False)
 
         return await self.run_in_pool(render)
+
+    async def add_request(
+        self,
+        prompt: Prompt | ProcessedPrompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        *,
+        priority: int = 0,
+        stream: bool = True,
+        delta: bool = False,
+    ) -> AsyncIterator[RequestOutput]:
+        """Admit a request and return the async iterator of its outputs.
+
+        Raises before anything is queued: EngineDeadError, InvalidRequestError (a bad value, or a
+        `request_id` still running), QueueFullError (try again later), ContextLengthError,
+        CapacityError. Outputs are cumulative unless delta=True (with stream), when each holds only
+        what is new; with stream=False only the final output comes.
+        """
+        request_id = request_id if request_id is not None else f"async-{next(self._ids)}"
+        [outputs] = await self.add_requests(
+            [prompt], params, [request_id], priority=priority, stream=stream, delta=delta
+        )
+        return outputs
+
+    async def add_requests(
+        self,
+        prompts: Sequence[Prompt | ProcessedPrompt],
+        params: SamplingParams | None,
+        request_ids: Sequence[str],
+        *,
+        priority: int = 0,
+        stream: bool = True,
+        delta: bool = False,
+    ) -> list[AsyncIterator[RequestOutput]]:
+        """`add_request` for several prompts sharing `params`: all are admitted, or none is queued.
+
+        Their places in the waiting queue are reserved before any is tokenized, so a burst of
+        requests cannot pass the limit together while it tokenizes.
+        """
+        if len(prompts) != len(request_ids):
+            raise InvalidRequestError(f"got {len(request_ids)} request ids for {len(prompts)} prompts", "request_id")
+        default_n = (params or self.default_sampling_params()).n
+        n = sum(p.sampling_params.n if isinstance(p, ProcessedPrompt) else default_n for p in prompts)
+        self._reserve(request_ids, n)
+        queued = False
+        try:
+            processed = [p if isinstance(p, ProcessedPrompt) else await self.process(p, params) for p in prompts]
+            loop = asyncio.get_running_loop()
+            streams = []
+            with self._lock:
+                if self._dead is not None:
+                    raise self._dead
+                for request_id, item in zip(request_ids, processed):
+                    wire_id, sink = f"{next(self._wire_ids)}", OutputSink(loop)
+                    self._pending[wire_id] = _Pending(request_id, sink, item.prompt, item.prompt_token_ids)
+                    self._live[request_id] = wire_id
+                    self._send(AddCommand(wire_id, item, priority, stream, delta and stream))
+                    streams.append(self._stream(wire_id, sink))
+                queued = True
+        finally:
+            if not queued:  # refused (or cancelled) before reaching the engine: undo the reservation
+                with self._lock:
+                    self._sequences_dropped += n
+                    for request_id in request_ids:
+                        if self._live.get(request_id) == "":
+                            del self._live[request_id]
+        return streams
+
+    def _reserve(self, request_ids: Sequence[str], n: int) -> None:
+        """Claim the request ids and n places in the waiting queue, or raise without changing anything."""
+        limit = self.max_waiting_requests
+        with self._lock:
+            if self._dead is not None:
+                raise self._dead
+            seen: set[str] = set()
+            for request_id in request_ids:
+                if request_id in self._live or request_id in seen:
+                    raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+                seen.add(request_id)
+            if limit is not None and n > limit:
+                raise InvalidRequestError(
+                    f"the request asks for {n} sequences but at most {limit} may wait (max_waiting_requests)", "n"
+                )
+            waiting = self.num_waiting()
+            if limit is not None and waiting + n > limit:
+                raise QueueFullError(
+                    f"the engine is at capacity ({waiting} sequences waiting, limit {limit}); retry later"
+                )
+            for request_id in request_ids:
+                self._live[request_id] = ""  # claimed; the wire id comes once it is queued
+            self._sequences_reserved += n
+
+    async def _stream(self, wire_id: str, sink: OutputSink) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await sink.get()
+                if isinstance(item, BaseException):
+                    finished = True  # the engine ended it (or died): nothing left to abort
+                    raise item
+                if item.error is not None:
+                    finished = item.finished
+                    raise RequestFailedError(item.error)
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self._abort_wire(wire_id)
 
     async def generate(
         self,
@@ -153,82 +275,44 @@ class AsyncLLM:
         stream: bool = True,
         delta: bool = False,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's cumulative RequestOutput as it progresses (only the final one if not stream).
-
-        With delta=True (and stream) each output holds only what is new since the previous one
-        (RequestOutput.delta). A slow consumer gets one output covering all since its last read
-        (the newest cumulative one, or the queued deltas merged): the backlog never grows.
-        """
-        processed = prompt if isinstance(prompt, ProcessedPrompt) else await self.process(prompt, params)
-        request_id = request_id if request_id is not None else f"async-{next(self._ids)}"
-        loop = asyncio.get_running_loop()
-        sink = _Sink(loop, asyncio.Queue())
-        with self._lock:
-            if self._dead is not None:
-                raise self._dead
-            self._submit(_Add(request_id, processed, priority, stream, sink, delta and stream))
-            self._sequences_submitted += processed.sampling_params.n
-        finished = False
+        """`add_request`, then yield its outputs: one async generator for both."""
+        outputs = await self.add_request(prompt, params, request_id, priority=priority, stream=stream, delta=delta)
         try:
-            while not finished:
-                item = await sink.queue.get()
-                while not sink.queue.empty() and isinstance(item, RequestOutput):
-                    newer = sink.queue.get_nowait()
-                    mergeable = isinstance(newer, RequestOutput) and newer.delta
-                    item = merge_deltas(item, newer) if mergeable else newer
-                if item is _ABORTED:
-                    finished = True  # by abort(): nothing left to abort
-                    return
-                if isinstance(item, BaseException):
-                    finished = True  # not queued (or the engine died): aborting its id could hit another
-                    raise item
-                finished = item.finished
-                yield item
+            async for out in outputs:
+                yield out
         finally:
-            if not finished:
-                self._submit(("abort", request_id))
+            await outputs.aclose()  # type: ignore[attr-defined]
 
     def abort(self, request_id: str) -> None:
-        """Abort a request by id and free its KV blocks; its stream then ends (unknown ids are ignored)."""
-        self._submit(("abort", request_id))
+        """Abort a running request by id: its stream ends with finish_reason "abort" (unknown ids are ignored)."""
+        with self._lock:
+            wire_id = self._live.pop(request_id, None)
+            if wire_id:
+                self._send(AbortCommand(wire_id))
 
-    def _submit(self, command: Any) -> None:
-        """Hand an add or abort to the engine loop (never blocks: the loop takes it between steps)."""
-        self._inbox.put(command)
+    def _abort_wire(self, wire_id: str) -> None:
+        with self._lock:
+            pending = self._pending.get(wire_id)
+            if pending is None:
+                return
+            if self._live.get(pending.request_id) == wire_id:
+                del self._live[pending.request_id]
+            self._send(AbortCommand(wire_id))
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Stop the engine thread (running requests end with EngineDeadError) and the tokenizer pool."""
-        self._inbox.put(_STOP)
+        self._send(StopCommand())
         self._thread.join(timeout)
+        self._fail_everything(EngineDeadError("the engine was shut down"))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    # --- the engine thread -----------------------------------------------------------------------
+    # --- the engine side -------------------------------------------------------------------------
 
-    def _engine_loop(self) -> None:
-        sinks: dict[str, _Sink] = {}
-        consumed = 0
-        try:
-            device = self.engine.core.runner.device
-            if device.type == "cuda":  # the current device is per thread; this one runs every kernel
-                torch.cuda.set_device(device)
-            while True:
-                # Block for work only when idle; while requests run, just take what has arrived.
-                busy = self.engine.has_unfinished_requests()
-                commands = self._drain(block=not busy)
-                for command in commands:
-                    if command is _STOP:
-                        self._fail_all(sinks, EngineDeadError("the engine was shut down"))
-                        return
-                    consumed += self._apply(command, sinks)
-                # An empty step also lets the engine release state of requests aborted just now.
-                if busy or commands:
-                    self._deliver(self.engine.step(), sinks)
-                self._snapshot = _Snapshot(self.engine.stats(), consumed)
-        except BaseException as exc:  # the engine is broken: fail every request, refuse new ones
-            logger.exception("the engine loop failed; the engine is dead")
-            self._fail_all(sinks, EngineDeadError(f"the engine failed and stopped serving: {exc!r}"))
+    def _send(self, command: Command) -> None:
+        """Hand a command to the engine loop (never blocks: the loop takes it between steps)."""
+        self._inbox.put(command)
 
-    def _drain(self, block: bool) -> list[Any]:
+    def _receive(self, block: bool) -> list[Command]:
         commands = [self._inbox.get()] if block else []
         try:
             while True:
@@ -236,65 +320,75 @@ class AsyncLLM:
         except queue.Empty:
             return commands
 
-    def _apply(self, command: Any, sinks: dict[str, _Sink]) -> int:
-        """Run one add or abort on the engine; returns the number of sequences taken from the inbox."""
-        if isinstance(command, tuple):  # ("abort", request_id)
-            self.engine.abort_request(command[1])
-            sink = sinks.pop(command[1], None)
-            if sink is not None:  # unless its own stream asked (then nobody reads this), end the stream
-                _send(sink.loop, [(sink.queue, _ABORTED)])
-            return 0
+    def _run_engine(self) -> None:
         try:
-            self.engine.add_request(
-                command.request_id,
-                command.prompt,
-                priority=command.priority,
-                stream=command.stream,
-                delta=command.delta,
-            )
-            sinks[command.request_id] = command.sink
-        except Exception as exc:  # a bad request fails alone (e.g. a duplicate id); the engine is fine
-            _send(command.sink.loop, [(command.sink.queue, exc)])
-        return command.prompt.sampling_params.n
+            device = self.engine.core.runner.device
+            if device.type == "cuda":  # the current device is per thread; this one runs every kernel
+                torch.cuda.set_device(device)
+            EngineLoop(self.engine, self._receive, self._on_step).run()
+        except BaseException as exc:  # the engine is broken: fail every request, refuse new ones
+            logger.exception("the engine loop failed; the engine is dead")
+            self._fail_everything(EngineDeadError(f"the engine failed and stopped serving: {exc!r}"))
+            return
+        self._fail_everything(EngineDeadError("the engine was shut down"))
 
-    def _deliver(self, outputs: list[RequestOutput], sinks: dict[str, _Sink]) -> None:
-        """Hand one step's outputs to their loops: one wake-up per loop per step."""
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
-        for out in outputs:
-            sink = sinks.pop(out.request_id, None) if out.finished else sinks.get(out.request_id)
-            if sink is None:
-                continue  # aborted while the step ran
-            # The engine keeps updating its metrics object; the consumer gets a frozen copy.
-            if out.metrics is not None:
-                out.metrics = dataclasses.replace(out.metrics)
-            batches.setdefault(sink.loop, []).append((sink.queue, out))
-        for loop, items in batches.items():
-            if not _send(loop, items):  # the loop is gone: nobody will read these requests
-                for _, out in items:
-                    self.engine.abort_request(out.request_id)
-                    sinks.pop(out.request_id, None)
+    def _on_step(self, report: StepReport) -> None:
+        self._deliver(report.outputs, report.refused)
+        self._snapshot = _Snapshot(report.stats, report.sequences_consumed)
 
-    def _fail_all(self, sinks: dict[str, _Sink], error: EngineDeadError) -> None:
+    def _deliver(self, outputs: list[Any], refused: list[tuple[str, Exception]]) -> None:
+        """Hand one step's outputs (RequestOutputs here; wire tuples in ProcessAsyncLLM) to their sinks."""
+        gone: list[str] = []
         with self._lock:
-            self._dead = error
-            # Adds that raced in before _dead was set still get an answer.
-            for command in self._drain(block=False):
-                if isinstance(command, _Add):
-                    sinks[command.request_id] = command.sink
-        for sink in sinks.values():
-            _send(sink.loop, [(sink.queue, error)])
-        sinks.clear()
+            for wire_id, error in refused:
+                pending = self._end(wire_id)
+                if pending is not None:
+                    pending.sink.put(error)
+            for out in outputs:
+                wire_id = self._wire_id_of(out)
+                pending = self._pending.get(wire_id)
+                if pending is None:
+                    continue  # its caller left; the abort is on its way
+                result = self._to_output(out, pending)
+                if result.finished:
+                    self._end(wire_id)
+                if not pending.sink.put(result):
+                    gone.append(wire_id)  # its event loop is closed: nobody will read it
+        for wire_id in gone:
+            self._abort_wire(wire_id)
+
+    def _end(self, wire_id: str) -> _Pending | None:
+        """Forget a request that finished (the caller holds the lock)."""
+        pending = self._pending.pop(wire_id, None)
+        if pending is not None and self._live.get(pending.request_id) == wire_id:
+            del self._live[pending.request_id]
+        return pending
+
+    @staticmethod
+    def _wire_id_of(out: Any) -> str:
+        return out.request_id
+
+    @staticmethod
+    def _to_output(out: Any, pending: _Pending) -> RequestOutput:
+        """The caller's RequestOutput: its own request id, and a frozen copy of the metrics."""
+        out.request_id = pending.request_id
+        if out.metrics is not None:  # the engine keeps updating its metrics object
+            out.metrics = dataclasses.replace(out.metrics)
+        return out
+
+    def _fail_everything(self, error: EngineDeadError) -> None:
+        """The engine is gone: every waiting caller gets `error`, and new requests are refused."""
+        with self._lock:
+            if self._dead is None:
+                self._dead = error
+            pending, self._pending, self._live = list(self._pending.values()), {}, {}
+        for p in pending:
+            p.sink.put(error)
 
 
-def _send(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, Any]]) -> bool:
-    """Schedule `queue.put_nowait(item)` for each item on `loop`; False if the loop is closed."""
-    try:
-        loop.call_soon_threadsafe(_put_all, items)
-    except RuntimeError:
-        return False
-    return True
-
-
-def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
-    for q, item in items:
-        q.put_nowait(item)
+def _engine_config(model: str | None, config: EngineConfig | None, kwargs: dict[str, Any]) -> EngineConfig:
+    if config is None:
+        return EngineConfig(model=model, **kwargs)
+    if model is not None or kwargs:
+        raise InvalidRequestError("pass either config=EngineConfig(...) or model/keyword options, not both")
+    return config

@@ -2,269 +2,190 @@
 
 In AsyncLLM the engine thread shares the server's GIL: every torch call in a step releases and
 retakes it, and each retake can wait behind the event loop's per-token HTTP work. Here the child
-process owns the LLMEngine and steps it as AsyncLLM's thread does; the server process keeps the
-HTTP side, tokenization (a model-less copy of the input processing) and the per-request streams.
+process owns the LLMEngine and runs the same EngineLoop; the server process keeps AsyncLLM's
+front-end: admission, tokenization (an InputProcessor with the limits the child reports), and the
+per-request streams.
 
 Wire: commands go to the child through a writer thread (the event loop never blocks on the pipe);
-after every step the child sends its outputs as plain tuples without the prompt (which the server
-already holds), so pickling costs little and stays flat as outputs grow; a reader thread in the
-server hands them to the event loops. Streams should ask for delta outputs (the server does).
+after every step the child sends its outputs as plain tuples (wire.py) under their wire ids; a
+reader thread in the server hands them to the requests' sinks. If the child dies, or anything
+unexpected reaches the reader, the engine is declared dead at once: every waiting caller gets
+EngineDeadError and `is_alive` turns False (the server's /health answers 503).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
+import logging
 import multiprocessing as mp
 import queue
 import signal
 import threading
-import types
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from forgellm.config import EngineConfig
-from forgellm.engine.async_engine import _ABORTED, _STOP, AsyncLLM, _Add, _send, _Sink, _Snapshot
-from forgellm.engine.core import EngineCore
-from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
-from forgellm.engine.llm_engine import LLMEngine, resolve_max_model_len, resolve_model_dir, resolve_tokenizer_dir
-from forgellm.errors import EngineDeadError, InvalidRequestError
-from forgellm.hf.config import load_model_config
+from forgellm.config import DEFAULT_MAX_WAITING_REQUESTS, EngineConfig
+from forgellm.engine.async_engine import AsyncLLM, _engine_config, _Pending, _Snapshot
+from forgellm.engine.engine_loop import Command, EngineLoop, StepReport, StopCommand
+from forgellm.engine.input_processor import InputProcessor
+from forgellm.engine.llm_engine import LLMEngine, resolve_model_dir, resolve_tokenizer_dir
+from forgellm.engine.wire import decode_error, decode_output, encode_error, encode_output, wire_request_id
+from forgellm.errors import EngineDeadError, ForgeLLMError
 from forgellm.hf.generation_config import load_generation_defaults
 from forgellm.hf.tokenizer import Tokenizer
-from forgellm.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from forgellm.sampling_params import SamplingParams
+from forgellm.outputs import RequestOutput
 
+logger = logging.getLogger(__name__)
 
-class _Frontend:
-    """The slice of LLMEngine the server process needs (tokenizing, validation) without the model."""
-
-    def __init__(self, config: EngineConfig, limits: tuple[bool, int, int, int]) -> None:
-        self.config = config
-        model_dir = resolve_model_dir(config.model)
-        arch = load_model_config(model_dir)
-        self.tokenizer = Tokenizer.from_dir(resolve_tokenizer_dir(config, model_dir))
-        self.max_model_len = resolve_max_model_len(config, arch)
-        defaults = load_generation_defaults(model_dir)
-        self.input_processor = InputProcessor(self.tokenizer, arch.vocab_size, self.max_model_len, defaults)
-        chunked, step_tokens, block_size, num_blocks = limits
-        # EngineCore.check_fits reads only these four numbers; reusing it keeps one wording of its errors.
-        self._limits = types.SimpleNamespace(
-            scheduler=types.SimpleNamespace(enable_chunked_prefill=chunked, max_num_batched_tokens=step_tokens),
-            kv_cache=types.SimpleNamespace(block_size=block_size, num_blocks=num_blocks),
-        )
-
-    def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
-        processed = self.input_processor.process(prompt, params)
-        EngineCore.check_fits(self._limits, len(processed.prompt_token_ids), processed.max_tokens)  # type: ignore[arg-type]
-        return processed
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pending:
-    """A request the child is running: where its outputs go, and the prompt they leave off the wire."""
-
-    sink: _Sink
-    prompt: str | None
-    prompt_token_ids: list[int]
+# Exit status of an engine process that stopped because its engine failed.
+CHILD_EXIT_ENGINE_FAILED = 3
 
 
 class ProcessAsyncLLM(AsyncLLM):
-    """AsyncLLM's interface (generate, abort, stats, ...) over an LLMEngine stepping in a child process."""
+    """AsyncLLM's interface (add_request, generate, abort, stats, ...) over an engine in a child process."""
 
-    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        config: EngineConfig | None = None,
+        max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS,
+        **kwargs: Any,
+    ) -> None:
         """Start the child, which builds the engine from `model`/options or `config`; returns once it is ready."""
-        if config is None:
-            config = EngineConfig(model=model, **kwargs)
-        elif model is not None or kwargs:
-            raise InvalidRequestError("pass either config=EngineConfig(...) or model/keyword options, not both")
-        self.config = config
+        config = _engine_config(model, config, kwargs)
+        self._init_front_end(config, max_waiting_requests)
         context = mp.get_context("spawn")  # never fork a process that may hold CUDA state
         self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(config, child_conn), name="forgellm-engine")
-        self._process.daemon = True
+        log_level = logging.getLogger("forgellm").getEffectiveLevel()
+        self._process = context.Process(
+            target=_child_main, args=(config, child_conn, log_level), name="forgellm-engine", daemon=True
+        )
         self._process.start()
         child_conn.close()
-        self._lock = threading.Lock()
-        self._dead: EngineDeadError | None = None
         self._stopping = False
-        self._ids = itertools.count()
-        self._sequences_submitted = 0
-        self._requests: dict[str, _Pending] = {}
-        self._outbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         try:
             message = self._conn.recv()
         except EOFError:
-            raise EngineDeadError("the engine process exited while loading the model") from None
+            self._process.join(10)
+            raise EngineDeadError(
+                f"the engine process exited while loading the model (exit code {self._process.exitcode})"
+            ) from None
         if message[0] == "dead":
             self._process.join(10)
-            raise message[1]
-        _, limits, stats = message
-        self.engine = _Frontend(config, limits)  # type: ignore[assignment]
+            raise decode_error(message[1])
+        _, limits, stats, summary = message
+        self.summary: str = summary
+        model_dir = resolve_model_dir(config.model)
+        self._tokenizer = Tokenizer.from_dir(resolve_tokenizer_dir(config, model_dir))
+        self._input_processor = InputProcessor(self._tokenizer, limits, load_generation_defaults(model_dir))
         self._snapshot = _Snapshot(stats, 0)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="forgellm-tokenize")
+        self._outbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, name="forgellm-engine-writer", daemon=True)
         self._reader = threading.Thread(target=self._read, name="forgellm-engine-reader", daemon=True)
         self._writer.start()
         self._reader.start()
 
-    def _submit(self, command: Any) -> None:
-        if isinstance(command, _Add):
-            if command.request_id in self._requests:  # the child would refuse it, but the sink is keyed by id
-                raise InvalidRequestError(f"request id {command.request_id!r} is already in use", "request_id")
-            p = command.prompt
-            self._requests[command.request_id] = _Pending(command.sink, p.prompt, p.prompt_token_ids)
-            self._outbox.put(("add", command.request_id, p, command.priority, command.stream, command.delta))
-        elif command is _STOP:
-            self._outbox.put(("stop",))
-        else:  # ("abort", request_id): the stream ends now; outputs still on the wire are dropped
-            pending = self._requests.pop(command[1], None)
-            if pending is not None:
-                _send(pending.sink.loop, [(pending.sink.queue, _ABORTED)])
-            self._outbox.put(command)
+    @property
+    def exitcode(self) -> int | None:
+        """The engine process's exit status once it has ended (None while it runs)."""
+        return self._process.exitcode
+
+    def _send(self, command: Command) -> None:
+        self._outbox.put(command)
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Stop the child (running requests end with EngineDeadError) and the tokenizer pool."""
         self._stopping = True
-        self._submit(_STOP)
+        self._send(StopCommand())
         self._process.join(timeout)
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout)
         self._reader.join(timeout)
+        self._fail_everything(EngineDeadError("the engine was shut down"))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _write(self) -> None:
         while True:
-            message = self._outbox.get()
+            command = self._outbox.get()
             try:
-                self._conn.send(message)
-            except OSError:  # the child is gone; the reader reports it
+                self._conn.send(command)
+            except (OSError, ValueError):  # the child is gone; the reader reports it
                 return
-            if message[0] == "stop":
+            if isinstance(command, StopCommand):
                 return
 
     def _read(self) -> None:
-        while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError):
-                reason = "the engine was shut down" if self._stopping else "the engine process exited"
-                self._fail_everything(EngineDeadError(reason))
-                return
-            if message[0] == "step":
-                _, wires, stats, consumed = message
-                self._snapshot = _Snapshot(stats, consumed)
-                self._deliver_wire(wires)
-            elif message[0] == "error":  # one request was refused; the engine is fine
-                pending = self._requests.pop(message[1], None)
-                if pending is not None:
-                    _send(pending.sink.loop, [(pending.sink.queue, message[2])])
-            else:  # "dead"
-                self._fail_everything(EngineDeadError(f"the engine failed and stopped serving: {message[1]}"))
-                return
+        """Deliver the child's messages; on anything unexpected, declare the engine dead (never die silently)."""
+        try:
+            while True:
+                try:
+                    message = self._conn.recv()
+                except (EOFError, OSError):
+                    code = self._process.exitcode
+                    self._process.join(1)
+                    code = self._process.exitcode if code is None else code
+                    if self._stopping:
+                        reason = "the engine was shut down"
+                    else:
+                        reason = f"the engine process exited (exit code {code})"
+                    self._fail_everything(EngineDeadError(reason))
+                    return
+                if message[0] == "step":
+                    _, wires, refused, stats, consumed = message
+                    self._deliver(wires, [(wire_id, decode_error(error)) for wire_id, error in refused])
+                    self._snapshot = _Snapshot(stats, consumed)
+                elif message[0] == "dead":
+                    detail = decode_error(message[1])
+                    self._fail_everything(EngineDeadError(f"the engine failed and stopped serving: {detail}"))
+                    return
+                else:
+                    raise ValueError(f"unknown message from the engine process: {message[0]!r}")
+        except Exception as exc:
+            logger.exception("the engine process's reader failed; the engine is dead")
+            self._fail_everything(EngineDeadError(f"lost the engine process: {exc!r}"))
+            if self._process.is_alive():
+                self._process.terminate()
 
-    def _deliver_wire(self, wires: list[tuple]) -> None:
-        """Hand one step's outputs to their loops: one wake-up per loop per step."""
-        batches: dict[Any, list[tuple[Any, Any]]] = {}
-        for wire in wires:
-            request_id, finished = wire[0], wire[1]
-            pending = self._requests.pop(request_id, None) if finished else self._requests.get(request_id)
-            if pending is None:
-                continue  # aborted while the step ran
-            out = _decode(wire, pending)
-            batches.setdefault(pending.sink.loop, []).append((pending.sink.queue, out))
-        for loop, items in batches.items():
-            if not _send(loop, items):  # the loop is gone: nobody will read these requests
-                for _, out in items:
-                    self._submit(("abort", out.request_id))
+    @staticmethod
+    def _wire_id_of(out: Any) -> str:
+        return wire_request_id(out)
 
-    def _fail_everything(self, error: EngineDeadError) -> None:
-        with self._lock:
-            self._dead = error
-            pending, self._requests = list(self._requests.values()), {}
-        for p in pending:
-            _send(p.sink.loop, [(p.sink.queue, error)])
+    @staticmethod
+    def _to_output(out: Any, pending: _Pending) -> RequestOutput:
+        return decode_output(out, pending.request_id, pending.prompt, pending.prompt_token_ids)
 
 
-def _encode(out: RequestOutput) -> tuple:
-    """A RequestOutput as plain tuples, without the prompt (the server process has it)."""
-    m = out.metrics
-    metrics = None
-    if m is not None:
-        metrics = (
-            m.arrival_time,
-            m.first_scheduled_time,
-            m.first_token_time,
-            m.last_token_time,
-            m.finished_time,
-            m.num_cached_tokens,
-        )
-    samples = [
-        (c.index, c.text, c.token_ids, c.cumulative_logprob, c.logprobs, c.finish_reason, c.stop_reason)
-        for c in out.outputs
-    ]
-    return (out.request_id, out.finished, out.delta, samples, metrics, out.num_cached_tokens, out.prompt_logprobs)
-
-
-def _decode(wire: tuple, pending: _Pending) -> RequestOutput:
-    request_id, finished, delta, samples, metrics, num_cached, prompt_logprobs = wire
-    return RequestOutput(
-        request_id=request_id,
-        prompt=pending.prompt,
-        prompt_token_ids=pending.prompt_token_ids,
-        outputs=[CompletionOutput(*s) for s in samples],
-        finished=finished,
-        prompt_logprobs=prompt_logprobs,
-        metrics=RequestMetrics(*metrics) if metrics is not None else None,
-        num_cached_tokens=num_cached,
-        delta=delta,
-    )
-
-
-def _child_main(config: EngineConfig, conn: Any) -> None:
-    """The engine process: build the engine, then take commands and step, sending each step's outputs."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us via "stop"
+def _child_main(config: EngineConfig, conn: Any, log_level: int) -> None:
+    """The engine process: build the engine, report ready, then run the EngineLoop over the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us via the pipe
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s (engine process): %(message)s")
     try:
         engine = LLMEngine(config)
-        core = engine.core
-        limits = (
-            core.scheduler.enable_chunked_prefill,
-            core.scheduler.max_num_batched_tokens,
-            core.kv_cache.block_size,
-            core.kv_cache.num_blocks,
-        )
     except BaseException as exc:  # e.g. a ModelLoadError: the server re-raises it
-        conn.send(("dead", exc))
+        conn.send(("dead", encode_error(exc)))
         return
-    conn.send(("ready", limits, engine.stats()))
-    consumed = 0
+
+    def receive(block: bool) -> list[Command]:
+        commands = [conn.recv()] if block else []
+        while conn.poll():
+            commands.append(conn.recv())
+        return commands
+
+    def publish(report: StepReport) -> None:
+        wires = [encode_output(out) for out in report.outputs]
+        refused = [(wire_id, encode_error(exc)) for wire_id, exc in report.refused]
+        conn.send(("step", wires, refused, report.stats, report.sequences_consumed))
+
+    conn.send(("ready", engine.limits, engine.stats(), engine.summary))
     try:
-        while True:
-            # Block for work only when idle; while requests run, just take what has arrived.
-            busy = engine.has_unfinished_requests()
-            commands = [] if busy else [conn.recv()]
-            while conn.poll():
-                commands.append(conn.recv())
-            for command in commands:
-                if command[0] == "stop":
-                    return
-                if command[0] == "abort":
-                    engine.abort_request(command[1])
-                    continue
-                _, request_id, prompt, priority, stream, delta = command
-                consumed += prompt.sampling_params.n
-                try:
-                    engine.add_request(request_id, prompt, priority=priority, stream=stream, delta=delta)
-                except Exception as exc:  # a bad request fails alone
-                    conn.send(("error", request_id, exc))
-            # An empty step also lets the engine release state of requests aborted just now.
-            outputs = engine.step() if busy or commands else []
-            conn.send(("step", [_encode(out) for out in outputs], engine.stats(), consumed))
+        EngineLoop(engine, receive, publish).run()
     except (EOFError, BrokenPipeError):  # the server process is gone
         return
     except BaseException as exc:
+        logging.getLogger(__name__).exception("the engine failed")
+        error = exc if isinstance(exc, ForgeLLMError) else EngineDeadError(f"{type(exc).__name__}: {exc}")
         try:
-            conn.send(("dead", repr(exc)))
+            conn.send(("dead", encode_error(error)))
         except OSError:
             pass
+        raise SystemExit(CHILD_EXIT_ENGINE_FAILED) from None

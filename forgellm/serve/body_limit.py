@@ -53,10 +53,10 @@ class BodyLimitMiddleware:
         await self.app(scope, _replay([body], receive), send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
-        size = f"{declared} bytes" if declared is not None else "more bytes"
+        size = f"is {declared} bytes" if declared is not None else "is larger than that"
         error = APIError(
             413,
-            f"the request body has {size} than the limit of {self.max_bytes} bytes",
+            f"the request body may be at most {self.max_bytes} bytes and this one {size}; send a smaller body",
             code="request_too_large",
         )
         if self.on_reject is not None:

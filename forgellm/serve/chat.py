@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from forgellm.outputs import RequestOutput
-from forgellm.serve.context import ServerContext, new_request_id, now_seconds
+from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import chat_logprobs
@@ -25,12 +25,11 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
     @router.post("/v1/chat/completions")
     async def create_chat_completion(request: Request) -> Response:
         body, params = await ctx.accept(request, ChatCompletionRequest)
+        request_id, created = ctx.request_id(request, "chatcmpl"), now_seconds()
         prompt_ids = await ctx.engine.render_chat(body.template_messages())
-        processed = await ctx.engine.process(prompt_ids, params)
-        request_id, created = new_request_id("chatcmpl"), now_seconds()
         header = {"id": request_id, "created": created, "model": ctx.settings.model_name}
         top_k = params.logprobs
-        [stream] = start_streams(ctx, [processed], request_id, body.stream)
+        [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return EventStreamResponse(_events(stream, header, params.n, top_k, include_usage))

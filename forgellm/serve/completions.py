@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from forgellm.outputs import RequestOutput
-from forgellm.serve.context import ServerContext, new_request_id, now_seconds
+from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import ChoiceDelta, DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, merge, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import completion_logprobs
@@ -25,16 +25,17 @@ def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
     @router.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
         body, params = await ctx.accept(request, CompletionRequest)
-        # Every prompt is validated before any is queued: one bad prompt fails the request alone.
-        processed = [await ctx.engine.process(prompt, params) for prompt in body.prompts()]
-        request_id = new_request_id("cmpl")
+        prompts = body.prompts()
+        ctx.check_prompt_count(len(prompts), params.n)
+        request_id = ctx.request_id(request, "cmpl")
         header = {
             "id": request_id,
             "object": "text_completion",
             "created": now_seconds(),
             "model": ctx.settings.model_name,
         }
-        streams = start_streams(ctx, processed, request_id, body.stream)
+        # Every prompt is validated before any is queued: one bad prompt fails the request alone.
+        streams = await start_streams(ctx, prompts, params, request_id, body.stream)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return EventStreamResponse(_events(streams, header, params.n, params.logprobs, include_usage))

@@ -29,12 +29,18 @@ class ServerContext:
     metrics: ServerMetrics
 
     async def parse(self, request: Request, model: type[ModelT]) -> ModelT:
-        """The JSON body as `model`; malformed JSON or fields become a 400 naming the field."""
+        """The JSON body as `model`; malformed JSON or fields become a 400 naming the field.
+
+        NaN and Infinity are not JSON (Python's parser takes them by default): they are refused
+        here, before any number can reach the engine.
+        """
         body = await request.body()
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(body, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, _NonFiniteNumber) as exc:
             raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object", code="invalid_json")
         try:
@@ -44,13 +50,12 @@ class ServerContext:
 
     async def accept(self, request: Request, model: type[ModelT]) -> tuple[ModelT, SamplingParams]:
         """The checks every generation route makes, in order: parse, model name, engine alive,
-        unsupported fields, sampling values, then admission. Returns the body and its sampling params."""
+        unsupported fields, sampling values. Admission (queue room, lengths) is the engine's."""
         body = await self.parse(request, model)
         self.check_model(body.model)
         self.check_alive()
         body.check_supported()
         params = body.sampling_params(self.engine.default_sampling_params())
-        self.admit()
         return body, params
 
     def check_model(self, name: str | None) -> None:
@@ -67,24 +72,50 @@ class ServerContext:
         if not self.engine.is_alive:
             raise APIError(503, "the engine has failed and serves no requests", type="server_error", code="engine_dead")
 
-    def admit(self) -> None:
-        """429 once --max-waiting-requests sequences are queued and not running (a request with n counts n)."""
-        limit = self.settings.max_waiting_requests
-        if limit is None:
-            return
-        waiting = self.engine.num_waiting()
-        if waiting >= limit:
+    def check_prompt_count(self, num_prompts: int, n: int) -> None:
+        """400 for more prompts than --max-prompts-per-request, or more sequences than may ever wait."""
+        limit = self.settings.max_prompts_per_request
+        if num_prompts > limit:
             raise APIError(
-                429,
-                f"the server is at capacity ({waiting} sequences waiting, limit {limit}); retry later",
-                type="rate_limit_error",
-                code="too_many_waiting_requests",
-                headers={"Retry-After": "1"},
+                400,
+                f"the request has {num_prompts} prompts but at most {limit} are allowed (--max-prompts-per-request)",
+                param="prompt",
+                code="too_many_prompts",
+            )
+        waiting = self.engine.max_waiting_requests
+        if waiting is not None and num_prompts * n > waiting:
+            raise APIError(
+                400,
+                f"the request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}) but at most "
+                f"{waiting} may wait (--max-waiting-requests); send fewer prompts or a smaller n",
+                param="n",
+                code="too_many_sequences",
             )
 
+    def request_id(self, request: Request, prefix: str) -> str:
+        """The request's id: `prefix-` + the caller's X-Request-Id header if given, else a random one."""
+        given = request.headers.get("x-request-id")
+        if given is None:
+            return f"{prefix}-{uuid.uuid4().hex}"
+        if not 0 < len(given) <= _MAX_REQUEST_ID_CHARS or not given.isprintable():
+            raise APIError(
+                400,
+                f"the X-Request-Id header must be 1 to {_MAX_REQUEST_ID_CHARS} printable characters",
+                param="X-Request-Id",
+                code="invalid_value",
+            )
+        return f"{prefix}-{given}"
 
-def new_request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+
+_MAX_REQUEST_ID_CHARS = 256
+
+
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _NonFiniteNumber(f"{name} is not a JSON number; send a finite number")
 
 
 def now_seconds() -> int:

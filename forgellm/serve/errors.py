@@ -10,7 +10,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from forgellm.errors import CapacityError, ContextLengthError, EngineDeadError, ForgeLLMError, InvalidRequestError
+from forgellm.errors import (
+    CapacityError,
+    ContextLengthError,
+    EngineDeadError,
+    ForgeLLMError,
+    InvalidRequestError,
+    QueueFullError,
+    RequestFailedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +59,16 @@ def api_error_from(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, InvalidRequestError):
         return APIError(400, str(exc), param=exc.param, code="invalid_value")
+    if isinstance(exc, QueueFullError):  # full now; the same request may pass later
+        return APIError(
+            429, str(exc), type="rate_limit_error", code="too_many_waiting_requests", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, CapacityError):  # this request could never fit in the KV cache, however idle
         return APIError(400, str(exc), param="max_tokens", code="request_too_large")
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc), type="server_error", code="engine_dead")
+    if isinstance(exc, RequestFailedError):  # the engine failed this request alone and serves on
+        return APIError(500, str(exc), type="server_error", code="request_failed")
     if isinstance(exc, pydantic.ValidationError):
         return validation_error(exc)
     if isinstance(exc, HTTPException):

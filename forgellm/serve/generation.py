@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from forgellm.engine.input_processor import ProcessedPrompt
+from forgellm.engine.input_processor import Prompt
 from forgellm.outputs import RequestOutput
+from forgellm.sampling_params import SamplingParams
 from forgellm.serve.context import ServerContext
 from forgellm.serve.disconnect import ClientGone, run_until_disconnect
 from forgellm.serve.errors import api_error_from
@@ -22,22 +23,18 @@ _END = object()
 CLIENT_CLOSED_REQUEST = 499
 
 
-def start_streams(
-    ctx: ServerContext, processed: list[ProcessedPrompt], request_id: str, stream: bool
+async def start_streams(
+    ctx: ServerContext, prompts: Sequence[Prompt], params: SamplingParams, request_id: str, stream: bool
 ) -> list[AsyncIterator[RequestOutput]]:
-    """One tracked engine stream per prompt (engine ids `request_id`, `request_id-1`, ...).
+    """Admit one engine request per prompt (ids `request_id`, `request_id-1`, ...), all or none.
 
+    Errors (a bad prompt, a full queue, a dead engine) raise here, before a response starts.
     Streams yield delta outputs (the engine then copies no growing lists each step); a request that
     is not streamed yields its one cumulative output.
     """
-    return [
-        ctx.metrics.track(
-            ctx.engine.generate(
-                p, request_id=request_id if i == 0 else f"{request_id}-{i}", stream=stream, delta=stream
-            )
-        )
-        for i, p in enumerate(processed)
-    ]
+    request_ids = [request_id if i == 0 else f"{request_id}-{i}" for i in range(len(prompts))]
+    streams = await ctx.engine.add_requests(prompts, params, request_ids, stream=stream, delta=stream)
+    return [ctx.metrics.track(s) for s in streams]
 
 
 async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:

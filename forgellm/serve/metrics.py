@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from forgellm.engine.async_engine import AsyncLLM
+from forgellm.errors import RequestFailedError
 from forgellm.outputs import RequestOutput
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
@@ -46,9 +47,13 @@ class EngineStatsCollector(Collector):
         )
         for name, documentation, value in gauges:
             yield GaugeMetricFamily(name, documentation, value=value)
-        yield CounterMetricFamily(
-            "forgellm_num_preemptions", "Requests preempted for lack of KV cache", value=stats.num_preemptions
+        counters = (
+            ("forgellm_num_preemptions", "Requests preempted for lack of KV cache", stats.num_preemptions),
+            ("forgellm_num_aborted_sequences", "Sequences aborted in the engine", stats.num_aborted),
+            ("forgellm_num_failed_sequences", "Sequences failed by an error in an engine step", stats.num_failed),
         )
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(name, documentation, value=value)
 
 
 class ServerMetrics:
@@ -59,7 +64,7 @@ class ServerMetrics:
         r = self.registry
         self.finished = Counter(
             "forgellm_request_finished",
-            "Finished choices by finish reason (stop, length, abort); a request with n choices counts n",
+            "Finished choices by finish reason (stop, length, abort, error); a request with n choices counts n",
             ["finish_reason"],
             registry=r,
         )
@@ -112,6 +117,7 @@ class ServerMetrics:
         counts: list[int] = []  # tokens generated so far, per sample
         reasons: list[str | None] = []  # finish reason, per sample
         prev_tokens, prev_time = 0, None
+        failed = False
         async with contextlib.aclosing(outputs):  # type: ignore[type-var]
             try:
                 async for out in outputs:
@@ -128,15 +134,19 @@ class ServerMetrics:
                             self.itl.observe(gap)
                     prev_tokens, prev_time, last = tokens, now, out
                     yield out
+            except RequestFailedError:
+                failed = True
+                raise
             finally:
-                self._record(last, counts, reasons)
+                self._record(last, counts, reasons, "error" if failed else "abort")
 
-    def _record(self, out: RequestOutput | None, counts: list[int], reasons: list[str | None]) -> None:
+    def _record(self, out: RequestOutput | None, counts: list[int], reasons: list[str | None], cut: str) -> None:
+        """Count the request's choices by finish reason; `cut` for those that did not finish."""
         if out is None:  # dropped before the engine produced anything for it
-            self.finished.labels("abort").inc()
+            self.finished.labels(cut).inc()
             return
         for reason in reasons:
-            self.finished.labels(reason or "abort").inc()
+            self.finished.labels(reason or cut).inc()
         self.generation_tokens.inc(sum(counts))
         self.prompt_tokens.inc(len(out.prompt_token_ids))
         m = out.metrics

@@ -6,23 +6,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20  # far above any prompt that fits a context; stops abuse
+DEFAULT_MAX_PROMPTS_PER_REQUEST = 256  # prompts in one /v1/completions call
 DEMO_MODEL_NAME = "forgellm-demo"
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Model names clients may ask for, the API key, and the limits that protect the engine."""
+    """Model names clients may ask for, the API key, and the HTTP limits (the engine admits the rest)."""
 
     served_model_names: tuple[str, ...] = (DEMO_MODEL_NAME,)
     api_key: str | None = None
-    max_waiting_requests: int | None = None  # None: queue without limit
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_prompts_per_request: int = DEFAULT_MAX_PROMPTS_PER_REQUEST
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
             raise ValueError("served_model_names needs at least one name")
-        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
-            raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
+        if self.max_prompts_per_request < 1:
+            raise ValueError(f"max_prompts_per_request must be >= 1, got {self.max_prompts_per_request}")
         if self.max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
 

@@ -28,8 +28,9 @@ from forgellm.serve.settings import ServerSettings  # noqa: E402
 # float32: the reference CPU kernels are exact enough that greedy outputs match LLM.generate's.
 ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "float32", "max_model_len": 1024, "cpu_kv_cache_gb": 0.25}
 STARTUP_TIMEOUT_S = 20.0
-# FORGELLM_TEST_ENGINE=process runs the server tests against the engine in a child process.
-ENGINE_CLASS: type[AsyncLLM] = ProcessAsyncLLM if os.environ.get("FORGELLM_TEST_ENGINE") == "process" else AsyncLLM
+# The server tests run against the engine `forgellm serve` runs: ProcessAsyncLLM, in a child process.
+# FORGELLM_TEST_ENGINE=thread runs them against AsyncLLM's engine thread instead.
+ENGINE_CLASS: type[AsyncLLM] = AsyncLLM if os.environ.get("FORGELLM_TEST_ENGINE") == "thread" else ProcessAsyncLLM
 
 
 @dataclass
