@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
-import os
 import time
 from pathlib import Path
 
