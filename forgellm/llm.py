@@ -18,8 +18,8 @@ Message = dict[str, Any]
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, (str, Mapping)):  # one text, or one {"prompt": ...} / {"prompt_token_ids": ...}
-        return [prompts]
+    if isinstance(prompts, (str, Mapping)) or not isinstance(prompts, Sequence):
+        return [prompts]  # one text, one {"prompt": ...} / {"prompt_token_ids": ...}, or a bad value to refuse
     prompts = list(prompts)
     if prompts and all(isinstance(p, int) for p in prompts):
         return [prompts]  # one prompt given as token ids

@@ -122,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
     except (ForgeLLMError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    logger.info("%s", engine.summary)
     logger.info(
         "serving %s on http://%s:%d (at most %d sequences waiting, %d prompts a request, %d-byte bodies)",
         list(settings.served_model_names),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import queue
@@ -29,6 +30,7 @@ from forgellm.engine.engine_loop import AbortCommand, AddCommand, Command, Engin
 from forgellm.engine.input_processor import ProcessedPrompt, Prompt
 from forgellm.engine.llm_engine import LLMEngine
 from forgellm.engine.output_sink import OutputSink
+from forgellm.engine.request_stream import RequestStream
 from forgellm.errors import EngineDeadError, InvalidRequestError, QueueFullError, RequestFailedError
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.outputs import RequestOutput
@@ -166,7 +168,7 @@ class AsyncLLM:
         priority: int = 0,
         stream: bool = True,
         delta: bool = False,
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> RequestStream:
         """Admit a request and return the async iterator of its outputs.
 
         Raises before anything is queued: EngineDeadError, InvalidRequestError (a bad value, or a
@@ -189,7 +191,7 @@ class AsyncLLM:
         priority: int = 0,
         stream: bool = True,
         delta: bool = False,
-    ) -> list[AsyncIterator[RequestOutput]]:
+    ) -> list[RequestStream]:
         """`add_request` for several prompts sharing `params`: all are admitted, or none is queued.
 
         Their places in the waiting queue are reserved before any is tokenized, so a burst of
@@ -213,7 +215,7 @@ class AsyncLLM:
                     self._pending[wire_id] = _Pending(request_id, sink, item.prompt, item.prompt_token_ids)
                     self._live[request_id] = wire_id
                     self._send(AddCommand(wire_id, item, priority, stream, delta and stream))
-                    streams.append(self._stream(wire_id, sink))
+                    streams.append(RequestStream(sink, functools.partial(self._abort_wire, wire_id)))
                 queued = True
         finally:
             if not queued:  # refused (or cancelled) before reaching the engine: undo the reservation
@@ -248,23 +250,6 @@ class AsyncLLM:
                 self._live[request_id] = ""  # claimed; the wire id comes once it is queued
             self._sequences_reserved += n
 
-    async def _stream(self, wire_id: str, sink: OutputSink) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                item = await sink.get()
-                if isinstance(item, BaseException):
-                    finished = True  # the engine ended it (or died): nothing left to abort
-                    raise item
-                if item.error is not None:
-                    finished = item.finished
-                    raise RequestFailedError(item.error)
-                finished = item.finished
-                yield item
-        finally:
-            if not finished:
-                self._abort_wire(wire_id)
-
     async def generate(
         self,
         prompt: Prompt | ProcessedPrompt,
@@ -281,7 +266,7 @@ class AsyncLLM:
             async for out in outputs:
                 yield out
         finally:
-            await outputs.aclose()  # type: ignore[attr-defined]
+            await outputs.aclose()
 
     def abort(self, request_id: str) -> None:
         """Abort a running request by id: its stream ends with finish_reason "abort" (unknown ids are ignored)."""
@@ -337,7 +322,10 @@ class AsyncLLM:
         self._snapshot = _Snapshot(report.stats, report.sequences_consumed)
 
     def _deliver(self, outputs: list[Any], refused: list[tuple[str, Exception]]) -> None:
-        """Hand one step's outputs (RequestOutputs here; wire tuples in ProcessAsyncLLM) to their sinks."""
+        """Hand one step's outputs (RequestOutputs here; wire tuples in ProcessAsyncLLM) to their sinks.
+
+        An output that cannot be turned into a RequestOutput fails its request alone.
+        """
         gone: list[str] = []
         with self._lock:
             for wire_id, error in refused:
@@ -349,13 +337,20 @@ class AsyncLLM:
                 pending = self._pending.get(wire_id)
                 if pending is None:
                     continue  # its caller left; the abort is on its way
-                result = self._to_output(out, pending)
+                try:
+                    result = self._to_output(out, pending)
+                except Exception as exc:
+                    logger.exception("an output of request %r could not be read; failing the request", wire_id)
+                    self._end(wire_id)
+                    pending.sink.put(RequestFailedError(f"the engine sent an unreadable output: {exc!r}"))
+                    gone.append(wire_id)  # stop computing it
+                    continue
                 if result.finished:
                     self._end(wire_id)
                 if not pending.sink.put(result):
                     gone.append(wire_id)  # its event loop is closed: nobody will read it
         for wire_id in gone:
-            self._abort_wire(wire_id)
+            self._send(AbortCommand(wire_id))
 
     def _end(self, wire_id: str) -> _Pending | None:
         """Forget a request that finished (the caller holds the lock)."""

@@ -102,8 +102,9 @@ def _unwrap(prompt: Prompt) -> str | Sequence[int]:
     keys = set(prompt)
     if keys == {"prompt"} and isinstance(prompt["prompt"], str):
         return prompt["prompt"]
-    if keys == {"prompt_token_ids"} and isinstance(prompt["prompt_token_ids"], Sequence):
-        return prompt["prompt_token_ids"]
+    ids = prompt.get("prompt_token_ids")
+    if keys == {"prompt_token_ids"} and isinstance(ids, Sequence) and not isinstance(ids, str):
+        return ids
     raise InvalidRequestError(
         f"a prompt dict takes exactly one key, 'prompt' (text) or 'prompt_token_ids' (a list of ids); "
         f"got {sorted(map(str, keys))}",

@@ -15,7 +15,7 @@ from forgellm.outputs import RequestOutput
 from forgellm.sampling_params import SamplingParams
 from forgellm.serve.context import ServerContext
 from forgellm.serve.disconnect import ClientGone, run_until_disconnect
-from forgellm.serve.errors import api_error_from
+from forgellm.serve.errors import APIError, api_error_from
 from forgellm.serve.sse import sse_event
 
 _END = object()
@@ -89,6 +89,11 @@ async def respond_when_done(request: Request, work: Any) -> Response:
         body = await run_until_disconnect(work, request.receive)
     except ClientGone:  # its engine requests were aborted when `work` was cancelled
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except asyncio.CancelledError:
+        # The server's graceful shutdown ran out of time: answer instead of leaking a traceback.
+        return APIError(
+            503, "the server is shutting down; retry the request", type="server_error", code="server_shutting_down"
+        ).response()
     return JSONResponse(body)
 
 

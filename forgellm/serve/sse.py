@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -24,6 +25,22 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+# What a stream cut by the server's shutdown ends with (OpenAI's error shape, then [DONE]).
+SHUTDOWN_EVENTS = (
+    sse_event(
+        {
+            "error": {
+                "message": "the server is shutting down; retry the request",
+                "type": "server_error",
+                "param": None,
+                "code": "server_shutting_down",
+            }
+        }
+    )
+    + DONE_EVENT
+)
+
+
 class EventStreamResponse(Response):
     """An ASGI response sending `events` as text/event-stream, status 200.
 
@@ -43,13 +60,24 @@ class EventStreamResponse(Response):
     ) -> None:
         streamer = asyncio.ensure_future(self._stream(send))
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        cut = False
         try:
             await asyncio.wait({streamer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The server's graceful shutdown ran out of time and cancels this response: end the
+            # stream with an error event instead of letting the cancellation escape as a traceback.
+            cut = True
         finally:
             for task in (streamer, watcher):
                 task.cancel()
-            await asyncio.gather(streamer, watcher, return_exceptions=True)
-            await self.events.aclose()  # type: ignore[attr-defined]
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(streamer, watcher, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.events.aclose()  # type: ignore[attr-defined]  # aborts its engine requests
+        if cut:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await send({"type": "http.response.body", "body": SHUTDOWN_EVENTS, "more_body": False})
+            return
         if streamer.done() and not streamer.cancelled() and streamer.exception() is not None:
             # The events themselves report errors as SSE events; this is a bug or a broken socket.
             logger.warning("event stream ended with an error", exc_info=streamer.exception())

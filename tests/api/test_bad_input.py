@@ -66,6 +66,16 @@ def test_max_tokens_that_cannot_fit(llm):
         ({"logprobs": -1}, "logprobs"),
         ({"stop": [""]}, "stop"),
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"presence_penalty": float("-inf")}, "presence_penalty"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"n": True}, "n"),
+        ({"max_tokens": 2.0}, "max_tokens"),
     ],
 )
 def test_invalid_sampling_values(kwargs, param):
@@ -200,6 +210,17 @@ def test_config_and_keyword_options_together():
 
     with pytest.raises(InvalidRequestError, match="either config"):
         LLM(config=EngineConfig(), dtype="float32")
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [{"prompt": "x", "prompt_token_ids": [1]}, {"prompt_token_ids": "x"}, {"multi_modal_data": {}}, 3.5],
+)
+def test_malformed_prompt_dicts(llm, prompt):
+    with pytest.raises(InvalidRequestError, match="prompt") as err:
+        llm.generate(prompt, GREEDY)
+    assert err.value.param == "prompt"
+    still_serves(llm)
 
 
 def test_request_id_already_in_use(llm):

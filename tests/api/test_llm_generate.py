@@ -62,6 +62,34 @@ def test_stop_string_trims_text(llm):
     assert kept.text == full.text[: cut + len(stop)]
 
 
+def test_stop_strings_wait_for_min_tokens(llm):
+    full = llm.generate([PROMPT], greedy(16))[0].outputs[0]
+    stop = full.text[1:3]
+    early = llm.generate([PROMPT], greedy(16, stop=[stop]))[0].outputs[0]
+    assert early.finish_reason == "stop" and len(early.token_ids) < 8
+    held = llm.generate([PROMPT], greedy(16, stop=[stop], min_tokens=8))[0].outputs[0]
+    assert len(held.token_ids) >= 8
+    assert held.text.startswith(full.text[: full.text.index(stop) + len(stop)])  # passed the early stop
+
+
+def test_prompt_dicts_as_vllm_takes_them(llm):
+    text, ids = "def add(a, b):", [11, 305, 2048]
+    plain = [o.outputs[0].token_ids for o in llm.generate([text, ids], greedy(4), use_tqdm=False)]
+    dicts = [{"prompt": text}, {"prompt_token_ids": ids}]
+    assert [o.outputs[0].token_ids for o in llm.generate(dicts, greedy(4), use_tqdm=False)] == plain
+    assert llm.generate({"prompt_token_ids": ids}, greedy(4))[0].outputs[0].token_ids == plain[1]
+
+
+def test_the_extreme_seeds_run_and_differ(llm):
+    # Sample i draws from (seed + i) mod 2**64: the largest seed's second sample wraps to seed 0.
+    params = SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True, n=2)
+    top = llm.generate([PROMPT], params.__class__(**{**vars(params), "seed": 2**64 - 1}), use_tqdm=False)[0]
+    zero = llm.generate([PROMPT], params.__class__(**{**vars(params), "seed": 0, "n": 1}), use_tqdm=False)[0]
+    assert top.outputs[1].token_ids == zero.outputs[0].token_ids
+    low = llm.generate([PROMPT], params.__class__(**{**vars(params), "seed": -(2**63)}), use_tqdm=False)[0]
+    assert all(len(c.token_ids) == 8 for c in low.outputs)
+
+
 def test_stop_token_ids_and_min_tokens(llm):
     full = llm.generate([PROMPT], greedy(12))[0].outputs[0].token_ids
     stop_id = full[2]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +21,7 @@ from forgellm.engine.async_engine import AsyncLLM  # noqa: E402
 from forgellm.engine.process_engine import ProcessAsyncLLM  # noqa: E402
 from forgellm.serve.app import build_app  # noqa: E402
 from forgellm.serve.settings import ServerSettings  # noqa: E402
+from tests.serve.http_helpers import http_request, wait_until  # noqa: E402
 
 # float32: the reference CPU kernels are exact enough that greedy outputs match LLM.generate's.
 ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "float32", "max_model_len": 1024, "cpu_kv_cache_gb": 0.25}
@@ -54,29 +52,13 @@ class RunningServer:
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Poll `condition` every 20 ms until it holds or `timeout` passes (bounded, never hangs)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.02)
-        return condition()
+        return wait_until(condition, timeout)
 
     def request(
         self, method: str, path: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
         """A plain HTTP request (for bodies the openai client would not send); returns (status, JSON or text)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            data = json.dumps(body).encode() if isinstance(body, dict) else body
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-            response = conn.getresponse()
-            raw = response.read().decode()
-        finally:
-            conn.close()
-        try:
-            return response.status, json.loads(raw)
-        except json.JSONDecodeError:
-            return response.status, raw
+        return http_request(self.port, method, path, body, headers)
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics")[1]
