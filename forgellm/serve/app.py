@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 import forgellm
@@ -14,6 +16,7 @@ from forgellm.serve.context import ServerContext
 from forgellm.serve.errors import install_error_handlers
 from forgellm.serve.info import info_router
 from forgellm.serve.metrics import ServerMetrics
+from forgellm.serve.protocol import BEARER_SCHEME, openapi_schemas
 from forgellm.serve.settings import ServerSettings
 
 
@@ -28,4 +31,24 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
         app.include_router(router)
     install_error_handlers(app, on_error=ctx.metrics.count_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, on_reject=ctx.metrics.count_error)
+    _describe_bodies(app, ctx)
     return app
+
+
+def _describe_bodies(app: FastAPI, ctx: ServerContext) -> None:
+    """Complete app.openapi() with what FastAPI cannot see: the request bodies the routes parse
+    themselves (their schemas, which the operations' requestBody refer to) and the API key."""
+    settings = ctx.settings
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # FastAPI's own, cached in app.openapi_schema
+            tokenizer = getattr(ctx.engine, "tokenizer", None)
+            vocab_size = getattr(tokenizer, "vocab_size", None)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(openapi_schemas(settings.served_model_names, vocab_size))
+            if settings.api_key is not None:
+                components["securitySchemes"] = {BEARER_SCHEME: {"type": "http", "scheme": "bearer"}}
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

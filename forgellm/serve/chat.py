@@ -14,7 +14,14 @@ from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import chat_logprobs
-from forgellm.serve.protocol import ChatCompletionRequest
+from forgellm.serve.protocol import (
+    GENERATION_ERRORS,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    openapi_extra,
+    responses,
+)
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
 
 
@@ -22,7 +29,13 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
     """The chat completions route, bound to `ctx`; `auth` is the API-key dependency."""
     router = APIRouter(dependencies=[Depends(auth)])
 
-    @router.post("/v1/chat/completions")
+    has_key = ctx.settings.api_key is not None
+
+    @router.post(
+        "/v1/chat/completions",
+        openapi_extra=openapi_extra(ChatCompletionRequest, has_key),
+        responses=responses(ChatCompletion, GENERATION_ERRORS, stream=ChatCompletionChunk, api_key=has_key),
+    )
     async def create_chat_completion(request: Request) -> Response:
         body, params = await ctx.accept(request, ChatCompletionRequest)
         request_id, created = ctx.request_id(request, "chatcmpl"), now_seconds()

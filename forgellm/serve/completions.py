@@ -14,7 +14,14 @@ from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import ChoiceDelta, DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, merge, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import completion_logprobs
-from forgellm.serve.protocol import CompletionRequest
+from forgellm.serve.protocol import (
+    GENERATION_ERRORS,
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    openapi_extra,
+    responses,
+)
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
 
 
@@ -22,7 +29,13 @@ def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
     """The completions route, bound to `ctx`; `auth` is the API-key dependency."""
     router = APIRouter(dependencies=[Depends(auth)])
 
-    @router.post("/v1/completions")
+    has_key = ctx.settings.api_key is not None
+
+    @router.post(
+        "/v1/completions",
+        openapi_extra=openapi_extra(CompletionRequest, has_key),
+        responses=responses(Completion, GENERATION_ERRORS, stream=CompletionChunk, api_key=has_key),
+    )
     async def create_completion(request: Request) -> Response:
         body, params = await ctx.accept(request, CompletionRequest)
         prompts = body.prompts()

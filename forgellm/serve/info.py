@@ -5,13 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import forgellm
 from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.errors import APIError
-from forgellm.serve.protocol import ChatCompletionRequest, ChatMessage, DetokenizeRequest, TokenizeRequest
+from forgellm.serve.protocol import (
+    BODY_ERRORS,
+    ChatCompletionRequest,
+    ChatMessage,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    HealthResponse,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    VersionResponse,
+    openapi_extra,
+    responses,
+)
 
 
 def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
@@ -19,22 +32,29 @@ def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
     router = APIRouter()
     protected = [Depends(auth)]
     started = now_seconds()
+    has_key = ctx.settings.api_key is not None
 
-    @router.get("/health")
+    @router.get("/health", responses=responses(HealthResponse, (503,)))
     async def health() -> Response:
         if not ctx.engine.is_alive:
             return APIError(503, "the engine has failed", type="server_error", code="engine_dead").response()
         return JSONResponse({"status": "ok"})
 
-    @router.get("/version")
+    @router.get("/version", responses=responses(VersionResponse))
     async def version() -> Response:
         return JSONResponse({"version": forgellm.__version__})
 
-    @router.get("/metrics")  # a plain route: a mounted ASGI app would answer /metrics with a 307
+    # A plain route: a mounted ASGI app would answer /metrics with a 307.
+    @router.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus metrics"}})
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/v1/models", dependencies=protected)
+    @router.get(
+        "/v1/models",
+        dependencies=protected,
+        openapi_extra=openapi_extra(api_key=has_key),
+        responses=responses(ModelList, api_key=has_key),
+    )
     async def models() -> Response:
         data = [
             {
@@ -49,7 +69,12 @@ def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    @router.post("/tokenize", dependencies=protected)
+    @router.post(
+        "/tokenize",
+        dependencies=protected,
+        openapi_extra=openapi_extra(TokenizeRequest, has_key),
+        responses=responses(TokenizeResponse, BODY_ERRORS, api_key=has_key),
+    )
     async def tokenize(request: Request) -> Response:
         body = await ctx.parse(request, TokenizeRequest)
         ctx.check_model(body.model)
@@ -61,7 +86,12 @@ def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
             tokens = await ctx.engine.run_in_pool(ctx.engine.tokenizer.encode, body.prompt, body.add_special_tokens)
         return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": ctx.engine.max_model_len})
 
-    @router.post("/detokenize", dependencies=protected)
+    @router.post(
+        "/detokenize",
+        dependencies=protected,
+        openapi_extra=openapi_extra(DetokenizeRequest, has_key),
+        responses=responses(DetokenizeResponse, BODY_ERRORS, api_key=has_key),
+    )
     async def detokenize(request: Request) -> Response:
         body = await ctx.parse(request, DetokenizeRequest)
         ctx.check_model(body.model)

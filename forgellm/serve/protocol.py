@@ -1,21 +1,86 @@
-"""Request bodies of the OpenAI API (plus vLLM-style extensions), parsed with pydantic.
+"""Request bodies of the OpenAI API (plus vLLM-style extensions), parsed with pydantic, and the
+OpenAPI description of requests and responses.
 
 Unknown fields are rejected by name (extra="forbid"), as OpenAI does. Known fields the server cannot
 honour yet are declared so that `check_supported` can name them in a 400 instead of ignoring them.
+
+The routes parse bodies themselves (ServerContext.parse: 400s in OpenAI's shape, not FastAPI's 422s),
+so FastAPI cannot see the models: each route's `openapi_extra` and `responses` describe them to
+/openapi.json, and `openapi_schemas` gives the components they refer to. `_doc` fields tell the
+schema what the server's own checks enforce (ranges, values accepted only when off) without changing
+what pydantic checks, so error messages stay those of SamplingParams, check_supported and the engine.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from forgellm.errors import InvalidRequestError
-from forgellm.sampling_params import SamplingParams
+from forgellm.sampling_params import SEED_MAX, SEED_MIN, SamplingParams
+
+
+def _doc(default: Any = None, **schema: Any) -> Any:
+    """A field with `default` whose JSON schema also states `schema` (checked by the server, not pydantic)."""
+    return Field(default, json_schema_extra=schema)
+
+
+def _replace(schema: dict[str, Any], documented: dict[str, Any]) -> None:
+    """As json_schema_extra: document a field as `documented`, narrower than what pydantic takes."""
+    schema.clear()
+    schema.update(documented)
+
+
+# Values that are accepted only when empty: JSON Schema's "this key is off".
+_NULL: dict[str, Any] = {"type": "null"}
+# A token id: openapi_schemas replaces the marker with the vocabulary's last id as the maximum.
+_VOCAB_MARKER = "x-forgellm-token-id"
+_TOKEN_ID: dict[str, Any] = {"minimum": 0, _VOCAB_MARKER: True}
+
+
+# JSON may escape half of a UTF-16 pair alone ("\ud800"): Python decodes it to a str that is not
+# Unicode text, which the tokenizer refuses with a TypeError (and UTF-8 cannot encode).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether any string in `value` (a JSON value, or a model such as a content part) holds one.
+
+    A loop, not recursion: a body nested as deep as JSON allows must not overflow the stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item) is not None:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, BaseModel):  # extra fields included
+            stack.extend(item.__dict__.values())
+            stack.extend((item.__pydantic_extra__ or {}).values())
+    return False
 
 
 class _Strict(BaseModel):
+    """Unknown fields are refused, and every string must be Unicode text (a 400 naming the field)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _unicode_text(cls, value: Any) -> Any:
+        if _holds_lone_surrogate(value):
+            raise PydanticCustomError(
+                "lone_surrogate", "the text holds a lone UTF-16 surrogate (\\ud800 to \\udfff), which is not Unicode"
+            )
+        return value
 
 
 class StreamOptions(_Strict):
@@ -25,26 +90,33 @@ class StreamOptions(_Strict):
 class SamplingRequest(_Strict):
     """Fields shared by chat and completions: the model, sampling, stopping and streaming."""
 
+    model_config = ConfigDict(
+        json_schema_extra={  # stream_options only with stream: true
+            "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+            "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        }
+    )
+
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    max_tokens: int | None = _doc(minimum=1)
+    temperature: float | None = _doc(minimum=0)
+    top_p: float | None = _doc(exclusiveMinimum=0, maximum=1)
+    n: int = _doc(1, minimum=1)
+    stop: str | list[str] | None = _doc(minLength=1, items={"type": "string", "minLength": 1})
+    seed: int | None = _doc(minimum=SEED_MIN, maximum=SEED_MAX)
+    presence_penalty: float | None = _doc(minimum=-2, maximum=2)
+    frequency_penalty: float | None = _doc(minimum=-2, maximum=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for the caller's own bookkeeping: accepted, unused
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = _doc(maxProperties=0)
     # Extensions, as vLLM users know them.
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = _doc(minimum=-1)  # -1 and 0 mean off
+    min_p: float | None = _doc(minimum=0, maximum=1)
+    repetition_penalty: float | None = _doc(exclusiveMinimum=0)
     ignore_eos: bool | None = None
-    min_tokens: int | None = None
-    stop_token_ids: list[int] | None = None
+    min_tokens: int | None = _doc(minimum=0)
+    stop_token_ids: list[int] | None = _doc(items=_TOKEN_ID)
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
 
@@ -84,49 +156,49 @@ class SamplingRequest(_Strict):
 class ContentPart(BaseModel):
     """One part of a message's content; only {"type": "text"} parts are supported."""
 
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(_Strict):
-    role: str
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    # What the openai client puts in an assistant message it returns, so a conversation can be
-    # sent back as it came; only empty values are accepted.
-    tool_calls: list[Any] | None = None
-    tool_call_id: str | None = None
-    function_call: Any = None
-    refusal: str | None = None
-    annotations: list[Any] | None = None
-    audio: Any = None
-    reasoning_content: str | None = None
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["type", "text"]})
+    type: str = Field(json_schema_extra={"enum": ["text"]})
+    text: str | None = Field(None, json_schema_extra=lambda schema: _replace(schema, {"type": "string"}))
 
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
+class ChatMessage(_Strict):
+    role: str = Field(json_schema_extra={"enum": list(_ROLES)})
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    # What the openai client puts in an assistant message it returns, so a conversation can be
+    # sent back as it came; only empty values are accepted.
+    tool_calls: list[Any] | None = _doc(maxItems=0)
+    tool_call_id: str | None = _doc(maxLength=0)
+    function_call: Any = _doc(**_NULL)
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: Any = _doc(**_NULL)
+    reasoning_content: str | None = None
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = _doc(minimum=1)
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = _doc(minimum=0, maximum=20)
     # OpenAI fields accepted only at their "off" value (checked in check_supported).
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
+    tools: list[Any] | None = _doc(maxItems=0)
+    tool_choice: Any = _doc(enum=["none", None])
+    functions: list[Any] | None = _doc(maxItems=0)
+    function_call: Any = _doc(enum=["none", None])
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
-    modalities: list[str] | None = None
-    audio: Any = None
-    prediction: Any = None
-    reasoning_effort: str | None = None
-    store: bool | None = None
+    response_format: dict[str, Any] | None = _doc(properties={"type": {"enum": ["text"]}})
+    modalities: list[str] | None = _doc(items={"enum": ["text"]}, minItems=1, maxItems=1)
+    audio: Any = _doc(**_NULL)
+    prediction: Any = _doc(**_NULL)
+    reasoning_effort: str | None = _doc(maxLength=0)
+    store: bool | None = _doc(enum=[False, None])
     metadata: dict[str, str] | None = None
-    service_tier: str | None = None
-    web_search_options: Any = None
+    service_tier: str | None = _doc(enum=["auto", "default", None])
+    web_search_options: Any = _doc(**_NULL)
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -193,11 +265,19 @@ def _check_message(message: ChatMessage, where: str) -> None:
 
 class CompletionRequest(SamplingRequest):
     # StrictInt/StrictStr: a list of token ids must not be read as a list of numeric strings.
-    prompt: StrictStr | list[StrictInt] | list[StrictStr] | list[list[StrictInt]]
-    echo: bool = False
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
+    # Not empty, and no prompt in a list empty: one set of keywords for the four shapes (minLength
+    # applies to strings only, minItems to lists, minimum and maximum to numbers).
+    prompt: StrictStr | list[StrictInt] | list[StrictStr] | list[list[StrictInt]] = Field(
+        json_schema_extra={
+            "minLength": 1,
+            "minItems": 1,
+            "items": {"minLength": 1, "minItems": 1, **_TOKEN_ID, "items": _TOKEN_ID},
+        }
+    )
+    echo: bool = _doc(False, enum=[False])
+    logprobs: int | None = _doc(minimum=0, maximum=20)
+    suffix: str | None = _doc(maxLength=0)
+    best_of: int | None = None  # only equal to n
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -227,13 +307,256 @@ class CompletionRequest(SamplingRequest):
 class TokenizeRequest(_Strict):
     """Either `prompt` (text) or `messages` (rendered with the chat template first)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": _NULL}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": _NULL}},
+            ]
+        }
+    )
+
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = _doc(minItems=1)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
 
 class DetokenizeRequest(_Strict):
     model: str | None = None
-    tokens: list[StrictInt]
+    tokens: list[StrictInt] = Field(json_schema_extra={"items": {"type": "integer", **_TOKEN_ID}})
+
+
+# Responses, for /openapi.json only (the routes build plain dicts).
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape (errors.APIError.body); also a stream's `error` event."""
+
+    error: ErrorInfo
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(BaseModel):
+    """One event of a streamed completion (the last one carries usage when include_usage is set)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat completion (the last one carries usage when include_usage is set)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
+# Why each error status is answered (a route lists the statuses it can answer).
+_ERRORS = {
+    400: "invalid request: malformed JSON, a bad or unsupported field, a prompt that does not fit",
+    401: "missing or wrong API key (only when the server has one)",
+    404: "the model is not one the server serves",
+    413: "the request body is over --max-request-bytes",
+    429: "the engine's waiting queue is full; retry after Retry-After seconds",
+    500: "the engine failed this request alone (finish_reason error); it serves on",
+    503: "the engine has died, or the server is shutting down",
+}
+BODY_ERRORS = (400, 404, 413)  # what any route that reads a body may answer
+GENERATION_ERRORS = (*BODY_ERRORS, 429, 500, 503)
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
+BEARER_SCHEME = "bearer"  # the name of the API-key security scheme in components/securitySchemes
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _event_stream(chunk: type[BaseModel]) -> dict[str, Any]:
+    """An SSE media type: each event's data is a `chunk` or an error (both JSON), the last is [DONE].
+
+    Before OpenAPI 3.2 (itemSchema), `schema` of text/event-stream describes one event.
+    """
+    payload = {
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [_ref(chunk.__name__), _ref("ErrorResponse")]},
+    }
+    data = {"type": "string", "if": {"const": "[DONE]"}, "else": payload}
+    return {"schema": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+
+
+def openapi_extra(body: type[BaseModel] | None = None, api_key: bool = False) -> dict[str, Any]:
+    """A route's `openapi_extra`: the JSON body it parses as `body` (see openapi_schemas), and the
+    bearer API key it needs when the server has one."""
+    extra: dict[str, Any] = {}
+    if body is not None:
+        content = {"application/json": {"schema": _ref(body.__name__)}}
+        extra["requestBody"] = {"required": True, "content": content}
+    if api_key:
+        extra["security"] = [{BEARER_SCHEME: []}]
+    return extra
+
+
+def responses(
+    ok: type[BaseModel],
+    errors: tuple[int, ...] = (),
+    stream: type[BaseModel] | None = None,
+    api_key: bool = False,
+) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses`: `ok` as the 200 body (or with stream: true an event stream of `stream`
+    chunks), and the error statuses, 401 included when the server has an API key."""
+    ok_response: dict[str, Any] = {"model": ok, "description": "the result"}
+    if stream is not None:
+        ok_response["description"] = "the result, or with stream: true an event stream of chunks ending in [DONE]"
+        ok_response["content"] = {"text/event-stream": _event_stream(stream)}
+    table: dict[int | str, dict[str, Any]] = {200: ok_response}
+    for status in sorted({*errors, *((401,) if api_key else ())}):
+        table[status] = {"model": ErrorResponse, "description": _ERRORS[status]}
+        if status == 429:
+            table[status]["headers"] = _RETRY_AFTER
+    return table
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeRequest,
+    DetokenizeRequest,
+)
+STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, CompletionChunk, ErrorResponse)
+
+
+def openapi_schemas(served_model_names: tuple[str, ...], vocab_size: int | None) -> dict[str, Any]:
+    """What FastAPI cannot see for components/schemas: the request bodies and stream chunks (with
+    the models they use).
+
+    `model` is documented as one of `served_model_names` (any other name is answered 404), and
+    token ids as below `vocab_size` when it is known.
+    """
+    schemas: dict[str, Any] = {}
+    for models, mode in ((REQUEST_MODELS, "validation"), (STREAM_MODELS, "serialization")):
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+            schemas.update(schema.pop("$defs", {}))
+            if model in REQUEST_MODELS:
+                schema["properties"]["model"]["anyOf"] = [{"enum": list(served_model_names)}, {"type": "null"}]
+            schemas[model.__name__] = schema
+    _set_token_id_maximum(schemas, vocab_size)
+    return schemas
+
+
+def _set_token_id_maximum(schema: Any, vocab_size: int | None) -> None:
+    """Replace each token-id marker with the vocabulary's last id as `maximum` (the marker alone without it)."""
+    if isinstance(schema, dict):
+        if schema.pop(_VOCAB_MARKER, False) and vocab_size is not None:
+            schema["maximum"] = vocab_size - 1
+        for value in schema.values():
+            _set_token_id_maximum(value, vocab_size)
+    elif isinstance(schema, list):
+        for value in schema:
+            _set_token_id_maximum(value, vocab_size)
