@@ -82,6 +82,8 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; `add_special_tokens` applies the post-processor (e.g. a leading BOS)."""
+        if not text.isascii():
+            _check_unicode(text)
         if len(text) > _GIL_FREE_ENCODE_CHARS:
             # encode() holds the GIL for the whole text (seconds for megabytes, stalling every other
             # thread, an event loop included); encode_batch() releases it while it works.
@@ -316,3 +318,16 @@ def _clean_up_tokenization(text: str) -> str:
     ):  # fmt: skip
         text = text.replace(spaced, joined)
     return text
+
+
+def _check_unicode(text: str) -> None:
+    """Refuse a lone UTF-16 surrogate (valid in JSON and Python strings, not Unicode text): the
+    tokenizer would fail on it with a bare TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"the text holds an unpaired surrogate {text[exc.start]!r} at index {exc.start}, which is not valid "
+            "Unicode; send well-formed text",
+            "prompt",
+        ) from None

@@ -73,7 +73,9 @@ def api_error_from(exc: BaseException) -> APIError:
         return validation_error(exc)
     if isinstance(exc, HTTPException):
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code))
+        # Starlette's headers (e.g. Allow on a 405) go out with the error.
+        headers = dict(exc.headers) if exc.headers else None
+        return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code), headers=headers)
     logger.error("internal error while serving a request", exc_info=exc)
     return APIError(500, f"internal server error: {type(exc).__name__}", type="server_error", code="internal_error")
 

@@ -223,6 +223,17 @@ def test_malformed_prompt_dicts(llm, prompt):
     still_serves(llm)
 
 
+@pytest.mark.parametrize("text", ["\ud800", "ok \udfff then"])
+def test_a_lone_surrogate_is_an_invalid_prompt_not_a_crash(llm, text):
+    # Valid in JSON ("\ud800") and in Python strings, not in Unicode: the tokenizer raised a TypeError.
+    with pytest.raises(InvalidRequestError, match="unpaired surrogate") as err:
+        llm.generate(text, GREEDY)
+    assert err.value.param == "prompt"
+    with pytest.raises(InvalidRequestError, match="unpaired surrogate"):
+        llm.chat([{"role": "user", "content": text}], GREEDY)
+    still_serves(llm)
+
+
 def test_request_id_already_in_use(llm):
     llm.engine.add_request("dup", [1, 2, 3], GREEDY)
     with pytest.raises(InvalidRequestError, match="already in use"):

@@ -115,9 +115,13 @@ def test_caller_ids_never_reach_another_requests_samples(tiny_model_dir):
 def test_abort_returns_the_final_output(tiny_model_dir):
     llm = LLM(str(tiny_model_dir("llama")), dtype="float32", block_size=4)
     engine = llm.engine
-    engine.add_request("r", [5, 6, 7], SamplingParams(temperature=0.0, n=2, max_tokens=50, ignore_eos=True))
-    for _ in range(3):
-        engine.step()
+    engine.add_request(
+        "r", [5, 6, 7], SamplingParams(temperature=0.0, n=2, max_tokens=50, ignore_eos=True), stream=True
+    )
+    progress = [0, 0]
+    while min(progress) < 2:  # both samples are under way (the second waits for the first's prompt)
+        for out in engine.step():
+            progress = [len(c.token_ids) for c in out.outputs]
     final = engine.abort_request("r")
     assert final.finished and [c.finish_reason for c in final.outputs] == ["abort", "abort"]
     assert all(len(c.token_ids) >= 1 for c in final.outputs)

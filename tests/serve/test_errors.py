@@ -83,6 +83,12 @@ def test_bad_json_and_unknown_routes(demo_server):
     assert_error(demo_server.request("POST", "/v1/completions", b"[1, 2]"), 400, None, "object")
     assert_error(demo_server.request("GET", "/v1/nothing"), 404)
     assert_error(demo_server.request("GET", "/v1/completions"), 405)
+    conn = http.client.HTTPConnection("127.0.0.1", demo_server.port, timeout=30)
+    try:
+        conn.request("GET", "/v1/completions")
+        assert conn.getresponse().getheader("allow") == "POST"  # what a 405 must say
+    finally:
+        conn.close()
     assert_still_serves(demo_server)
 
 
