@@ -16,7 +16,7 @@ from forgellm.serve.context import ServerContext
 from forgellm.serve.errors import install_error_handlers
 from forgellm.serve.info import info_router
 from forgellm.serve.metrics import ServerMetrics
-from forgellm.serve.protocol import BEARER_SCHEME, openapi_schemas
+from forgellm.serve.openapi import BEARER_SCHEME, openapi_schemas
 from forgellm.serve.settings import ServerSettings
 
 

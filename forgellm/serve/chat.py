@@ -14,14 +14,8 @@ from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import chat_logprobs
-from forgellm.serve.protocol import (
-    GENERATION_ERRORS,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    openapi_extra,
-    responses,
-)
+from forgellm.serve.openapi import GENERATION_ERRORS, ChatCompletion, ChatCompletionChunk, openapi_extra, responses
+from forgellm.serve.protocol import ChatCompletionRequest
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
 
 

@@ -14,14 +14,8 @@ from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import ChoiceDelta, DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, merge, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import completion_logprobs
-from forgellm.serve.protocol import (
-    GENERATION_ERRORS,
-    Completion,
-    CompletionChunk,
-    CompletionRequest,
-    openapi_extra,
-    responses,
-)
+from forgellm.serve.openapi import GENERATION_ERRORS, Completion, CompletionChunk, openapi_extra, responses
+from forgellm.serve.protocol import CompletionRequest
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
 
 

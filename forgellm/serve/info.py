@@ -11,20 +11,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 import forgellm
 from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.errors import APIError
-from forgellm.serve.protocol import (
+from forgellm.serve.openapi import (
     BODY_ERRORS,
-    ChatCompletionRequest,
-    ChatMessage,
-    DetokenizeRequest,
     DetokenizeResponse,
     HealthResponse,
     ModelList,
-    TokenizeRequest,
     TokenizeResponse,
     VersionResponse,
     openapi_extra,
     responses,
 )
+from forgellm.serve.protocol import ChatCompletionRequest, ChatMessage, DetokenizeRequest, TokenizeRequest
 
 
 def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
