@@ -74,9 +74,12 @@ class RunningServer:
         self.engine.shutdown()
 
 
-def start_server(settings: ServerSettings | None = None, **engine_options: Any) -> RunningServer:
-    """Build an engine and app and serve them from a background thread on a free local port."""
-    engine = ENGINE_CLASS(**{**ENGINE_DEFAULTS, **engine_options})
+def start_server(
+    settings: ServerSettings | None = None, engine_class: type[AsyncLLM] | None = None, **engine_options: Any
+) -> RunningServer:
+    """Build an engine (ENGINE_CLASS unless a test needs one kind) and an app, and serve them from a
+    background thread on a free local port."""
+    engine = (engine_class or ENGINE_CLASS)(**{**ENGINE_DEFAULTS, **engine_options})
     settings = settings or ServerSettings()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,8 +109,10 @@ def server_factory() -> Iterator[Callable[..., RunningServer]]:
     """Start servers with special settings; all are stopped at the end of the session."""
     started: list[RunningServer] = []
 
-    def make(settings: ServerSettings | None = None, **engine_options: Any) -> RunningServer:
-        started.append(start_server(settings, **engine_options))
+    def make(
+        settings: ServerSettings | None = None, engine_class: type[AsyncLLM] | None = None, **engine_options: Any
+    ) -> RunningServer:
+        started.append(start_server(settings, engine_class, **engine_options))
         return started[-1]
 
     yield make

@@ -8,6 +8,7 @@ import json
 import openai
 import pytest
 
+from forgellm.engine.process_engine import ProcessAsyncLLM
 from forgellm.serve.settings import ServerSettings
 from tests.serve.conftest import metric_value
 
@@ -160,7 +161,7 @@ def test_full_queue_is_429(guarded):
 
 
 def test_engine_process_death_mid_stream_is_an_sse_error_then_503(server_factory):
-    server = server_factory()
+    server = server_factory(engine_class=ProcessAsyncLLM)  # whichever engine the other tests use
     client = server.client()
     stream = client.completions.create(
         model="forgellm-demo", prompt="x", max_tokens=1000, stream=True, extra_body={"ignore_eos": True}
