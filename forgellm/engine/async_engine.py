@@ -105,8 +105,7 @@ class AsyncLLM:
         self._wire_ids = itertools.count()
         self._pending: dict[str, _Pending] = {}  # wire id -> request
         self._live: dict[str, str] = {}  # caller's request id -> wire id, while it runs
-        self._sequences_reserved = 0  # admitted or being tokenized, since start
-        self._sequences_dropped = 0  # reserved, then refused before reaching the engine
+        self._sequences_admitted = 0  # since start: reserved, less those refused before reaching the engine
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="forgellm-tokenize")
 
     # --- the asyncio side ------------------------------------------------------------------------
@@ -139,7 +138,7 @@ class AsyncLLM:
     def num_waiting(self) -> int:
         """Sequences admitted and not yet running: the engine's queue, its inbox, and those tokenizing."""
         snapshot = self._snapshot
-        in_transit = self._sequences_reserved - self._sequences_dropped - snapshot.sequences_consumed
+        in_transit = self._sequences_admitted - snapshot.sequences_consumed
         return snapshot.stats.num_waiting + max(0, in_transit)
 
     async def run_in_pool(self, fn: Any, *args: Any) -> Any:
@@ -220,7 +219,7 @@ class AsyncLLM:
         finally:
             if not queued:  # refused (or cancelled) before reaching the engine: undo the reservation
                 with self._lock:
-                    self._sequences_dropped += n
+                    self._sequences_admitted -= n
                     for request_id in request_ids:
                         if self._live.get(request_id) == "":
                             del self._live[request_id]
@@ -248,7 +247,7 @@ class AsyncLLM:
                 )
             for request_id in request_ids:
                 self._live[request_id] = ""  # claimed; the wire id comes once it is queued
-            self._sequences_reserved += n
+            self._sequences_admitted += n
 
     async def generate(
         self,
@@ -270,12 +269,12 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         """Abort a running request by id: its stream ends with finish_reason "abort" (unknown ids are ignored)."""
-        with self._lock:
-            wire_id = self._live.pop(request_id, None)
-            if wire_id:
-                self._send(AbortCommand(wire_id))
+        wire_id = self._live.get(request_id)
+        if wire_id:  # "" while it is being admitted: not in the engine yet
+            self._abort_wire(wire_id)
 
     def _abort_wire(self, wire_id: str) -> None:
+        """Abort one request by its wire id (its caller's id is free again at once)."""
         with self._lock:
             pending = self._pending.get(wire_id)
             if pending is None:

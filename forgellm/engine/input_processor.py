@@ -38,14 +38,8 @@ class InputProcessor:
         self.tokenizer = tokenizer
         self.limits = limits
         self.defaults = defaults
-
-    @property
-    def vocab_size(self) -> int:
-        return self.limits.vocab_size
-
-    @property
-    def max_model_len(self) -> int:
-        return self.limits.max_model_len
+        # Read once here (a pass over the vocabulary), not on the first request.
+        self.max_chars_per_token = tokenizer.max_chars_per_token
 
     def default_sampling_params(self) -> SamplingParams:
         """SamplingParams with the model's generation_config.json defaults where it states them."""
@@ -68,15 +62,15 @@ class InputProcessor:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("the prompt is empty; give at least one character or token", "prompt")
-            self.limits.check_text_length(len(prompt), self.tokenizer.max_chars_per_token)
+            self.limits.check_text_length(len(prompt), self.max_chars_per_token)
             return prompt, self.tokenizer.encode(prompt)
         ids = list(prompt)
         if not ids:
             raise InvalidRequestError("the prompt is empty; give at least one token id", "prompt")
         for token in ids:
-            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < self.vocab_size:
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < self.limits.vocab_size:
                 raise InvalidRequestError(
-                    f"token id {token!r} is outside the vocabulary [0, {self.vocab_size})", "prompt"
+                    f"token id {token!r} is outside the vocabulary [0, {self.limits.vocab_size})", "prompt"
                 )
         return None, ids
 

@@ -153,13 +153,13 @@ class LLMEngine:
             warm_up(self)
         kv_gib = blocks * kv_block_bytes(arch, config.block_size, dtype) / 2**30
         graphs = "on" if self.core.runner.graph_runner is not None else "off"
-        self.summary = (
+        summary = (
             f"loaded {model_dir} ({arch.architecture}, {str(dtype).removeprefix('torch.')}) on {device}; "
             f"context {self.max_model_len} tokens; KV cache {blocks} blocks x {config.block_size} tokens = "
             f"{blocks * config.block_size} tokens ({kv_gib:.2f} GiB); CUDA graphs {graphs}, "
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
-        logger.info("%s", self.summary)
+        logger.info("%s", summary)
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
         """Validate and tokenize without queuing (raises a typed error on bad input)."""

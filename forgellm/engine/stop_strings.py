@@ -51,6 +51,8 @@ class StopStringMatcher:
         are passed over, but partial matches still count for `holdback`.
         """
         stops = self._stops
+        if not stops.stop:  # the common case costs nothing per token
+            return None
         best: tuple[int, int, str] | None = None  # (start, length, stop string)
         start_of_piece = self._length
         for index, stop_str in enumerate(stops.stop):

@@ -60,6 +60,23 @@ def test_a_failing_step_fails_its_requests_and_the_rest_run(llm, monkeypatch):
     assert_clean(llm)
 
 
+def test_a_step_that_fails_when_collected_fails_its_requests(llm, monkeypatch):
+    runner = llm.engine.core.runner
+    collect = runner.collect
+
+    def collect_with_fault(step):  # noqa: ANN001, ANN202
+        if any(s.request.prompt_token_ids == POISON for s in step.scheduler_output.scheduled):
+            raise ValueError("boom reading a step")
+        return collect(step)
+
+    monkeypatch.setattr(runner, "collect", collect_with_fault)
+    bad, good = llm.generate([POISON, [5, 6, 7]], LONG, use_tqdm=False)
+    assert bad.outputs[0].finish_reason == "error" and "ValueError: boom reading a step" in bad.error
+    assert good.outputs[0].finish_reason == "length" and len(good.outputs[0].token_ids) == 12
+    llm.engine.step()
+    assert_clean(llm)
+
+
 def test_a_failed_requests_blocks_leave_the_prefix_cache(llm, monkeypatch):
     # The failed step may not have written the K/V its blocks were registered for. Failing in the
     # third step, the prompt's six full blocks are registered already (they stay cached otherwise).

@@ -54,6 +54,16 @@ def test_encode_matches_transformers(pair, add_special_tokens):
         assert ours.encode(text, add_special_tokens=add_special_tokens) == expected, text
 
 
+def test_long_texts_match_transformers_and_the_characters_per_token_bound_holds(pair):
+    # Past 2,048 characters encode() goes through encode_batch(), which releases the GIL.
+    ours, reference = pair
+    for text in ["".join(TEXTS) * 40, "x" * 5000, "ab " * 3000]:
+        ids = ours.encode(text, add_special_tokens=False)
+        assert len(text) > 2048 and ids == reference.encode(text, add_special_tokens=False)
+        # What admission relies on to refuse a text before tokenizing it.
+        assert len(text) <= ours.max_chars_per_token * len(ids)
+
+
 @pytest.mark.parametrize("skip_special_tokens", [True, False])
 def test_decode_matches_transformers(pair, skip_special_tokens):
     ours, reference = pair

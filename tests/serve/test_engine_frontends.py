@@ -64,6 +64,31 @@ def test_leaving_the_stream_aborts_it_in_the_engine(engine):
     assert engine.stats().num_aborted == aborted + 1  # aborted, not run to its 400 tokens
 
 
+def test_dropping_a_stream_or_closing_it_unread_aborts_it(engine):
+    aborted = engine.stats().num_aborted
+
+    async def aborted_since(count: int) -> int:
+        # Checked while this event loop lives: once it closes, outputs for nobody are aborted anyway.
+        for _ in range(1000):
+            if engine.stats().num_aborted >= aborted + count:
+                break
+            await asyncio.sleep(0.01)
+        return engine.stats().num_aborted - aborted
+
+    async def run() -> tuple[int, int]:
+        dropped = await engine.add_request("x", LONG)
+        async for _ in dropped:
+            break  # RequestStream is no generator: leaving it relies on its finalizer
+        del dropped
+        after_drop = await aborted_since(1)
+        unread = await engine.add_request("y", LONG)
+        await unread.aclose()  # before its first output
+        return after_drop, await aborted_since(2)
+
+    assert asyncio.run(run()) == (1, 2)
+    assert wait_engine_idle(engine)
+
+
 def test_abort_by_id_ends_the_stream_with_finish_reason_abort(engine):
     aborted = engine.stats().num_aborted
 

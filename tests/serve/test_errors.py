@@ -93,6 +93,17 @@ def test_bad_json_and_unknown_routes(demo_server):
     assert_still_serves(demo_server)
 
 
+def test_bad_request_ids_and_deep_json(demo_server):
+    for bad in ("x" * 257, "tab\there"):
+        error = assert_error(
+            demo_server.request("POST", "/v1/completions", {"prompt": "x"}, {"X-Request-Id": bad}), 400, "X-Request-Id"
+        )
+        assert "printable" in error["message"]
+    deep = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # past the JSON parser's recursion limit
+    assert_error(demo_server.request("POST", "/v1/completions", deep), 400, None, "nested too deeply")
+    assert_still_serves(demo_server)
+
+
 def test_context_length_errors_give_both_numbers(demo_server):
     client = demo_server.client()
     with pytest.raises(openai.BadRequestError) as caught:
