@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
-from forgellm.layers.linear import copy_checked
+from forgellm.layers.linear import LinearBase
+from forgellm.layers.linear_method import copy_checked
+
+if TYPE_CHECKING:
+    from forgellm.quantization.config import QuantizationConfig
+
+
+def _vocab_rows(vocab_size: int, parallel: ParallelContext) -> tuple[int, int]:
+    """(rows per rank, this rank's first row): the last rank's slice may be padded."""
+    rows = (vocab_size + parallel.tp_size - 1) // parallel.tp_size
+    return rows, parallel.tp_rank * rows
+
+
+def _pad_rows(part: torch.Tensor, rows: int) -> torch.Tensor:
+    return part if part.shape[0] == rows else F.pad(part, (0, 0, 0, rows - part.shape[0]))
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Embedding table whose rows (vocabulary) are split across ranks; lookups are all-reduced."""
+    """Embedding table whose rows (vocabulary) are split across ranks; lookups are all-reduced.
+
+    Lookups gather rows, so the table stays dense; tied models also use it as their LM head.
+    """
 
     def __init__(
         self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype, parallel: ParallelContext = SINGLE_DEVICE
@@ -19,8 +38,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.parallel = parallel
         self.vocab_size = vocab_size
-        self.rows = (vocab_size + parallel.tp_size - 1) // parallel.tp_size
-        self.start = parallel.tp_rank * self.rows
+        self.rows, self.start = _vocab_rows(vocab_size, parallel)
         self.weight = nn.Parameter(torch.empty(self.rows, hidden_size, dtype=dtype), requires_grad=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -43,5 +61,31 @@ class VocabParallelEmbedding(nn.Module):
         return self.parallel.all_gather_last_dim(logits)[:, : self.vocab_size]
 
 
-class ParallelLMHead(VocabParallelEmbedding):
-    """The LM head of untied models: its own [vocab, hidden] table (tied models reuse the embedding)."""
+class ParallelLMHead(LinearBase):
+    """The LM head of untied models: a [vocab, hidden] projection run by its LinearMethod (so a
+    quantization config may quantize it), split by vocabulary rows across ranks."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        *,
+        prefix: str = "lm_head",
+        dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        quant_config: QuantizationConfig | None = None,
+    ) -> None:
+        self.vocab_size = vocab_size
+        rows, self.start = _vocab_rows(vocab_size, parallel)
+        super().__init__(
+            hidden_size, [rows], [prefix], bias=False, dtype=dtype, parallel=parallel, quant_config=quant_config
+        )
+
+    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        rows = self.output_size
+        return _pad_rows(loaded[self.start : self.start + rows], rows) if self.parallel.tp_size > 1 else loaded
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [N, vocab] of the given hidden states."""
+        logits = self.method.apply(self, hidden, None).float()
+        return self.parallel.all_gather_last_dim(logits)[:, : self.vocab_size]

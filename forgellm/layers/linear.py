@@ -1,78 +1,87 @@
-"""Tensor-parallel-aware linear layers that delegate weights and matmul to a LinearMethod.
+"""Tensor-parallel-aware linear layers that delegate weights, loading and the matmul to a LinearMethod.
 
-Adding a quantization format means writing a LinearMethod; model code never changes.
-With tp_size 1 (the ordinary case) every layer holds the whole weight.
+Each layer knows which checkpoint projections it is made of (`part_names`: the q/k/v projections of a
+fused qkv layer, gate/up of the fused MLP, or one) and asks its QuantizationConfig for the method that
+runs it. With tp_size 1 (the ordinary case) every layer holds the whole weight.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.errors import ModelLoadError
+from forgellm.layers.linear_method import UNQUANTIZED, LinearMethod, copy_checked
+
+if TYPE_CHECKING:
+    from forgellm.quantization.config import QuantizationConfig
 
 
-class LinearMethod(ABC):
-    """How a linear layer stores its weight and computes x @ W^T."""
+class LinearBase(nn.Module):
+    """A projection of `input_size` inputs to the concatenated outputs of its parts (this rank's share)."""
 
-    @abstractmethod
-    def create_weights(self, layer: nn.Module, input_size: int, output_size: int, dtype: torch.dtype) -> None:
-        """Register the layer's parameters for a [output_size, input_size] projection."""
-
-    @abstractmethod
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Compute the projection of x."""
-
-
-class UnquantizedLinearMethod(LinearMethod):
-    """Plain dense weights in the model dtype; the matmul goes to cuBLAS / the CPU BLAS."""
-
-    def create_weights(self, layer: nn.Module, input_size: int, output_size: int, dtype: torch.dtype) -> None:
-        layer.weight = nn.Parameter(torch.empty(output_size, input_size, dtype=dtype), requires_grad=False)
-
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, layer.weight, bias)
-
-
-def copy_checked(param: torch.Tensor, loaded: torch.Tensor, name: str) -> None:
-    """Copy a checkpoint tensor into a parameter (slice), naming it if the shapes disagree."""
-    if param.shape != loaded.shape:
-        raise ModelLoadError(
-            f"tensor {name!r} has shape {tuple(loaded.shape)} in the checkpoint but the model "
-            f"expects {tuple(param.shape)}: does config.json match the weights?"
-        )
-    param.copy_(loaded)
-
-
-class _ParallelLinear(nn.Module):
-    """Shared parts: the method, the bias, and the dims this rank holds."""
+    # The dim of a full checkpoint weight that tensor parallelism splits: 0 = outputs, 1 = inputs.
+    tp_dim = 0
 
     def __init__(
         self,
         input_size: int,
-        output_size: int,
+        output_sizes: list[int],
+        part_names: list[str],
+        *,
         bias: bool,
         dtype: torch.dtype,
         parallel: ParallelContext,
-        method: LinearMethod | None,
+        quant_config: QuantizationConfig | None,
     ) -> None:
         super().__init__()
         self.parallel = parallel
-        self.method = method or UnquantizedLinearMethod()
-        self.method.create_weights(self, input_size, output_size, dtype)
-        self.bias = nn.Parameter(torch.empty(output_size, dtype=dtype), requires_grad=False) if bias else None
+        self.input_size = input_size
+        self.output_sizes = output_sizes
+        self.output_size = sum(output_sizes)
+        self.part_names = part_names
+        self.method: LinearMethod = quant_config.linear_method(self) if quant_config is not None else UNQUANTIZED
+        self.method.create_weights(self, dtype)
+        self.bias = nn.Parameter(torch.empty(self.output_size, dtype=dtype), requires_grad=False) if bias else None
 
-    def _shard(self, loaded: torch.Tensor, dim: int) -> torch.Tensor:
-        """This rank's slice of a full checkpoint tensor along `dim`."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(self, x, self.bias)
+
+    def part_slice(self, part: int) -> tuple[int, int]:
+        """(offset, size) of part number `part` in this layer's outputs."""
+        return sum(self.output_sizes[:part]), self.output_sizes[part]
+
+    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        """This rank's slice of a full checkpoint tensor along `dim` (default: the layer's split dim)."""
+        dim = self.tp_dim if dim is None else dim
         size = loaded.shape[dim] // self.parallel.tp_size
         return loaded.narrow(dim, self.parallel.tp_rank * size, size)
 
+    def load(self, param_name: str, loaded: torch.Tensor, shard: str | int | None, ckpt_name: str) -> None:
+        """Load one checkpoint tensor of part `shard`: the bias here, everything else through the method."""
+        part = int(shard or 0)
+        if param_name == "bias":
+            self._load_bias(loaded, part, ckpt_name)
+        else:
+            self.method.load(self, param_name, loaded, part, ckpt_name)
 
-class ColumnParallelLinear(_ParallelLinear):
+    def _load_bias(self, loaded: torch.Tensor, part: int, ckpt_name: str) -> None:
+        assert self.bias is not None
+        offset, size = self.part_slice(part)
+        copy_checked(self.bias.narrow(0, offset, size), self.rank_slice(loaded, 0), ckpt_name)
+
+    def finish_loading(self) -> None:
+        """Let the method repack what it loaded (called once, after every tensor is in)."""
+        self.method.finish_loading(self)
+
+    def extra_repr(self) -> str:
+        return f"in={self.input_size}, out={self.output_sizes}, method={self.method.describe()}"
+
+
+class ColumnParallelLinear(LinearBase):
     """y = x W^T with W's output rows split across ranks (each rank yields a slice of y)."""
 
     def __init__(
@@ -80,22 +89,24 @@ class ColumnParallelLinear(_ParallelLinear):
         input_size: int,
         output_size: int,
         *,
+        prefix: str,
         bias: bool = False,
         dtype: torch.dtype,
         parallel: ParallelContext = SINGLE_DEVICE,
-        method: LinearMethod | None = None,
+        quant_config: QuantizationConfig | None = None,
     ) -> None:
-        super().__init__(input_size, output_size // parallel.tp_size, bias, dtype, parallel, method)
+        super().__init__(
+            input_size,
+            [output_size // parallel.tp_size],
+            [prefix],
+            bias=bias,
+            dtype=dtype,
+            parallel=parallel,
+            quant_config=quant_config,
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(self, x, self.bias)
 
-    def load(self, param_name: str, loaded: torch.Tensor, shard: str | int | None, ckpt_name: str) -> None:
-        """Load a full checkpoint tensor into this rank's slice."""
-        copy_checked(getattr(self, param_name), self._shard(loaded, 0), ckpt_name)
-
-
-class MergedColumnParallelLinear(ColumnParallelLinear):
+class MergedColumnParallelLinear(LinearBase):
     """Several column-parallel projections of the same input fused into one matmul (e.g. gate|up)."""
 
     def __init__(
@@ -103,29 +114,20 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         input_size: int,
         output_sizes: list[int],
         *,
+        prefixes: list[str],
         bias: bool = False,
         dtype: torch.dtype,
         parallel: ParallelContext = SINGLE_DEVICE,
-        method: LinearMethod | None = None,
+        quant_config: QuantizationConfig | None = None,
     ) -> None:
-        super().__init__(input_size, sum(output_sizes), bias=bias, dtype=dtype, parallel=parallel, method=method)
-        self.output_sizes = [size // parallel.tp_size for size in output_sizes]
-
-    def shard_ids(self) -> list[int | str]:
-        return list(range(len(self.output_sizes)))
-
-    def _slice_of(self, shard: int | str) -> tuple[int, int]:
-        index = int(shard)
-        return sum(self.output_sizes[:index]), self.output_sizes[index]
-
-    def load(self, param_name: str, loaded: torch.Tensor, shard: str | int | None, ckpt_name: str) -> None:
-        offset, size = self._slice_of(shard)
-        target = getattr(self, param_name).narrow(0, offset, size)
-        copy_checked(target, self._shard(loaded, 0), ckpt_name)
+        sizes = [size // parallel.tp_size for size in output_sizes]
+        super().__init__(
+            input_size, sizes, prefixes, bias=bias, dtype=dtype, parallel=parallel, quant_config=quant_config
+        )
 
 
 class QKVParallelLinear(MergedColumnParallelLinear):
-    """q, k and v projections fused into one matmul; shards are named "q", "k", "v"."""
+    """q, k and v projections fused into one matmul; parts 0, 1, 2 are q, k, v."""
 
     def __init__(
         self,
@@ -134,10 +136,11 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         num_heads: int,
         num_kv_heads: int,
         *,
+        prefixes: list[str],
         bias: bool = False,
         dtype: torch.dtype,
         parallel: ParallelContext = SINGLE_DEVICE,
-        method: LinearMethod | None = None,
+        quant_config: QuantizationConfig | None = None,
     ) -> None:
         if num_heads % parallel.tp_size or num_kv_heads % parallel.tp_size:
             raise ModelLoadError(
@@ -145,35 +148,41 @@ class QKVParallelLinear(MergedColumnParallelLinear):
                 f"and {num_kv_heads} KV heads"
             )
         sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
-        super().__init__(hidden_size, sizes, bias=bias, dtype=dtype, parallel=parallel, method=method)
-
-    def shard_ids(self) -> list[int | str]:
-        return ["q", "k", "v"]
-
-    def _slice_of(self, shard: int | str) -> tuple[int, int]:
-        return super()._slice_of("qkv".index(str(shard)))
+        super().__init__(
+            hidden_size, sizes, prefixes=prefixes, bias=bias, dtype=dtype, parallel=parallel, quant_config=quant_config
+        )
 
 
-class RowParallelLinear(_ParallelLinear):
+class RowParallelLinear(LinearBase):
     """y = x W^T with W's input columns split across ranks; partial sums are all-reduced."""
+
+    tp_dim = 1
 
     def __init__(
         self,
         input_size: int,
         output_size: int,
         *,
+        prefix: str,
         bias: bool = False,
         dtype: torch.dtype,
         parallel: ParallelContext = SINGLE_DEVICE,
-        method: LinearMethod | None = None,
+        quant_config: QuantizationConfig | None = None,
     ) -> None:
-        super().__init__(input_size // parallel.tp_size, output_size, bias, dtype, parallel, method)
+        super().__init__(
+            input_size // parallel.tp_size,
+            [output_size],
+            [prefix],
+            bias=bias,
+            dtype=dtype,
+            parallel=parallel,
+            quant_config=quant_config,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.parallel.all_reduce(self.method.apply(self, x, None))
         return y + self.bias if self.bias is not None else y
 
-    def load(self, param_name: str, loaded: torch.Tensor, shard: str | int | None, ckpt_name: str) -> None:
-        """Load a full checkpoint tensor: weights split along the input dim, bias kept whole."""
-        part = self._shard(loaded, 1) if param_name == "weight" else loaded
-        copy_checked(getattr(self, param_name), part, ckpt_name)
+    def _load_bias(self, loaded: torch.Tensor, part: int, ckpt_name: str) -> None:
+        assert self.bias is not None
+        copy_checked(self.bias, loaded, ckpt_name)  # the bias is added once, after the all-reduce: kept whole

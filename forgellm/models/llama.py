@@ -21,13 +21,21 @@ from forgellm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
 from forgellm.layers.norm import RMSNorm
 from forgellm.layers.rotary import RotaryEmbedding
 from forgellm.models.weight_loading import WeightMap, load_weights
+from forgellm.quantization.config import QuantizationConfig
 from forgellm.worker.forward_batch import ForwardBatch
 
 
 class LlamaAttention(nn.Module):
     """Self-attention: fused qkv projection, optional q/k norm, rotary, paged attention, output proj."""
 
-    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext) -> None:
+    def __init__(
+        self,
+        config: ModelArchConfig,
+        dtype: torch.dtype,
+        parallel: ParallelContext,
+        quant_config: QuantizationConfig | None,
+        prefix: str,
+    ) -> None:
         super().__init__()
         d = config.head_dim
         self.num_heads = config.num_attention_heads // parallel.tp_size
@@ -38,12 +46,20 @@ class LlamaAttention(nn.Module):
             d,
             config.num_attention_heads,
             config.num_key_value_heads,
+            prefixes=[f"{prefix}.q_proj", f"{prefix}.k_proj", f"{prefix}.v_proj"],
             bias=config.qkv_bias,
             dtype=dtype,
             parallel=parallel,
+            quant_config=quant_config,
         )
         self.o_proj = RowParallelLinear(
-            config.num_attention_heads * d, config.hidden_size, bias=config.o_proj_bias, dtype=dtype, parallel=parallel
+            config.num_attention_heads * d,
+            config.hidden_size,
+            prefix=f"{prefix}.o_proj",
+            bias=config.o_proj_bias,
+            dtype=dtype,
+            parallel=parallel,
+            quant_config=quant_config,
         )
         self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype=dtype) if config.qk_norm else None
         self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype=dtype) if config.qk_norm else None
@@ -67,15 +83,34 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """Gated MLP: fused gate|up projection, SiLU-and-mul, down projection."""
 
-    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext) -> None:
+    def __init__(
+        self,
+        config: ModelArchConfig,
+        dtype: torch.dtype,
+        parallel: ParallelContext,
+        quant_config: QuantizationConfig | None,
+        prefix: str,
+    ) -> None:
         super().__init__()
         size = config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
-            config.hidden_size, [size, size], bias=config.mlp_bias, dtype=dtype, parallel=parallel
+            config.hidden_size,
+            [size, size],
+            prefixes=[f"{prefix}.gate_proj", f"{prefix}.up_proj"],
+            bias=config.mlp_bias,
+            dtype=dtype,
+            parallel=parallel,
+            quant_config=quant_config,
         )
         self.act = SiluAndMul()
         self.down_proj = RowParallelLinear(
-            size, config.hidden_size, bias=config.mlp_bias, dtype=dtype, parallel=parallel
+            size,
+            config.hidden_size,
+            prefix=f"{prefix}.down_proj",
+            bias=config.mlp_bias,
+            dtype=dtype,
+            parallel=parallel,
+            quant_config=quant_config,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,12 +120,19 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm transformer block; the residual add is fused into the next norm."""
 
-    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext) -> None:
+    def __init__(
+        self,
+        config: ModelArchConfig,
+        dtype: torch.dtype,
+        parallel: ParallelContext,
+        quant_config: QuantizationConfig | None,
+        prefix: str,
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
-        self.self_attn = LlamaAttention(config, dtype, parallel)
+        self.self_attn = LlamaAttention(config, dtype, parallel, quant_config, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
-        self.mlp = LlamaMLP(config, dtype, parallel)
+        self.mlp = LlamaMLP(config, dtype, parallel, quant_config, f"{prefix}.mlp")
 
     def forward(
         self,
@@ -112,20 +154,32 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Decoder-only LM: `forward` gives hidden states, `compute_logits` the float32 logits."""
 
-    def __init__(self, config: ModelArchConfig, dtype: torch.dtype, parallel: ParallelContext = SINGLE_DEVICE) -> None:
+    def __init__(
+        self,
+        config: ModelArchConfig,
+        dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE_DEVICE,
+        quant_config: QuantizationConfig | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.quant_config = quant_config
         self.embed_tokens = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel
         )
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype, parallel) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, dtype, parallel, quant_config, f"model.layers.{i}")
+            for i in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
         # Every layer rotates by the same angles: compute cos/sin once per step, not once per layer.
         self.rotary = RotaryEmbedding(config.head_dim, config.rope, config.max_position_embeddings)
         if config.tie_word_embeddings:
             self.lm_head = self.embed_tokens
         else:
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel)
+            self.lm_head = ParallelLMHead(
+                config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel, quant_config=quant_config
+            )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
@@ -149,25 +203,18 @@ class LlamaForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             wmap.ignore("lm_head.weight")  # some tied checkpoints still store a copy
         else:
-            wmap.add("lm_head.weight", self.lm_head, "weight")
+            wmap.add_linear(self.lm_head)
         for i, layer in enumerate(self.layers):
             prefix = f"model.layers.{i}"
             attn, mlp = layer.self_attn, layer.mlp
-            params = ["weight"] + (["bias"] if attn.qkv_proj.bias is not None else [])
-            for shard in ("q", "k", "v"):
-                for param in params:
-                    wmap.add(f"{prefix}.self_attn.{shard}_proj.{param}", attn.qkv_proj, param, shard)
-            for param in ["weight"] + (["bias"] if attn.o_proj.bias is not None else []):
-                wmap.add(f"{prefix}.self_attn.o_proj.{param}", attn.o_proj, param)
+            for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
+                wmap.add_linear(linear)
             if attn.q_norm is not None and attn.k_norm is not None:
                 wmap.add(f"{prefix}.self_attn.q_norm.weight", attn.q_norm, "weight")
                 wmap.add(f"{prefix}.self_attn.k_norm.weight", attn.k_norm, "weight")
-            mlp_params = ["weight"] + (["bias"] if mlp.down_proj.bias is not None else [])
-            for index, name in enumerate(("gate_proj", "up_proj")):
-                for param in mlp_params:
-                    wmap.add(f"{prefix}.mlp.{name}.{param}", mlp.gate_up_proj, param, index)
-            for param in mlp_params:
-                wmap.add(f"{prefix}.mlp.down_proj.{param}", mlp.down_proj, param)
+            if self.quant_config is not None:
+                for name, param in self.quant_config.kv_scale_names(f"{prefix}.self_attn").items():
+                    wmap.add(name, attn.attn, param, optional=True)
             wmap.add(f"{prefix}.input_layernorm.weight", layer.input_layernorm, "weight")
             wmap.add(f"{prefix}.post_attention_layernorm.weight", layer.post_attention_layernorm, "weight")
         return wmap

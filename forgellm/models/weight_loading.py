@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from forgellm.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from forgellm.layers.linear import LinearBase
 
 
 class Loadable(Protocol):
@@ -22,11 +25,27 @@ class WeightMap:
     """Checkpoint name -> where it goes. Names listed as ignored may appear without being used."""
 
     targets: dict[str, tuple[Loadable, str, str | int | None]] = field(default_factory=dict)
+    optional: set[str] = field(default_factory=set)  # targets a checkpoint may leave out
     ignored: set[str] = field(default_factory=set)
     ignored_suffixes: tuple[str, ...] = ()
 
-    def add(self, name: str, module: Loadable, param_name: str, shard: str | int | None = None) -> None:
+    def add(
+        self, name: str, module: Loadable, param_name: str, shard: str | int | None = None, *, optional: bool = False
+    ) -> None:
         self.targets[name] = (module, param_name, shard)
+        if optional:
+            self.optional.add(name)
+
+    def add_linear(self, layer: LinearBase) -> None:
+        """Every checkpoint tensor of a linear layer's parts: the names its LinearMethod asks for, and the bias."""
+        wanted = layer.method.checkpoint_tensors()
+        for part, prefix in enumerate(layer.part_names):
+            for name in wanted.required:
+                self.add(f"{prefix}.{name}", layer, name, part)
+            for name in wanted.optional:
+                self.add(f"{prefix}.{name}", layer, name, part, optional=True)
+            if layer.bias is not None:
+                self.add(f"{prefix}.bias", layer, "bias", part)
 
     def ignore(self, name: str) -> None:
         self.ignored.add(name)
@@ -60,6 +79,15 @@ def load_weights(wmap: WeightMap, weights: Iterable[tuple[str, torch.Tensor]]) -
             f"the checkpoint has tensors this model does not use: {_name_list(unexpected)}; "
             "is config.json's architecture the checkpoint's?"
         )
-    missing = set(wmap.targets) - loaded
+    missing = set(wmap.targets) - loaded - wmap.optional
     if missing:
         raise ModelLoadError(f"the checkpoint lacks tensors the model needs: {_name_list(missing)}")
+    finish_loading({id(module): module for module, _, _ in wmap.targets.values()}.values())
+
+
+def finish_loading(modules: Iterable[object]) -> None:
+    """Let every module that repacks its weights after loading (quantized linears) do so, once."""
+    for module in modules:
+        finish = getattr(module, "finish_loading", None)
+        if finish is not None:
+            finish()

@@ -17,7 +17,9 @@ from forgellm.engine.request import Request
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.attention import Attention
+from forgellm.layers.linear import LinearBase
 from forgellm.models.registry import get_model_class
+from forgellm.quantization.config import QuantizationConfig
 from forgellm.sampling.sampler import Sampler, compute_prompt_logprobs
 from forgellm.sampling.sampling_metadata import SamplingMetadata
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -47,26 +49,44 @@ class ModelRunnerOutput:
 
 
 def load_model(
-    model_dir: Path, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device, load_format: str = "auto"
+    model_dir: Path,
+    arch: ModelArchConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    load_format: str = "auto",
+    quant_config: QuantizationConfig | None = None,
 ) -> nn.Module:
     """Build the model for `arch` on `device`; load safetensors weights, or random ones for "dummy"."""
     model_class = get_model_class(arch.architecture)
     with torch.device(device):
-        model = model_class(arch, dtype)
+        model = model_class(arch, dtype, quant_config=quant_config)
     if load_format == "dummy":
-        init_random_weights(model)
+        init_random_weights(model, device)
     else:
         model.load_weights(iter_checkpoint_tensors(model_dir))
     return model.eval()
 
 
 @torch.no_grad()
-def init_random_weights(model: nn.Module, seed: int = 0) -> None:
-    """Seeded N(0, 0.02) weights (norm scales stay 1): benchmarks need the shapes, not the values."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    for name, param in model.named_parameters():
-        if "norm" not in name:
-            param.normal_(0.0, 0.02, generator=generator)
+def init_random_weights(model: nn.Module, device: torch.device, seed: int = 0) -> None:
+    """Seeded N(0, 0.02) weights (norm scales stay 1): benchmarks need the shapes, not the values.
+
+    Layer by layer, each linear repacks right after its weights are drawn (quantization at load keeps
+    its dense weights off the GPU until then), so peak memory is the quantized model plus one layer.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if "norm" in f"{module_name}.{name}" or not param.is_floating_point():
+                continue
+            if param.device == device:
+                param.normal_(0.0, 0.02, generator=generator)
+            else:  # drawn on the compute device: the CPU would take minutes for an 8B model
+                param.copy_(
+                    torch.empty(param.shape, dtype=param.dtype, device=device).normal_(0.0, 0.02, generator=generator)
+                )
+        if isinstance(module, LinearBase):
+            module.finish_loading()
 
 
 def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
