@@ -1,0 +1,145 @@
+"""Weight-only quantized GEMM (W4A16, W8A16, NVFP4 weight-only): the packed layout and pure-torch reference.
+
+y[M, N] = x[M, K] @ W[N, K]^T with W stored packed along K:
+
+- `qweight` int32 [K // pack, N], pack = 32 // bits: element (n, k) sits in qweight[k // pack, n] at bit
+  (k % pack) * bits, first element in the lowest bits, values unsigned in [0, 2**bits).
+- `scales` [K // group_size, N] (x's dtype or float32); `zeros` the same shape, or None.
+- value_type "int": w = (q - z) * s, z = zeros[k // G, n], or 2**(bits - 1) when zeros is None.
+- value_type "e2m1" (bits 4, no zeros): q is an FP4 e2m1 code (bit 3 sign, bits 0-2 index
+  E2M1_MAGNITUDES) and w = e2m1(q) * s; fp8 block and global scales are folded into `scales`.
+- `perm` [K] (GPTQ act-order): the weight was re-ordered along K so groups are contiguous; the GEMM
+  uses x[:, perm] in place of x.
+"""
+
+from __future__ import annotations
+
+import torch
+
+E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+VALUE_TYPES = ("int", "e2m1")
+
+
+def check_int_weight_args(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    perm: torch.Tensor | None = None,
+) -> tuple[int, int]:
+    """Validate a packed weight and its parameters; return (K, N). Raises ValueError naming the problem."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if value_type not in VALUE_TYPES:
+        raise ValueError(f"value_type must be one of {VALUE_TYPES}, got {value_type!r}")
+    if value_type == "e2m1" and (bits != 4 or zeros is not None):
+        raise ValueError("value_type 'e2m1' needs bits=4 and zeros=None (FP4 codes carry their own sign)")
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] == 0:
+        raise ValueError(
+            f"qweight must be a 2-D int32 tensor [K // pack, N], got {qweight.dtype} {tuple(qweight.shape)}"
+        )
+    pack = 32 // bits
+    k, n = qweight.shape[0] * pack, qweight.shape[1]
+    # The kernels read a whole packed word inside one group, hence the multiple of pack.
+    if group_size <= 0 or k % group_size or group_size % pack:
+        raise ValueError(f"group_size {group_size} must divide K={k} and be a multiple of pack={pack}")
+    if tuple(scales.shape) != (k // group_size, n) or not scales.is_floating_point():
+        raise ValueError(
+            f"scales must be floating [K // group_size, N] = {(k // group_size, n)}, got {tuple(scales.shape)}"
+        )
+    if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
+        raise ValueError(f"zeros must match scales' shape and dtype, got {zeros.dtype} {tuple(zeros.shape)}")
+    if perm is not None and (tuple(perm.shape) != (k,) or perm.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"perm must be an int32/int64 tensor [K] = [{k}], got {perm.dtype} {tuple(perm.shape)}")
+    return k, n
+
+
+def pack_int_weight(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned codes q [N, K] (values in [0, 2**bits)) into the int32 [K // pack, N] layout."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    pack = 32 // bits
+    if q.dim() != 2 or q.shape[1] % pack:
+        raise ValueError(f"q must be [N, K] with K a multiple of {pack}, got {tuple(q.shape)}")
+    q = q.to(torch.int64)
+    if q.numel() and (q.min() < 0 or q.max() >= 1 << bits):
+        raise ValueError(f"codes must lie in [0, {1 << bits})")
+    n, k = q.shape
+    words = q.t().reshape(k // pack, pack, n)
+    shifts = (torch.arange(pack, device=q.device) * bits).view(1, pack, 1)
+    packed = (words << shifts).sum(dim=1)  # disjoint bit fields: the sum is an OR
+    # Wrap the top bit into int32's sign, as the int32 storage holds it.
+    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+
+
+def unpack_int_weight(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """The codes of a packed qweight [K // pack, N] as int32 [N, K]."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    pack = 32 // bits
+    shifts = (torch.arange(pack, device=qweight.device, dtype=torch.int32) * bits).view(1, pack, 1)
+    codes = (qweight.unsqueeze(1) >> shifts) & ((1 << bits) - 1)  # [K // pack, pack, N]
+    return codes.reshape(-1, qweight.shape[1]).t().contiguous()
+
+
+def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
+    """float32 values of 4-bit e2m1 codes (bit 3 sign, bits 0-2 the magnitude index)."""
+    table = torch.tensor(E2M1_MAGNITUDES, device=codes.device)
+    mag = table[(codes & 7).long()]
+    return torch.where((codes & 8) != 0, -mag, mag)
+
+
+def e2m1_encode(values: torch.Tensor) -> torch.Tensor:
+    """int32 code of the nearest e2m1 number to each value (ties to the smaller magnitude; beyond 6 clamps)."""
+    table = torch.tensor(E2M1_MAGNITUDES, device=values.device)
+    index = (values.float().abs().unsqueeze(-1) - table).abs().argmin(dim=-1)  # argmin keeps the first tie
+    return (index + 8 * (values < 0)).to(torch.int32)
+
+
+def dequantize_int_weight(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    perm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The weight W [N, K] in scales' dtype, computed in float32 and rounded once.
+
+    Without perm, columns are in stored order. With perm, column perm[j] holds stored column j, so W is
+    the plain nn.Linear weight: x @ W^T equals the GEMM of x[:, perm] with the stored order.
+    """
+    check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
+    codes = unpack_int_weight(qweight, bits)
+    expand = lambda t: t.float().repeat_interleave(group_size, dim=0).t()  # [K // G, N] -> [N, K]
+    if value_type == "e2m1":
+        values = e2m1_decode(codes)
+    else:
+        values = codes.float() - (expand(zeros) if zeros is not None else float(1 << (bits - 1)))
+    w = (values * expand(scales)).to(scales.dtype)
+    if perm is not None:
+        w = torch.empty_like(w).index_copy_(1, perm.long(), w)
+    return w
+
+
+def int_weight_matmul_ref(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    perm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y [..., N] = x[..., perm] @ W^T in x's dtype, W dequantized (in stored order) then cast to x's dtype."""
+    k, _ = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
+    if x.shape[-1] != k:
+        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
+    w = dequantize_int_weight(qweight, scales, zeros, bits, group_size, value_type)
+    if perm is not None:
+        x = x.index_select(-1, perm.long())
+    return x @ w.to(x.dtype).t()

@@ -1,0 +1,299 @@
+"""Weight-only quantized GEMM in Triton: unpack, subtract the zero and scale inside the K loop.
+
+Layout: forgellm.kernels.int_weight_gemm. A program owns a [BLOCK_N, BLOCK_M] tile of y^T (the weight is
+the MMA's wide operand, so a few decode rows fill it) and a slice of K; with split_k > 1 slices write
+float32 partials that a second kernel sums (deterministic, no atomics or host sync: CUDA-graph safe).
+Each packed word is loaded once and its element j handled in pass j (k = word * pack + j): x is read
+with stride pack, never the weight twice. M = 1 skips tl.dot (FMAs, scale applied once per block);
+large M dequantizes to x's dtype and calls torch.mm (cuBLAS).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from forgellm.kernels.int_weight_gemm import check_int_weight_args
+from forgellm.kernels.triton_utils import interpreting, num_sms
+
+# Above this many rows, dequantize + torch.mm beats the fused kernel (to be set from the benchmark).
+DEQUANT_MM_MIN_M = 128
+
+
+class GemmConfig(NamedTuple):
+    """Tile sizes and launch shape of the fused kernel; block_m == 1 selects the FMA (no tl.dot) path."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int
+    num_stages: int
+
+
+@triton.jit
+def _as_float(c):
+    """Exact float32 of non-negative ints < 2**23 by the 2**23 exponent trick (no slow int->float cvt)."""
+    return (c | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _e2m1(c):
+    """float32 of 4-bit e2m1 codes: exponent/mantissa moved into float32 bits, 0 and 0.5 by multiply."""
+    m = c & 7
+    bits = tl.where(m >= 2, (m << 22) + 0x3F000000, m * 0x3F000000) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _element(q, J: tl.constexpr, BITS: tl.constexpr, E2M1: tl.constexpr):
+    """Element J of every packed word of q, as float32 (the raw code for int, the value for e2m1)."""
+    c = (q >> (J * BITS)) & ((1 << BITS) - 1)
+    return _e2m1(c) if E2M1 else _as_float(c)
+
+
+@triton.jit
+def _gemm_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, perm_ptr, out_ptr,
+    M, N, K, stride_xm, stride_xk, blocks_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, E2M1: tl.constexpr, HAS_ZEROS: tl.constexpr,
+    SYM_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """out[pid_k] (or y) tile (pid_n, pid_m): the sum over this program's K slice, stored as y[m, n]."""
+    PACK: tl.constexpr = 32 // BITS
+    BKP: tl.constexpr = BLOCK_K // PACK  # packed rows per block
+    SCALE_ROW: tl.constexpr = GROUP % BLOCK_K == 0  # a block lies in one group: one scale per column
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    kb_start = pid_k * blocks_per_split
+    kb_end = tl.minimum(kb_start + blocks_per_split, tl.cdiv(K, BLOCK_K))
+    acc = tl.zeros((BLOCK_N, BKP if BLOCK_M == 1 else BLOCK_M), tl.float32)  # FMA path: reduce over BKP at the end
+    for kb in range(kb_start, kb_end):
+        kp = kb * BKP + tl.arange(0, BKP)
+        kp_mask = kp < K // PACK
+        tile_mask = n_mask[:, None] & kp_mask[None, :]
+        q = tl.load(q_ptr + kp[None, :] * N + offs_n[:, None], mask=tile_mask, other=0)
+        if SCALE_ROW:
+            g_off = (kb * BLOCK_K // GROUP) * N + offs_n
+            s = tl.load(s_ptr + g_off, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+            if HAS_ZEROS:
+                z = tl.load(z_ptr + g_off, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        else:
+            g_off = (kp * PACK // GROUP)[None, :] * N + offs_n[:, None]
+            s = tl.load(s_ptr + g_off, mask=tile_mask, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z = tl.load(z_ptr + g_off, mask=tile_mask, other=0.0).to(tl.float32)
+        if not HAS_ZEROS:
+            z = SYM_ZERO
+        if BLOCK_M == 1:
+            # sum_k (c_k - z) s x_k = s * (sum_k c_k x_k - z * sum_k x_k) per (column, packed row).
+            tq = tl.zeros((BLOCK_N, BKP), tl.float32)
+            xs = tl.zeros((BKP,), tl.float32)
+            for j in tl.static_range(PACK):
+                k = kp * PACK + j
+                if HAS_PERM:
+                    k = tl.load(perm_ptr + k, mask=kp_mask, other=0)
+                xj = tl.load(x_ptr + pid_m * stride_xm + k * stride_xk, mask=kp_mask, other=0.0).to(tl.float32)
+                xs += xj
+                if E2M1:
+                    tq += _element(q, j, BITS, E2M1) * xj[None, :]
+                else:
+                    # Mask in place (no shift) for fields below bit 16, then divide x by the field's
+                    # position: one integer op per element instead of two (int ALUs bound M=1 int4).
+                    OFF: tl.constexpr = (j * BITS) % 16
+                    word = q >> 16 if j * BITS >= 16 else q
+                    scaled = _as_float(word & (((1 << BITS) - 1) << OFF))
+                    tq += scaled * (xj * (1.0 / (1 << OFF)))[None, :]
+            acc += s * (tq - z * xs[None, :])
+        else:
+            blk = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+            for j in tl.static_range(PACK):
+                k = kp * PACK + j
+                if HAS_PERM:
+                    k = tl.load(perm_ptr + k, mask=kp_mask, other=0)
+                x_ptrs = x_ptr + offs_m[None, :] * stride_xm + k[:, None] * stride_xk
+                xj = tl.load(x_ptrs, mask=kp_mask[:, None] & m_mask[None, :], other=0.0)
+                w = _element(q, j, BITS, E2M1) - z  # exact small integers (int) or e2m1 values
+                if not SCALE_ROW:
+                    w = w * s
+                w = w.to(x_ptr.dtype.element_ty)
+                if DOT_FP32:  # the interpreter's bf16/fp16 dot is wrong (REFERENCE.md section 7)
+                    w, xj = w.to(tl.float32), xj.to(tl.float32)
+                blk = tl.dot(w, xj, blk, input_precision=DOT_PRECISION)
+            acc += blk * s if SCALE_ROW else blk
+    res = tl.sum(acc, axis=1)[:, None] if BLOCK_M == 1 else acc
+    out_ptrs = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+    tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, out_ptr, total, splits, BLOCK: tl.constexpr):
+    """out[i] = sum over s of part[s, i], in out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for s in range(splits):
+        acc += tl.load(part_ptr + s * total + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dequant_kernel(
+    q_ptr, s_ptr, z_ptr, w_ptr, N, K,
+    BITS: tl.constexpr, GROUP: tl.constexpr, E2M1: tl.constexpr, HAS_ZEROS: tl.constexpr,
+    SYM_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """w[n, k] = (q - z) * s (or e2m1(q) * s), rounded to s's dtype then w's, for one [BLOCK_N, BLOCK_K] tile."""
+    PACK: tl.constexpr = 32 // BITS
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (offs_n < N)[:, None] & (offs_k < K)[None, :]
+    # Each word is loaded pack times (from L1): the stores along K stay contiguous, which matters more here.
+    q = tl.load(q_ptr + (offs_k // PACK)[None, :] * N + offs_n[:, None], mask=mask, other=0)
+    c = (q >> ((offs_k % PACK) * BITS)[None, :]) & ((1 << BITS) - 1)
+    g_off = (offs_k // GROUP)[None, :] * N + offs_n[:, None]
+    s = tl.load(s_ptr + g_off, mask=mask, other=0.0)
+    if E2M1:
+        v = _e2m1(c)
+    elif HAS_ZEROS:
+        v = _as_float(c) - tl.load(z_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = _as_float(c) - SYM_ZERO
+    w = (v * s.to(tl.float32)).to(s.dtype).to(w_ptr.dtype.element_ty)
+    tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w, mask=mask)
+
+
+# Per M bucket (largest M): block_m, block_n, packed rows per block, num_warps, num_stages, programs per
+# SM that split-K aims for. M = 1: 16 KB of packed weight per block and 4 programs per SM in flight.
+TILES = [(1, (1, 128, 32, 4, 3, 4)), (16, (16, 128, 32, 4, 3, 4)), (32, (32, 128, 16, 4, 3, 2)),
+         (64, (64, 128, 16, 4, 3, 2)), (None, (64, 128, 16, 8, 3, 1))]  # fmt: skip
+
+
+def pick_config(m: int, n: int, k: int, bits: int, device: torch.device) -> GemmConfig:
+    """Tiles from TILES by M; split-K up to programs-per-SM x SMs programs (it matters when tiles are few)."""
+    if interpreting():  # tiny tiles: the interpreter runs every program serially
+        bm, bn, bkp, warps, stages, per_sm = (1 if m == 1 else 16), 32, 16, 1, 1, 2
+    else:
+        bm, bn, bkp, warps, stages, per_sm = next(t for top, t in TILES if top is None or m <= top)
+    bk = bkp * (32 // bits)
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    split = max(1, min(triton.cdiv(per_sm * num_sms(device), tiles), triton.cdiv(k, bk), 32))
+    return GemmConfig(bm, bn, bk, split, warps, stages)
+
+
+def _weight_args(qweight, scales, zeros, bits: int, value_type: str) -> tuple[tuple, dict]:
+    """Contiguous (qweight, scales, zeros or a stand-in pointer) and the constexprs both kernels take."""
+    e2m1 = value_type == "e2m1"
+    consts = dict(BITS=bits, E2M1=e2m1, HAS_ZEROS=zeros is not None, SYM_ZERO=0.0 if e2m1 else 2.0 ** (bits - 1))
+    return (qweight.contiguous(), scales.contiguous(), (scales if zeros is None else zeros).contiguous()), consts
+
+
+def int_weight_gemm_triton(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    perm: torch.Tensor | None = None,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """The fused kernel (split-K at small M, tiled at large M); config overrides pick_config."""
+    k, n = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
+    if x.shape[-1] != k:
+        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
+    x2, m = x.reshape(-1, k), x.numel() // k
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y.view(*x.shape[:-1], n)
+    cfg = config or pick_config(m, n, k, bits, x.device)
+    if cfg.block_k // (32 // bits) < 16 or 1 < cfg.block_m < 16:
+        raise ValueError(f"bad config {cfg}: tl.dot needs block_k / pack >= 16 and block_m 1 (no dot) or >= 16")
+    num_kb = triton.cdiv(k, cfg.block_k)
+    per_split = triton.cdiv(num_kb, max(1, min(cfg.split_k, num_kb)))
+    split = triton.cdiv(num_kb, per_split)  # no empty slices
+    out = y if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    interp = interpreting()
+    (qweight, scales, zeros_arg), consts = _weight_args(qweight, scales, zeros, bits, value_type)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split)
+    _gemm_kernel[grid](
+        x2, qweight, scales, zeros_arg, qweight if perm is None else perm, out,
+        m, n, k, x2.stride(0), x2.stride(1), per_split,
+        GROUP=group_size, HAS_PERM=perm is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, DOT_FP32=interp, DOT_PRECISION="ieee" if interp or x.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
+    )  # fmt: skip
+    if split > 1:  # 256 outputs per program: enough programs even for N = 4096 at M = 1
+        _sum_splits_kernel[(triton.cdiv(m * n, 256),)](out, y, m * n, split, BLOCK=256, num_warps=2)
+    return y.view(*x.shape[:-1], n)
+
+
+def dequantize_int_weight_triton(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """W [N, K] in stored K order, in `dtype` (default scales' dtype); rounded like dequantize_int_weight."""
+    k, n = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type)
+    w = torch.empty(n, k, dtype=dtype or scales.dtype, device=qweight.device)
+    if n == 0:
+        return w
+    bn, bk = (16, 32) if interpreting() else (32, 128)
+    tensors, consts = _weight_args(qweight, scales, zeros, bits, value_type)
+    _dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+        *tensors, w, n, k, GROUP=group_size, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, **consts
+    )  # fmt: skip
+    return w
+
+
+def int_weight_dequant_mm_triton(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    perm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Large-M path: dequantize to x's dtype, gather x by perm, then one cuBLAS GEMM."""
+    k, _ = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
+    if x.shape[-1] != k:
+        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
+    w = dequantize_int_weight_triton(qweight, scales, zeros, bits, group_size, value_type, dtype=x.dtype)
+    if perm is not None:
+        x = x.index_select(-1, perm.long())
+    return x @ w.t()
+
+
+def int_weight_matmul_triton(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    value_type: str = "int",
+    perm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton int_weight_matmul (contract of int_weight_matmul_ref): fused kernel up to DEQUANT_MM_MIN_M rows."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    fn = int_weight_dequant_mm_triton if use_dequant_mm(rows) else int_weight_gemm_triton
+    return fn(x, qweight, scales, zeros, bits, group_size, value_type, perm)
+
+
+def use_dequant_mm(m: int) -> bool:
+    """Whether a GEMM of m rows goes to dequantize + torch.mm rather than the fused kernel."""
+    return m > DEQUANT_MM_MIN_M
