@@ -20,6 +20,13 @@ from typing import Any
 
 from forgellm.kernels.activation import silu_and_mul_ref
 from forgellm.kernels.attention import paged_attention_ref
+from forgellm.kernels.fp8_gemm import fp8_matmul_ref
+from forgellm.kernels.fp8_linear import fp8_linear
+from forgellm.kernels.fp8_quant import (
+    quantize_fp8_per_token_group_ref,
+    quantize_fp8_per_token_ref,
+    quantize_fp8_static_ref,
+)
 from forgellm.kernels.int_weight_gemm import int_weight_matmul_ref
 from forgellm.kernels.kv_cache import write_kv_cache_ref
 from forgellm.kernels.norm import fused_add_rms_norm_ref, rms_norm_ref
@@ -96,15 +103,28 @@ apply_rotary = dispatch(apply_rotary_ref, triton_op("triton_rotary", "apply_rota
 write_kv_cache = dispatch(write_kv_cache_ref, triton_op("triton_kv_cache", "write_kv_cache_triton"))
 rotary_and_write_kv = dispatch(rotary_and_write_kv_ref, triton_op("triton_rotary_kv", "rotary_and_write_kv_triton"))
 paged_attention = dispatch(paged_attention_ref, triton_op("triton_attention", "paged_attention_triton"))
+quantize_fp8_per_token = dispatch(
+    quantize_fp8_per_token_ref, triton_op("triton_fp8_quant", "quantize_fp8_per_token_triton")
+)
+quantize_fp8_per_token_group = dispatch(
+    quantize_fp8_per_token_group_ref, triton_op("triton_fp8_quant", "quantize_fp8_per_token_group_triton")
+)
+quantize_fp8_static = dispatch(quantize_fp8_static_ref, triton_op("triton_fp8_quant", "quantize_fp8_static_triton"))
+fp8_matmul = dispatch(fp8_matmul_ref, triton_op("triton_fp8_gemm", "fp8_matmul_triton"))
 int_weight_matmul = dispatch(int_weight_matmul_ref, triton_op("triton_int_weight_gemm", "int_weight_matmul_triton"))
 
 __all__ = [
     "apply_rotary",
     "cuda_implementation",
     "dispatch",
+    "fp8_linear",
+    "fp8_matmul",
     "fused_add_rms_norm",
     "int_weight_matmul",
     "paged_attention",
+    "quantize_fp8_per_token",
+    "quantize_fp8_per_token_group",
+    "quantize_fp8_static",
     "rms_norm",
     "rotary_and_write_kv",
     "silu_and_mul",
