@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from forgellm.kernels.kv_cache import dequantize_kv_ref
+
 
 def gather_kv(cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The first seq_len tokens of one sequence from a [blocks, block_size, H, D] cache."""
@@ -29,13 +31,16 @@ def paged_attention_ref(
     *,
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of q [T, Hq, D] over cached K/V; returns [T, Hq, D] in q's dtype.
 
     The queries of request i are rows query_start_loc[i]:query_start_loc[i+1]; they sit at the last
     positions of its seq_lens[i] cached tokens. Grouped-query attention at any Hq/Hkv ratio.
     max_query_len / max_seq_len are the batch's host ints: the Triton version picks its kernel and
-    grid from them; the reference ignores them.
+    grid from them; the reference ignores them. An fp8 (e4m3) cache is read back as its values times
+    k_scale / v_scale (forgellm.kernels.kv_cache); other caches ignore the scales.
     """
     out = torch.empty_like(q)
     num_kv_heads = k_cache.shape[2]
@@ -47,8 +52,8 @@ def paged_attention_ref(
         num_q = q_i.shape[0]
         if num_q == 0:
             continue
-        k = gather_kv(k_cache, block_tables[i], seq_len).float()
-        v = gather_kv(v_cache, block_tables[i], seq_len).float()
+        k = dequantize_kv_ref(gather_kv(k_cache, block_tables[i], seq_len), k_scale)
+        v = dequantize_kv_ref(gather_kv(v_cache, block_tables[i], seq_len), v_scale)
         # [Hkv, group*num_q, D] so each KV head serves its group of query heads in one matmul.
         qh = q_i.float().view(num_q, num_kv_heads, group, -1).permute(1, 2, 0, 3)
         scores = torch.einsum("hgqd,khd->hgqk", qh, k) * scale

@@ -22,12 +22,16 @@ def rotary_and_write_kv_ref(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Return rotated q as a new [T, Hq, D] tensor; store rotated k and unrotated v at slot_mapping (-1: skip).
 
     q, k and v are left unmodified. The rotated k is not returned: paged attention reads every
-    position's K, this step's included, from the cache.
+    position's K, this step's included, from the cache. An fp8 cache stores them scaled by
+    1 / k_scale and 1 / v_scale as write_kv_cache_ref does (k rounded to k's dtype first).
     """
     q_rot, k_rot = apply_rotary_ref(q, k, cos, sin)
-    write_kv_cache_ref(k_rot, v, k_cache, v_cache, slot_mapping)
+    write_kv_cache_ref(k_rot, v, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
     return q_rot

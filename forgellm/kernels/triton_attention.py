@@ -30,6 +30,8 @@ def paged_attention_triton(
     *,
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     decode_config: DecodeConfig | None = None,
     prefill_config: PrefillConfig | None = None,
 ) -> torch.Tensor:
@@ -37,7 +39,8 @@ def paged_attention_triton(
 
     max_query_len (a host int) selects the kernel; pass it, or it is read back from the GPU (a host
     sync, not allowed inside CUDA-graph capture). max_seq_len is accepted for symmetry and unused:
-    split sizing happens on the GPU so a captured graph serves every length.
+    split sizing happens on the GPU so a captured graph serves every length. k_scale / v_scale (fp8
+    caches only) are plain floats, constants of a captured graph.
     """
     del max_seq_len
     if q.shape[1] % k_cache.shape[2]:
@@ -70,12 +73,14 @@ def paged_attention_triton(
             splits,
             cfg,
             interp,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )
     else:
         pcfg = prefill_config or (_INTERPRET_PREFILL if interp else PrefillConfig())
         prefill_attention(
             q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, scale, sliding_window, max_query_len,
-            pcfg, interp,
+            pcfg, interp, k_scale=k_scale, v_scale=v_scale,
         )  # fmt: skip
     return out
 

@@ -1,5 +1,11 @@
 """Pieces shared by the Triton paged-attention kernels: a KV tile gathered through the block
-table, and one step of the online softmax. Scores are kept in the log2 domain (exp2 is cheaper)."""
+table, and one step of the online softmax. Scores are kept in the log2 domain (exp2 is cheaper).
+
+An fp8 (e4m3) cache comes in as a uint8 view (forgellm.kernels.triton_kv_cache) and its tiles are
+bitcast to e4m3 after loading; the dot converts them to q's dtype (or float32) losslessly, e4m3 being
+a subset of both. The scales are not applied per element: k_scale is folded into the softmax scale
+and v_scale into the final normalisation, which is exact and costs nothing per tile.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +33,22 @@ def load_kv_tiles(
     stride_slot,
     stride_head,
     BLOCK_SIZE: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):
-    """K and V tiles [BLOCK_N, D_PAD] of tokens offs_n, one KV head (both caches share strides); invalid rows read 0."""
+    """K and V tiles [BLOCK_N, D_PAD] of tokens offs_n, one KV head (both caches share strides); invalid rows read 0.
+
+    KV_FP8: the caches are uint8 views of e4m3 caches and the tiles come back as (unscaled) e4m3.
+    """
     rows = block_ids * stride_block + (offs_n % BLOCK_SIZE) * stride_slot + kv_head * stride_head
     offsets = rows[:, None] + offs_d[None, :]
     mask = valid_n[:, None] & mask_d[None, :]
-    return tl.load(k_cache_ptr + offsets, mask=mask, other=0.0), tl.load(v_cache_ptr + offsets, mask=mask, other=0.0)
+    if KV_FP8:
+        k = tl.load(k_cache_ptr + offsets, mask=mask, other=0).to(tl.float8e4nv, bitcast=True)
+        v = tl.load(v_cache_ptr + offsets, mask=mask, other=0).to(tl.float8e4nv, bitcast=True)
+    else:
+        k = tl.load(k_cache_ptr + offsets, mask=mask, other=0.0)
+        v = tl.load(v_cache_ptr + offsets, mask=mask, other=0.0)
+    return k, v
 
 
 @triton.jit

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from forgellm.kernels.triton_attention_common import load_kv_tiles, softmax_step, table_block_ids
+from forgellm.kernels.triton_kv_cache import kernel_caches
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,13 @@ def split_span(seq_len, window, num_splits, BLOCK_N: tl.constexpr, MIN_CHUNK: tl
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
-    scale_log2, window,
+    scale_log2, v_scale, window,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh,
     stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MIN_CHUNK: tl.constexpr,
     HAS_WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, PREFETCH_IDS: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):  # fmt: skip
     """Attend the packed query heads of (request, kv_head) over one split of its KV."""
     req = tl.program_id(0)
@@ -98,12 +100,15 @@ def _decode_split_kernel(
             ids = table_block_ids(table_row, offs_n, valid_n, BLOCK_SIZE)
         k, v = load_kv_tiles(
             k_cache_ptr, v_cache_ptr, ids, offs_n, valid_n, kv_head, offs_d, mask_d, stride_kb, stride_ks, stride_kh,
-            BLOCK_SIZE,
+            BLOCK_SIZE, KV_FP8,
         )  # fmt: skip
         m_i, l_i, acc = softmax_step(q, k, v, m_i, l_i, acc, valid_n[None, :], scale_log2, DOT_FP32, PRECISION)
 
     # Empty rows (seq_len 0: CUDA-graph padding) have l = 0 and produce zeros.
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if KV_FP8:
+        out = acc * (v_scale / tl.where(l_i > 0, l_i, 1.0))[:, None]  # the V tiles were unscaled e4m3
+    else:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     if not SPLIT:
         o_ptrs = out_ptr + q_row.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=q_mask)
@@ -163,8 +168,15 @@ def decode_attention(
     num_splits: int,
     cfg: DecodeConfig,
     dot_fp32: bool,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
-    """Launch split + reduce (or the split kernel alone when num_splits == 1) writing into `out`."""
+    """Launch split + reduce (or the split kernel alone when num_splits == 1) writing into `out`.
+
+    With fp8 caches, k_scale rides in the softmax scale and v_scale in the final normalisation.
+    """
+    k_cache, v_cache, fp8 = kernel_caches(k_cache, v_cache)
     batch, num_kv_heads, head_dim = seq_lens.shape[0], k_cache.shape[2], q.shape[-1]
     group = q.shape[1] // num_kv_heads
     # tl.dot needs M, N, K >= 16: pad the packed heads, the head dim and the KV tile.
@@ -180,11 +192,12 @@ def decode_attention(
     common = dict(BLOCK_N=block_n, MIN_CHUNK=max(cfg.min_chunk, block_n))
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, part_out, part_lse,
-        scale * 1.4426950408889634, window,
+        scale * (k_scale if fp8 else 1.0) * 1.4426950408889634, v_scale if fp8 else 1.0, window,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_SIZE=k_cache.shape[1],
         SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None, DOT_FP32=dot_fp32, PREFETCH_IDS=cfg.prefetch_ids,
+        KV_FP8=fp8,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from forgellm.kernels.triton_attention_common import load_kv_tiles, softmax_step, table_block_ids
+from forgellm.kernels.triton_kv_cache import kernel_caches
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,12 @@ class PrefillConfig:
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
-    scale_log2, window,
+    scale_log2, v_scale, window,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh,
     stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, KV_FP8: tl.constexpr,
 ):  # fmt: skip
     """Attend BLOCK_Q query tokens x GROUP heads of one request over their visible cached keys."""
     q_block = tl.program_id(0)
@@ -83,7 +84,7 @@ def _prefill_kernel(
         ids = table_block_ids(table_row, offs_n, all_n, BLOCK_SIZE)
         k, v = load_kv_tiles(
             k_cache_ptr, v_cache_ptr, ids, offs_n, all_n, kv_head, offs_d, mask_d, stride_kb, stride_ks, stride_kh,
-            BLOCK_SIZE,
+            BLOCK_SIZE, KV_FP8,
         )  # fmt: skip
         if HAS_WINDOW:
             allowed = offs_n[None, :] > q_pos[:, None] - window
@@ -96,14 +97,17 @@ def _prefill_kernel(
         ids = table_block_ids(table_row, offs_n, valid_n, BLOCK_SIZE)
         k, v = load_kv_tiles(
             k_cache_ptr, v_cache_ptr, ids, offs_n, valid_n, kv_head, offs_d, mask_d, stride_kb, stride_ks, stride_kh,
-            BLOCK_SIZE,
+            BLOCK_SIZE, KV_FP8,
         )  # fmt: skip
         allowed = valid_n[None, :] & (offs_n[None, :] <= q_pos[:, None])
         if HAS_WINDOW:
             allowed = allowed & (offs_n[None, :] > q_pos[:, None] - window)
         m_i, l_i, acc = softmax_step(q, k, v, m_i, l_i, acc, allowed, scale_log2, DOT_FP32, PRECISION)
 
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if KV_FP8:
+        out = acc * (v_scale / tl.where(l_i > 0, l_i, 1.0))[:, None]  # the V tiles were unscaled e4m3
+    else:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_off = (q_start + tok).to(tl.int64) * stride_ot + heads * stride_oh
     tl.store(out_ptr + o_off[:, None] + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=q_mask)
 
@@ -121,8 +125,15 @@ def prefill_attention(
     max_query_len: int,
     cfg: PrefillConfig,
     dot_fp32: bool,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
-    """Launch the varlen kernel over cdiv(max_query_len, BLOCK_Q) x B x Hkv programs, writing `out`."""
+    """Launch the varlen kernel over cdiv(max_query_len, BLOCK_Q) x B x Hkv programs, writing `out`.
+
+    With fp8 caches, k_scale rides in the softmax scale and v_scale in the final normalisation.
+    """
+    k_cache, v_cache, fp8 = kernel_caches(k_cache, v_cache)
     batch, num_kv_heads, head_dim = seq_lens.shape[0], k_cache.shape[2], q.shape[-1]
     group = q.shape[1] // num_kv_heads
     group_pad = triton.next_power_of_2(group)
@@ -133,11 +144,11 @@ def prefill_attention(
     grid = (triton.cdiv(max_query_len, block_q), batch, num_kv_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
-        scale * 1.4426950408889634, sliding_window or 0,
+        scale * (k_scale if fp8 else 1.0) * 1.4426950408889634, v_scale if fp8 else 1.0, sliding_window or 0,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_Q=block_q, BLOCK_N=max(16, cfg.block_n), HAS_WINDOW=sliding_window is not None, DOT_FP32=dot_fp32,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", KV_FP8=fp8,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
