@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from forgellm.errors import ConfigError
 
@@ -45,6 +45,19 @@ class EngineConfig:
         "auto", "prepare the next step on the host while the GPU runs the current one: auto (on with a GPU), on, off"
     )
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
+    # Quantization (forgellm/quantization): a quantized checkpoint loads as saved; these quantize others.
+    quantization: Literal["fp8", "int8", "int4", "nvfp4"] | None = _opt(
+        None, "quantize an unquantized checkpoint at load (round to nearest): fp8, int8, int4 or nvfp4"
+    )
+    quantization_group_size: int | None = _opt(
+        None, "inputs per scale for int4/int8 at load: 32, 64, 128, 256 or -1 per channel (default: int4 128, int8 -1)"
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = _opt(
+        "auto", "KV cache: auto (the model dtype, or fp8 where the checkpoint has KV scales) or fp8"
+    )
+    nvfp4_mode: Literal["weight_only", "fp8"] = _opt(
+        "weight_only", "how NVFP4 weights run on GPUs without FP4 tensor cores: weight_only (fp4 in the GEMM) or fp8"
+    )
     # Admission limits: what one request may ask for (engine/admission.py checks them).
     max_n: int = _opt(128, "most samples (n) one request may ask for")
     max_logprobs: int = _opt(20, "most logprobs / prompt_logprobs alternatives per position")
@@ -88,6 +101,17 @@ class EngineConfig:
             raise ConfigError(f"async_scheduling must be auto, on or off, got {self.async_scheduling!r}")
         if self.cpu_kv_cache_gb <= 0:
             raise ConfigError(f"cpu_kv_cache_gb must be > 0, got {self.cpu_kv_cache_gb}")
+        if self.quantization is not None and self.quantization not in _QUANTIZATIONS:
+            raise ConfigError(f"quantization must be one of {list(_QUANTIZATIONS)} or None, got {self.quantization!r}")
+        if self.quantization_group_size not in (None, -1, 32, 64, 128, 256):
+            raise ConfigError(
+                "quantization_group_size must be 32, 64, 128, 256 or -1 (per channel), "
+                f"got {self.quantization_group_size!r}"
+            )
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise ConfigError(f"kv_cache_dtype must be auto or fp8, got {self.kv_cache_dtype!r}")
+        if self.nvfp4_mode not in ("weight_only", "fp8"):
+            raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
         if self.tensor_parallel_size != 1:
             raise ConfigError("tensor_parallel_size > 1 is not implemented yet; use 1")
 
@@ -101,4 +125,5 @@ class EngineConfig:
         return cls(**values)
 
 
+_QUANTIZATIONS = ("fp8", "int8", "int4", "nvfp4")
 _DTYPE_NAMES = {"auto", "float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16"}

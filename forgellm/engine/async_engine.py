@@ -87,6 +87,7 @@ class AsyncLLM:
         self.engine = engine
         self._input_processor = engine.input_processor
         self._tokenizer = engine.tokenizer
+        self.model_info = engine.model_info
         self._snapshot = _Snapshot(engine.stats(), 0)
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run_engine, name="forgellm-engine", daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,13 +25,27 @@ from forgellm.hf.tokenizer import Tokenizer
 from forgellm.kernels.attention import paged_attention_ref
 from forgellm.models.registry import get_model_class
 from forgellm.outputs import RequestOutput
+from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
 from forgellm.sampling_params import SamplingParams
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
-from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model
+from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded, for logs and /v1/models: the quantization scheme, weight memory, KV-cache dtype."""
+
+    quantization: str | None  # None: not quantized
+    weight_bytes: int
+    kv_cache_dtype: str
+
+    @property
+    def weight_gib(self) -> float:
+        return self.weight_bytes / 2**30
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
@@ -83,7 +98,7 @@ def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int)
     """
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    block_bytes = kv_block_bytes(runner.arch, config.block_size, runner.dtype)
+    block_bytes = kv_block_bytes(runner.arch, config.block_size, runner.kv_cache_dtype)
     if runner.device.type == "cuda":
         peak = runner.profile_peak_memory(config.max_num_batched_tokens, config.max_num_seqs)
         free, total = torch.cuda.mem_get_info(runner.device)
@@ -123,8 +138,17 @@ class LLMEngine:
         defaults = load_generation_defaults(model_dir)
         device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
         self.max_model_len = resolve_max_model_len(config, arch)
-        model = load_model(model_dir, arch, dtype, device, config.load_format)
-        runner = ModelRunner(model, config.block_size, config.seed)
+        quant_config = resolve_quantization(
+            model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
+        )
+        kv_cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
+        model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config)
+        self.model_info = ModelInfo(
+            quant_config.describe() if quant_config is not None else None,
+            model_weight_bytes(model),
+            str(kv_cache_dtype).removeprefix("torch."),
+        )
+        runner = ModelRunner(model, config.block_size, config.seed, kv_cache_dtype)
         blocks = num_kv_blocks(config, runner, self.max_model_len)
         runner.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
@@ -151,12 +175,15 @@ class LLMEngine:
         self._sample_counter = itertools.count()
         if device.type == "cuda":
             warm_up(self)
-        kv_gib = blocks * kv_block_bytes(arch, config.block_size, dtype) / 2**30
+        kv_gib = blocks * kv_block_bytes(arch, config.block_size, kv_cache_dtype) / 2**30
         graphs = "on" if self.core.runner.graph_runner is not None else "off"
         summary = (
-            f"loaded {model_dir} ({arch.architecture}, {str(dtype).removeprefix('torch.')}) on {device}; "
+            f"loaded {model_dir} ({arch.architecture}, {str(dtype).removeprefix('torch.')}, "
+            f"{self.model_info.quantization or 'not quantized'}, weights {self.model_info.weight_gib:.2f} GiB) "
+            f"on {device}; "
             f"context {self.max_model_len} tokens; KV cache {blocks} blocks x {config.block_size} tokens = "
-            f"{blocks * config.block_size} tokens ({kv_gib:.2f} GiB); CUDA graphs {graphs}, "
+            f"{blocks * config.block_size} tokens ({kv_gib:.2f} GiB, {self.model_info.kv_cache_dtype}); "
+            f"CUDA graphs {graphs}, "
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
         logger.info("%s", summary)

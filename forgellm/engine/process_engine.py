@@ -72,7 +72,7 @@ class ProcessAsyncLLM(AsyncLLM):
         if message[0] == "dead":
             self._process.join(10)
             raise decode_error(message[1])
-        _, limits, stats = message
+        _, limits, stats, self.model_info = message
         model_dir = resolve_model_dir(config.model)
         self._tokenizer = Tokenizer.from_dir(resolve_tokenizer_dir(config, model_dir))
         self._input_processor = InputProcessor(self._tokenizer, limits, load_generation_defaults(model_dir))
@@ -175,7 +175,7 @@ def _child_main(config: EngineConfig, conn: Any, log_level: int) -> None:
         refused = [(wire_id, encode_error(exc)) for wire_id, exc in report.refused]
         conn.send(("step", wires, refused, report.stats, report.sequences_consumed))
 
-    conn.send(("ready", engine.limits, engine.stats()))
+    conn.send(("ready", engine.limits, engine.stats(), engine.model_info))
     try:
         EngineLoop(engine, receive, publish).run()
     except (EOFError, BrokenPipeError):  # the server process is gone

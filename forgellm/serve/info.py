@@ -61,6 +61,9 @@ def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
                 "owned_by": "forgellm",
                 "root": ctx.engine.config.model or name,
                 "max_model_len": ctx.engine.max_model_len,
+                "quantization": ctx.engine.model_info.quantization,
+                "weight_memory_bytes": ctx.engine.model_info.weight_bytes,
+                "kv_cache_dtype": ctx.engine.model_info.kv_cache_dtype,
             }
             for name in ctx.settings.served_model_names
         ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from forgellm.serve.protocol import (
     VOCAB_MARKER,
@@ -123,6 +123,9 @@ class ModelCard(BaseModel):
     owned_by: str
     root: str
     max_model_len: int
+    quantization: str | None = Field(description="the weights' quantization scheme; null when not quantized")
+    weight_memory_bytes: int = Field(description="memory the loaded weights take, quantized buffers included")
+    kv_cache_dtype: str
 
 
 class ModelList(BaseModel):

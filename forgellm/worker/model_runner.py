@@ -89,6 +89,12 @@ def init_random_weights(model: nn.Module, device: torch.device, seed: int = 0) -
             module.finish_loading()
 
 
+def model_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as loaded: parameters and the quantized layers' packed buffers."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes of K and V, over all layers, for one block of tokens."""
     per_token = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * dtype.itemsize
@@ -101,13 +107,14 @@ class ModelRunner:
     Start-up order: build, `profile_peak_memory` (GPU), `allocate_kv_cache`, `capture_cuda_graphs`.
     """
 
-    def __init__(self, model: nn.Module, block_size: int, seed: int) -> None:
+    def __init__(self, model: nn.Module, block_size: int, seed: int, kv_cache_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.arch: ModelArchConfig = model.config
         self.block_size = block_size
         self.num_blocks = 0
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.kv_cache_dtype = kv_cache_dtype or self.dtype
         self.sampler = Sampler()
         self.default_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.generators: dict[str, torch.Generator] = {}
@@ -122,8 +129,8 @@ class ModelRunner:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         shape = (num_blocks, self.block_size, self.arch.num_key_value_heads, self.arch.head_dim)
         for layer in layers:
-            layer.k_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
-            layer.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+            layer.k_cache = torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device)
+            layer.v_cache = torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device)
 
     @torch.inference_mode()
     def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
