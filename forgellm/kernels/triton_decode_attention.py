@@ -29,6 +29,10 @@ class DecodeConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch_ids: bool = True  # load the next tile's block ids one iteration ahead
+    # fp8 caches with bf16 q: run the dots in fp16 (q clamped to ±65504). e4m3 -> f16 is one conversion
+    # per pair of values, e4m3 -> bf16 one more per value, and decode is short of conversion throughput.
+    # Off until benchmarks/fp8_kv_attention_bench.py shows it pays on the H200.
+    fp8_f16_dot: bool = False
 
 
 @triton.jit
@@ -53,7 +57,7 @@ def _decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MIN_CHUNK: tl.constexpr,
     HAS_WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, PREFETCH_IDS: tl.constexpr,
-    KV_FP8: tl.constexpr,
+    KV_FP8: tl.constexpr, F16_DOT: tl.constexpr,
 ):  # fmt: skip
     """Attend the packed query heads of (request, kv_head) over one split of its KV."""
     req = tl.program_id(0)
@@ -82,6 +86,9 @@ def _decode_split_kernel(
     )
     if DOT_FP32:
         q = q.to(tl.float32)
+    elif F16_DOT:
+        # softmax_step converts the K/V tiles (and p) to q's dtype: fp16 here.
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -197,7 +204,7 @@ def decode_attention(
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_SIZE=k_cache.shape[1],
         SPLIT=num_splits > 1, HAS_WINDOW=sliding_window is not None, DOT_FP32=dot_fp32, PREFETCH_IDS=cfg.prefetch_ids,
-        KV_FP8=fp8,
+        KV_FP8=fp8, F16_DOT=fp8 and cfg.fp8_f16_dot and q.dtype == torch.bfloat16,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip

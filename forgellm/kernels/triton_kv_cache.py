@@ -43,9 +43,10 @@ def to_cache(x, inv_scale, cache_ty: tl.constexpr, KV_FP8: tl.constexpr, SOFTWAR
         y = tl.minimum(tl.maximum(y, -_FP8_MAX), _FP8_MAX)
         if SOFTWARE_ROUND:
             y = _round_to_e4m3(y)
-        return y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        out = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # the GPU's cast: round to nearest even
     else:
-        return x.to(cache_ty)
+        out = x.to(cache_ty)
+    return out
 
 
 def kernel_caches(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
