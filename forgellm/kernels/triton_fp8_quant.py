@@ -11,8 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from forgellm.kernels.fp8_quant import FP8_DTYPE, FP8_MAX, FP8_MIN_SCALE
+from forgellm.kernels.fp8_quant import FP8_DTYPE
+from forgellm.kernels.fp8_quant import FP8_MAX as _FP8_MAX
+from forgellm.kernels.fp8_quant import FP8_MIN_SCALE as _FP8_MIN_SCALE
 from forgellm.kernels.triton_utils import interpreting, next_power_of_2
+
+# Compiled kernels may read module globals only when they are constexpr (the interpreter is laxer).
+FP8_MAX = tl.constexpr(_FP8_MAX)
+FP8_MIN_SCALE = tl.constexpr(_FP8_MIN_SCALE)
 
 
 @triton.jit
