@@ -16,10 +16,11 @@ import torch
 from forgellm.errors import ModelLoadError
 from forgellm.layers.linear_method import UNQUANTIZED, CheckpointTensors, LinearMethod
 from forgellm.quantization.config import QuantizationConfig
+from forgellm.quantization.formats.fp8_tensors import Fp8TensorReader
 from forgellm.quantization.fp8 import Fp8Method
 from forgellm.quantization.int_weight_only import IntWeightOnlyMethod
 from forgellm.quantization.nvfp4 import NVFP4_GROUP, Nvfp4Method
-from forgellm.quantization.parts import Fp4Part, Fp8Part, IntPart, require_divisible, unpack_along_last
+from forgellm.quantization.parts import Fp4Part, IntPart, require_divisible, unpack_along_last
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
@@ -29,19 +30,6 @@ SUPPORTED = (
     "pack-quantized int4/int8 weight-only (group or channel, symmetric or with zero points, act-order), "
     "nvfp4-pack-quantized (NVFP4 and NVFP4A16, run weight-only)"
 )
-
-
-class FloatReader:
-    """float-quantized: `weight` e4m3, `weight_scale`, optional `input_scale`."""
-
-    def checkpoint_tensors(self) -> CheckpointTensors:
-        return CheckpointTensors(required=("weight", "weight_scale"), optional=("input_scale",))
-
-    def read(self, tensors: dict[str, torch.Tensor], prefix: str) -> Fp8Part:
-        scale = tensors["weight_scale"].float()
-        scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(scale.shape[0], -1)
-        input_scale = tensors.get("input_scale")
-        return Fp8Part(tensors["weight"], scale, input_scale.float().reshape(()) if input_scale is not None else None)
 
 
 class PackedIntReader:
@@ -115,7 +103,7 @@ def _method_for(group: dict[str, Any], default_format: str | None, nvfp4_mode: s
         static = acts is not None and not acts.get("dynamic", True)
         if strategy == "block" and list(weights.get("block_structure") or [128, 128]) != [128, 128]:
             raise NotImplementedError(f"FP8 block structure {weights.get('block_structure')} (only 128x128)")
-        return Fp8Method(FloatReader(), strategy or "tensor", "static" if static else "dynamic")
+        return Fp8Method(Fp8TensorReader(), strategy or "tensor", "static" if static else "dynamic")
     if kind == "float" and bits == 4 and (fmt in (None, "nvfp4-pack-quantized")):
         return Nvfp4Method(Nvfp4Reader(), nvfp4_mode)
     if kind == "int" and bits in (4, 8) and acts is None:

@@ -6,27 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from forgellm.errors import ModelLoadError
-from forgellm.layers.linear_method import CheckpointTensors, LinearMethod
+from forgellm.layers.linear_method import LinearMethod
 from forgellm.quantization.config import QuantizationConfig
+from forgellm.quantization.formats.fp8_tensors import Fp8TensorReader
 from forgellm.quantization.fp8 import Fp8Method
-from forgellm.quantization.parts import Fp8Part
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
-
-
-class HfFp8Reader:
-    def checkpoint_tensors(self) -> CheckpointTensors:
-        return CheckpointTensors(required=("weight", "weight_scale_inv"), optional=("input_scale",))
-
-    def read(self, tensors: dict[str, torch.Tensor], prefix: str) -> Fp8Part:
-        scale = tensors["weight_scale_inv"].float()
-        scale = scale.reshape(()) if scale.numel() == 1 and scale.dim() < 2 else scale
-        input_scale = tensors.get("input_scale")
-        return Fp8Part(tensors["weight"], scale, input_scale.float().reshape(()) if input_scale is not None else None)
 
 
 class HfFp8Config(QuantizationConfig):
@@ -43,7 +30,9 @@ class HfFp8Config(QuantizationConfig):
         if block is not None and list(block) != [128, 128]:
             raise NotImplementedError(f"fp8 weight_block_size {block} (only [128, 128])")
         strategy = "block" if block is not None else "tensor"
-        self.method = Fp8Method(HfFp8Reader(), strategy, "static" if scheme == "static" else "dynamic")
+        self.method = Fp8Method(
+            Fp8TensorReader("weight_scale_inv"), strategy, "static" if scheme == "static" else "dynamic"
+        )
 
     def quantized_method(self, layer: LinearBase) -> LinearMethod:
         return self.method

@@ -18,26 +18,16 @@ import torch
 from forgellm.errors import ModelLoadError
 from forgellm.layers.linear_method import CheckpointTensors, LinearMethod
 from forgellm.quantization.config import QuantizationConfig
+from forgellm.quantization.formats.fp8_tensors import Fp8TensorReader
 from forgellm.quantization.fp8 import Fp8Method
 from forgellm.quantization.int_weight_only import IntWeightOnlyMethod
 from forgellm.quantization.nvfp4 import NVFP4_GROUP, Nvfp4Method
-from forgellm.quantization.parts import Fp4Part, Fp8Part, IntPart, require_divisible, unpack_along_last
+from forgellm.quantization.parts import Fp4Part, IntPart, require_divisible, unpack_along_last
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
 
 SUPPORTED_ALGOS = ("FP8", "NVFP4", "W4A16_AWQ")
-
-
-class ModelOptFp8Reader:
-    def checkpoint_tensors(self) -> CheckpointTensors:
-        return CheckpointTensors(required=("weight", "weight_scale"), optional=("input_scale",))
-
-    def read(self, tensors: dict[str, torch.Tensor], prefix: str) -> Fp8Part:
-        scale = tensors["weight_scale"].float()
-        scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(scale.shape[0], -1)
-        input_scale = tensors.get("input_scale")
-        return Fp8Part(tensors["weight"], scale, input_scale.float().reshape(()) if input_scale is not None else None)
 
 
 class ModelOptNvfp4Reader:
@@ -91,7 +81,7 @@ class ModelOptConfig(QuantizationConfig):
         super().__init__(config.get("exclude_modules"))
         algo = str(config.get("quant_algo") or "").upper()
         if algo == "FP8":
-            self.method: LinearMethod = Fp8Method(ModelOptFp8Reader(), "tensor", "static")
+            self.method: LinearMethod = Fp8Method(Fp8TensorReader(), "tensor", "static")
         elif algo == "NVFP4":
             self.method = Nvfp4Method(ModelOptNvfp4Reader(), nvfp4_mode)
         elif algo in ("W4A16_AWQ", "INT4_AWQ"):
