@@ -1,11 +1,10 @@
 """Weight-only quantized GEMM in Triton: unpack, subtract the zero and scale inside the K loop.
 
 Layout: forgellm.kernels.int_weight_gemm. A program owns a [BLOCK_N, BLOCK_M] tile of y^T (the weight is
-the MMA's wide operand, so a few decode rows fill it) and a slice of K; with split_k > 1 slices write
-float32 partials that a second kernel sums (deterministic, no atomics or host sync: CUDA-graph safe).
-Each packed word is loaded once and its element j handled in pass j (k = word * pack + j): x is read
-with stride pack, never the weight twice. M = 1 skips tl.dot (FMAs, scale applied once per block);
-large M dequantizes to x's dtype and calls torch.mm (cuBLAS).
+the MMA's wide operand, so a few decode rows fill it) and a slice of K; with split_k > 1 slices write float32
+partials that a second kernel sums (deterministic, no atomics or host sync: CUDA-graph safe). Each packed
+word is loaded once, its element j handled in pass j (k = word * pack + j: x is read with stride pack).
+M = 1 skips tl.dot (FMAs); large M dequantizes to x's dtype and calls torch.mm (cuBLAS).
 """
 
 from __future__ import annotations
@@ -35,30 +34,38 @@ class GemmConfig(NamedTuple):
 
 
 @triton.jit
-def _as_float(c):
-    """Exact float32 of non-negative ints < 2**23 by the 2**23 exponent trick (no slow int->float cvt)."""
-    return (c | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+def _e2m1_quarter(bits, sign):
+    """A quarter of an e2m1 value from bits = magnitude bits (e1 e0 b) at 22-24 | 0x3E000000 and its sign at 31.
+
+    bits is the float 2**(e-3) * (1 + b/2) (exponent 124 + e: an OR, fused with the mask), a quarter of the
+    value for e >= 1; for e = 0 the quarter subnormal b/8 is 2f - 1/4; the min picks the right one."""
+    f = bits.to(tl.float32, bitcast=True)
+    return (tl.minimum(2.0 * f - 0.25, f).to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _e2m1(c):
-    """float32 of 4-bit e2m1 codes: exponent/mantissa moved into float32 bits, 0 and 0.5 by multiply."""
-    m = c & 7
-    bits = tl.where(m >= 2, (m << 22) + 0x3F000000, m * 0x3F000000) | ((c & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
+def _element(q, J: tl.constexpr, BITS: tl.constexpr, E2M1: tl.constexpr, magic, zero: tl.constexpr):
+    """Element J of every packed word of q, exact in float32: a quarter of the e2m1 value, or code - zero.
 
-
-@triton.jit
-def _element(q, J: tl.constexpr, BITS: tl.constexpr, E2M1: tl.constexpr):
-    """Element J of every packed word of q, as float32 (the raw code for int, the value for e2m1)."""
-    c = (q >> (J * BITS)) & ((1 << BITS) - 1)
-    return _e2m1(c) if E2M1 else _as_float(c)
+    Instruction issue bounds the M = 1 loop, so: fields inside the float32 mantissa are masked in place,
+    the others shifted by 12 (one shift serves them all); with magic = 0x4B000000 in a register
+    `(q & field) | magic` is one LOP3 giving the float 2**23 + code * 2**off, and one FFMA rescales it."""
+    if E2M1:
+        shl: tl.constexpr = 22 - J * BITS  # moves the code's magnitude bits to 22-24
+        word = q << shl if shl >= 0 else q >> -shl
+        sign = q << (28 - J * BITS) if J < 7 else q
+        return _e2m1_quarter((word & 0x01C00000) | (magic - 0x0D000000), sign & -0x80000000)  # magic: see above
+    inside: tl.constexpr = J * BITS + BITS <= 23
+    off: tl.constexpr = J * BITS if inside else J * BITS - 12
+    word = q if inside else q >> 12
+    f = ((word & (((1 << BITS) - 1) << off)) | magic).to(tl.float32, bitcast=True)
+    return f * (1.0 / (1 << off)) - (8388608.0 / (1 << off) + zero)
 
 
 @triton.jit
 def _gemm_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, perm_ptr, out_ptr,
-    M, N, K, stride_xm, stride_xk, blocks_per_split,
+    M, N, K, stride_xm, stride_xk, blocks_per_split, magic,
     BITS: tl.constexpr, GROUP: tl.constexpr, E2M1: tl.constexpr, HAS_ZEROS: tl.constexpr,
     SYM_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -72,46 +79,36 @@ def _gemm_kernel(
     n_mask = offs_n < N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
-    kb_start = pid_k * blocks_per_split
-    kb_end = tl.minimum(kb_start + blocks_per_split, tl.cdiv(K, BLOCK_K))
+    kb_end = tl.minimum((pid_k + 1) * blocks_per_split, tl.cdiv(K, BLOCK_K))
     acc = tl.zeros((BLOCK_N, BKP if BLOCK_M == 1 else BLOCK_M), tl.float32)  # FMA path: reduce over BKP at the end
-    for kb in range(kb_start, kb_end):
+    for kb in range(pid_k * blocks_per_split, kb_end):
         kp = kb * BKP + tl.arange(0, BKP)
         kp_mask = kp < K // PACK
         tile_mask = n_mask[:, None] & kp_mask[None, :]
         q = tl.load(q_ptr + kp[None, :] * N + offs_n[:, None], mask=tile_mask, other=0)
-        if SCALE_ROW:
-            g_off = (kb * BLOCK_K // GROUP) * N + offs_n
-            s = tl.load(s_ptr + g_off, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-            if HAS_ZEROS:
-                z = tl.load(z_ptr + g_off, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        if SCALE_ROW:  # [BLOCK_N, 1]: one scale (and zero) per column for the whole block
+            g_off, g_mask = ((kb * BLOCK_K // GROUP) * N + offs_n)[:, None], n_mask[:, None]
         else:
-            g_off = (kp * PACK // GROUP)[None, :] * N + offs_n[:, None]
-            s = tl.load(s_ptr + g_off, mask=tile_mask, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                z = tl.load(z_ptr + g_off, mask=tile_mask, other=0.0).to(tl.float32)
-        if not HAS_ZEROS:
-            z = SYM_ZERO
+            g_off, g_mask = (kp * PACK // GROUP)[None, :] * N + offs_n[:, None], tile_mask
+        s = tl.load(s_ptr + g_off, mask=g_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g_off, mask=g_mask, other=0.0).to(tl.float32)
+        if E2M1:
+            s *= 4.0  # _element gives quarter values
         if BLOCK_M == 1:
-            # sum_k (c_k - z) s x_k = s * (sum_k c_k x_k - z * sum_k x_k) per (column, packed row).
-            tq = tl.zeros((BLOCK_N, BKP), tl.float32)
-            xs = tl.zeros((BKP,), tl.float32)
+            # Zeros per column: sum_k (c_k - z) x_k = sum_k c_k x_k - z * sum_k x_k, one multiply per word.
+            tq, xs = tl.zeros((BLOCK_N, BKP), tl.float32), tl.zeros((BKP,), tl.float32)
             for j in tl.static_range(PACK):
                 k = kp * PACK + j
                 if HAS_PERM:
                     k = tl.load(perm_ptr + k, mask=kp_mask, other=0)
                 xj = tl.load(x_ptr + pid_m * stride_xm + k * stride_xk, mask=kp_mask, other=0.0).to(tl.float32)
-                xs += xj
-                if E2M1:
-                    tq += _element(q, j, BITS, E2M1) * xj[None, :]
-                else:
-                    # Mask in place (no shift) for fields below bit 16, then divide x by the field's
-                    # position: one integer op per element instead of two (int ALUs bound M=1 int4).
-                    OFF: tl.constexpr = (j * BITS) % 16
-                    word = q >> 16 if j * BITS >= 16 else q
-                    scaled = _as_float(word & (((1 << BITS) - 1) << OFF))
-                    tq += scaled * (xj * (1.0 / (1 << OFF)))[None, :]
-            acc += s * (tq - z * xs[None, :])
+                tq += _element(q, j, BITS, E2M1, magic, 0.0 if HAS_ZEROS else SYM_ZERO) * xj[None, :]
+                if HAS_ZEROS:
+                    xs += xj
+            if HAS_ZEROS:
+                tq -= z * xs[None, :]
+            acc += s * tq
         else:
             blk = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
             for j in tl.static_range(PACK):
@@ -120,7 +117,9 @@ def _gemm_kernel(
                     k = tl.load(perm_ptr + k, mask=kp_mask, other=0)
                 x_ptrs = x_ptr + offs_m[None, :] * stride_xm + k[:, None] * stride_xk
                 xj = tl.load(x_ptrs, mask=kp_mask[:, None] & m_mask[None, :], other=0.0)
-                w = _element(q, j, BITS, E2M1) - z  # exact small integers (int) or e2m1 values
+                w = _element(q, j, BITS, E2M1, magic, 0.0 if HAS_ZEROS else SYM_ZERO)  # exact in bf16 too
+                if HAS_ZEROS:
+                    w -= z
                 if not SCALE_ROW:
                     w = w * s
                 w = w.to(x_ptr.dtype.element_ty)
@@ -161,28 +160,31 @@ def _dequant_kernel(
     g_off = (offs_k // GROUP)[None, :] * N + offs_n[:, None]
     s = tl.load(s_ptr + g_off, mask=mask, other=0.0)
     if E2M1:
-        v = _e2m1(c)
+        v = 4.0 * _e2m1_quarter(((c & 7) << 22) | 0x3E000000, (c & 8) << 28)
     elif HAS_ZEROS:
-        v = _as_float(c) - tl.load(z_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
+        v = c.to(tl.float32) - tl.load(z_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
     else:
-        v = _as_float(c) - SYM_ZERO
+        v = c.to(tl.float32) - SYM_ZERO
     w = (v * s.to(tl.float32)).to(s.dtype).to(w_ptr.dtype.element_ty)
     tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w, mask=mask)
 
 
-# Per M bucket (largest M): block_m, block_n, packed rows per block, num_warps, num_stages, programs per
-# SM that split-K aims for. M = 1: 16 KB of packed weight per block and 4 programs per SM in flight.
+# Per M bucket (largest M): block_m, block_n, packed rows per block, num_warps, num_stages, programs per SM
+# that split-K aims for. M = 1: 16 KB of packed weight per block, 4 programs per SM (125 registers) in flight.
 TILES = [(1, (1, 128, 32, 4, 3, 4)), (16, (16, 128, 32, 4, 3, 4)), (32, (32, 128, 16, 4, 3, 2)),
-         (64, (64, 128, 16, 4, 3, 2)), (None, (64, 128, 16, 8, 3, 1))]  # fmt: skip
+         (64, (64, 128, 16, 8, 3, 2)), (None, (64, 128, 16, 8, 3, 1))]  # fmt: skip
 
 
-def pick_config(m: int, n: int, k: int, bits: int, device: torch.device) -> GemmConfig:
+def pick_config(m: int, n: int, k: int, bits: int, group_size: int, device: torch.device) -> GemmConfig:
     """Tiles from TILES by M; split-K up to programs-per-SM x SMs programs (it matters when tiles are few)."""
     if interpreting():  # tiny tiles: the interpreter runs every program serially
         bm, bn, bkp, warps, stages, per_sm = (1 if m == 1 else 16), 32, 16, 1, 1, 2
     else:
         bm, bn, bkp, warps, stages, per_sm = next(t for top, t in TILES if top is None or m <= top)
-    bk = bkp * (32 // bits)
+    pack = 32 // bits
+    if bm > 1 and group_size // pack >= 16:  # tl.dot path: a block in one group scales once per column
+        bkp = min(bkp, group_size // pack)  # (at M = 1 the larger block wins: less loop overhead per element)
+    bk = bkp * pack
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     split = max(1, min(triton.cdiv(per_sm * num_sms(device), tiles), triton.cdiv(k, bk), 32))
     return GemmConfig(bm, bn, bk, split, warps, stages)
@@ -214,21 +216,20 @@ def int_weight_gemm_triton(
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y.view(*x.shape[:-1], n)
-    cfg = config or pick_config(m, n, k, bits, x.device)
+    cfg = config or pick_config(m, n, k, bits, group_size, x.device)
     if cfg.block_k // (32 // bits) < 16 or 1 < cfg.block_m < 16:
         raise ValueError(f"bad config {cfg}: tl.dot needs block_k / pack >= 16 and block_m 1 (no dot) or >= 16")
     num_kb = triton.cdiv(k, cfg.block_k)
     per_split = triton.cdiv(num_kb, max(1, min(cfg.split_k, num_kb)))
     split = triton.cdiv(num_kb, per_split)  # no empty slices
     out = y if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
-    interp = interpreting()
     (qweight, scales, zeros_arg), consts = _weight_args(qweight, scales, zeros, bits, value_type)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split)
     _gemm_kernel[grid](
         x2, qweight, scales, zeros_arg, qweight if perm is None else perm, out,
-        m, n, k, x2.stride(0), x2.stride(1), per_split,
+        m, n, k, x2.stride(0), x2.stride(1), per_split, 0x4B000000,
         GROUP=group_size, HAS_PERM=perm is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, DOT_FP32=interp, DOT_PRECISION="ieee" if interp or x.dtype == torch.float32 else "tf32",
+        BLOCK_K=cfg.block_k, DOT_FP32=interpreting(), DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )  # fmt: skip
     if split > 1:  # 256 outputs per program: enough programs even for N = 4096 at M = 1
@@ -289,8 +290,7 @@ def int_weight_matmul_triton(
     perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton int_weight_matmul (contract of int_weight_matmul_ref): fused kernel up to DEQUANT_MM_MIN_M rows."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    fn = int_weight_dequant_mm_triton if use_dequant_mm(rows) else int_weight_gemm_triton
+    fn = int_weight_dequant_mm_triton if use_dequant_mm(x.numel() // max(x.shape[-1], 1)) else int_weight_gemm_triton
     return fn(x, qweight, scales, zeros, bits, group_size, value_type, perm)
 
 

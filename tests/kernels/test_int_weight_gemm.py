@@ -145,8 +145,15 @@ def test_large_m_dequant_mm_and_dispatch(monkeypatch):
     out = tiw.int_weight_matmul_triton(x, qw, s, z, 8, 64, "int", p)
     assert out.shape == (2, 3, 72) and out.dtype == BF16
     assert rel_err(out, ref) < TOLERANCE[BF16]
-    w = tiw.dequantize_int_weight_triton(qw, s, z, 8, 64)
-    assert w.dtype == F32 and rel_err(w, dequantize_int_weight(qw, s, z, 8, 64)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "bits, group, zeros, value_type", [(8, 64, True, "int"), (4, 32, False, "int"), (4, 16, False, "e2m1")]
+)
+def test_dequantize_kernel(bits, group, zeros, value_type):
+    _, qw, s, z, _ = make(40, 128, bits, group, zeros, seed=bits + group)
+    w = tiw.dequantize_int_weight_triton(qw, s, z, bits, group, value_type)
+    assert w.dtype == F32 and rel_err(w, dequantize_int_weight(qw, s, z, bits, group, value_type)) < 1e-6
 
 
 def test_dispatch_and_empty():
