@@ -37,6 +37,7 @@ FP8, BF16 = torch.float8_e4m3fn, torch.bfloat16
 VARIANTS = [
     ("scaled_mm tensor", "static", "tensor", lambda *a: scaled_mm_fp8(*a, BF16)),
     ("scaled_mm rowwise", "token", "channel", lambda *a: scaled_mm_fp8(*a, BF16)),
+    ("scaled_mm block", "group", "block", lambda *a: scaled_mm_fp8(*a, BF16)),  # torch on cuBLASLt >= 12.9
     ("triton tensor", "static", "tensor", lambda *a: fp8_matmul_triton(*a, BF16)),
     ("triton channel", "token", "channel", lambda *a: fp8_matmul_triton(*a, BF16)),
     ("triton block", "group", "block", lambda *a: fp8_matmul_triton(*a, BF16)),
@@ -109,7 +110,7 @@ def bench_table(ms: list[int], shapes: list[tuple[str, int, int]]) -> None:
             for name, *_ in shapes:
                 try:
                     times[name] = graph_us(fp8_calls(built[name], xs[name], act, wkind, gemm, with_quant))
-                except RuntimeError as exc:  # e.g. a _scaled_mm that refuses this M: say so, keep going
+                except (RuntimeError, ValueError, NotImplementedError) as exc:  # a _scaled_mm refusing: say so
                     print(f"{label} M={m} {name}: {str(exc).splitlines()[0][:150]}")
                     times[name] = math.nan
             rows.append((label + (" +q" if with_quant else ""), m, times))
@@ -146,10 +147,11 @@ def print_crossovers(rows, ms, shapes) -> None:
     for constant, cublas, triton_label in (
         ("SCALED_MM_MIN_M_TENSORWISE", "scaled_mm tensor +q", "triton tensor +q"),
         ("SCALED_MM_MIN_M_ROWWISE", "scaled_mm rowwise +q", "triton channel +q"),
+        ("SCALED_MM_MIN_M_BLOCKWISE", "scaled_mm block +q", "triton block +q"),
     ):
         wins = [total[(cublas, m)] <= total[(triton_label, m)] for m in ms]  # NaN (refused) is no win
         first = next((m for i, m in enumerate(ms) if all(wins[i:])), None)
-        print(f"crossover: {constant} = {first if first is not None else f'> {ms[-1]}'}  ({cublas} vs {triton_label})")
+        print(f"crossover: {constant} = {first}  ({cublas} vs {triton_label}; None: Triton at every M)")
 
 
 def sweep(ms: list[int], strategy: str) -> None:

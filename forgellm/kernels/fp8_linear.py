@@ -22,10 +22,13 @@ from forgellm.kernels.fp8_quant import (
 
 ACT_STRATEGIES = ("token", "group", "static")
 # torch._scaled_mm runs from these M up (per-tensor scales on both sides / any per-row scale); below
-# them the Triton GEMM, whose swapped, split-K tiles stream the weight faster at decode sizes.
-# Set from benchmarks/fp8_gemm_bench.py on the target GPU (its "crossover" lines).
-SCALED_MM_MIN_M_TENSORWISE = 64
-SCALED_MM_MIN_M_ROWWISE = 64
+# them the Triton GEMM, whose swapped, split-K tiles stream the weight faster at decode sizes. None:
+# Triton at every M. Set from benchmarks/fp8_gemm_bench.py on the target GPU (its "crossover" lines).
+SCALED_MM_MIN_M_TENSORWISE: int | None = 64
+SCALED_MM_MIN_M_ROWWISE: int | None = 64
+# Block weights with per-group activations (128x128 / 1x128 scales) in _scaled_mm: torch builds on
+# cuBLASLt >= 12.9 have it. None keeps them on Triton until the benchmark shows where cuBLASLt wins.
+SCALED_MM_MIN_M_BLOCKWISE: int | None = None
 # Some torch builds want M % 16 == 0 in _scaled_mm; rows are zero-padded up to this multiple.
 SCALED_MM_M_MULTIPLE = 1
 # cuBLASLt's fast accumulation (fewer float32 promotions of the fp8 sums): faster, less precise.
@@ -34,20 +37,33 @@ _REFERENCE_ONLY = os.environ.get("FORGELLM_KERNELS") == "reference"  # read once
 
 
 def fp8_gemm_backend(
-    m: int, n: int, k: int, weight_strategy: str, act_strategy: str, out_dtype: torch.dtype, has_bias: bool
+    m: int,
+    n: int,
+    k: int,
+    weight_strategy: str,
+    act_strategy: str,
+    out_dtype: torch.dtype,
+    has_bias: bool,
+    block: tuple[int, int] = (128, 128),
 ) -> str:
     """The GEMM for a CUDA fp8 linear: "scaled_mm" where _scaled_mm can run and M is large enough, else "triton".
 
-    _scaled_mm cannot do block weights or group activations, needs K and N multiples of 16, gives
-    per-row (rowwise) scaling in bf16 only, and takes no bias with a float32 output.
+    _scaled_mm needs K and N multiples of 16, gives per-row (rowwise) and block scaling in bf16 only,
+    blocks only as 128x128 weight blocks with 1x128 activation groups, and no bias with float32 out.
     """
-    if weight_strategy == "block" or act_strategy == "group" or k % 16 or n % 16:
+    if k % 16 or n % 16:
         return "triton"
-    rowwise = weight_strategy == "channel" or act_strategy == "token"
-    if (rowwise and out_dtype != torch.bfloat16) or (has_bias and out_dtype == torch.float32):
-        return "triton"
-    threshold = SCALED_MM_MIN_M_ROWWISE if rowwise else SCALED_MM_MIN_M_TENSORWISE
-    return "scaled_mm" if m >= threshold else "triton"
+    if weight_strategy == "block" or act_strategy == "group":
+        blockwise = weight_strategy == "block" and act_strategy == "group" and tuple(block) == (128, 128)
+        if not blockwise or out_dtype != torch.bfloat16 or has_bias:
+            return "triton"
+        threshold = SCALED_MM_MIN_M_BLOCKWISE
+    else:
+        rowwise = weight_strategy == "channel" or act_strategy == "token"
+        if (rowwise and out_dtype != torch.bfloat16) or (has_bias and out_dtype == torch.float32):
+            return "triton"
+        threshold = SCALED_MM_MIN_M_ROWWISE if rowwise else SCALED_MM_MIN_M_TENSORWISE
+    return "scaled_mm" if threshold is not None and m >= threshold else "triton"
 
 
 def scaled_mm_fp8(
@@ -58,9 +74,13 @@ def scaled_mm_fp8(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp8_matmul through torch._scaled_mm, for one or per-token x scales and one or per-channel w scales."""
+    """fp8_matmul through torch._scaled_mm: one or per-token x scales with one or per-channel w scales, or
+    (bf16 only) 1x128 group x scales with 128x128 block w scales."""
     m, n = x_q.shape[0], w.shape[0]
-    if x_scale.numel() == 1 and w_scale.numel() == 1:
+    blockwise = w_scale.dim() == 2 and w_scale.numel() > 1 and w_scale.shape != (n, 1)
+    if blockwise:
+        scale_a, scale_b = x_scale.float(), w_scale.float().t()  # [M, K/128]; [K/128, N/128] as w.t()'s
+    elif x_scale.numel() == 1 and w_scale.numel() == 1:
         scale_a, scale_b = x_scale.float().reshape(()), w_scale.float().reshape(())
     else:  # rowwise: [M, 1] and [1, N], both contiguous; a single scale is broadcast (a tiny copy)
         scale_a = x_scale.float().reshape(-1, 1).expand(m, 1).contiguous()
@@ -71,7 +91,9 @@ def scaled_mm_fp8(
         padded[:m] = x_q
         x_q = padded
         if scale_a.dim() == 2:
-            scale_a = torch.cat([scale_a, scale_a.new_ones(rows - m, 1)])
+            scale_a = torch.cat([scale_a, scale_a.new_ones(rows - m, scale_a.shape[1])])
+    if blockwise:  # cuBLASLt reads 1x128 scales M-major (column-major [M, K/128])
+        scale_a = scale_a.t().contiguous().t()
     y = torch._scaled_mm(
         x_q,
         w.t(),  # column-major [K, N]: the layout cuBLASLt's fp8 kernels take
@@ -157,7 +179,7 @@ def _fp8_linear_cuda(x, w, w_scale, *, input_scale, weight_strategy, act_strateg
     else:
         x_q, x_scale = kernels.quantize_fp8_static(x2, input_scale)
     m, (n, k) = x2.shape[0], w.shape
-    backend = fp8_gemm_backend(m, n, k, weight_strategy, act_strategy, x.dtype, bias is not None)
+    backend = fp8_gemm_backend(m, n, k, weight_strategy, act_strategy, x.dtype, bias is not None, block)
     if backend == "scaled_mm":
         y = scaled_mm_fp8(x_q, x_scale, w, w_scale, x.dtype, bias)
     else:

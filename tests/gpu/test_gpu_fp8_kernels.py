@@ -108,6 +108,19 @@ def test_scaled_mm(k: int, n: int, act_strategy: str, weight_strategy: str, m: i
     assert rel_err(out, fp8_matmul_ref(x_q, x_scale, w_q, w_scale, torch.float32, bias)) < 5e-3
 
 
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("k, n", SHAPES)
+def test_scaled_mm_blockwise(k: int, n: int, m: int) -> None:
+    """cuBLASLt's 128x128 weight blocks with 1x128 activation groups (off in fp8_linear until measured)."""
+    w_q, w_scale = weight(k, n, "block")
+    x_q, x_scale = quantize_ref(activations(m, k, seed=m), "group")
+    try:
+        out = fp8_linear_module().scaled_mm_fp8(x_q, x_scale, w_q, w_scale, BF16)
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        pytest.skip(f"this torch has no blockwise _scaled_mm (keep SCALED_MM_MIN_M_BLOCKWISE = None): {exc}")
+    assert rel_err(out, fp8_matmul_ref(x_q, x_scale, w_q, w_scale, torch.float32)) < 5e-3
+
+
 @pytest.mark.parametrize("m", [1, 16, 2048])
 @pytest.mark.parametrize(
     "weight_strategy, act_strategy", [("channel", "token"), ("block", "group"), ("tensor", "static")]

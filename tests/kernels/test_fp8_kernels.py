@@ -264,11 +264,20 @@ def test_gemm_backend_choice(monkeypatch):
     assert fp8_gemm_backend(32, 4096, 4096, "channel", "token", bf16, False) == "scaled_mm"
     assert fp8_gemm_backend(32, 4096, 4096, "tensor", "static", bf16, False) == "triton"
     assert fp8_gemm_backend(64, 4096, 4096, "tensor", "static", fp16, True) == "scaled_mm"
-    assert fp8_gemm_backend(4096, 4096, 4096, "block", "group", bf16, False) == "triton"
     assert fp8_gemm_backend(4096, 4096, 4096, "channel", "group", bf16, False) == "triton"
     assert fp8_gemm_backend(4096, 4096, 4096, "channel", "token", fp16, False) == "triton"  # rowwise: bf16 only
     assert fp8_gemm_backend(4096, 4096, 4096, "tensor", "static", fp32, True) == "triton"  # no bias with fp32
     assert fp8_gemm_backend(4096, 4104, 4096, "tensor", "static", bf16, False) == "triton"  # N % 16
+    # block weights with group activations go to cuBLASLt only once a threshold is set (bf16, no bias)
+    assert fp8_gemm_backend(4096, 4096, 4096, "block", "group", bf16, False) == "triton"
+    monkeypatch.setattr(fp8_linear_module, "SCALED_MM_MIN_M_BLOCKWISE", 256)
+    assert fp8_gemm_backend(256, 4096, 4096, "block", "group", bf16, False) == "scaled_mm"
+    assert fp8_gemm_backend(128, 4096, 4096, "block", "group", bf16, False) == "triton"
+    assert fp8_gemm_backend(256, 4096, 4096, "block", "group", bf16, True) == "triton"
+    assert fp8_gemm_backend(256, 4096, 4096, "block", "group", bf16, False, block=(64, 64)) == "triton"
+    assert fp8_gemm_backend(256, 4096, 4096, "block", "token", bf16, False) == "triton"
+    monkeypatch.setattr(fp8_linear_module, "SCALED_MM_MIN_M_ROWWISE", None)
+    assert fp8_gemm_backend(10**6, 4096, 4096, "channel", "token", bf16, False) == "triton"
 
 
 @pytest.mark.parametrize(
