@@ -10,7 +10,7 @@ fills the GPU; the splits' float32 partials are summed by a second small kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -32,7 +32,9 @@ class Fp8GemmConfig:
     num_stages: int = 4
 
 
-# Small-M tiles (M <= 16, then M <= 64). Grid target for split-K: programs per SM.
+# Tiles for M <= 16 (decode), M <= 64, then large M (block_m 64 up to M = 128). K is split across
+# programs while the output tiles alone leave SMs idle: up to SPLIT_K_PROGRAMS_PER_SM per SM for the
+# swapped (weight-streaming) tiles, one wave for the large ones.
 DECODE_CONFIG = Fp8GemmConfig(block_m=16, block_n=64, block_k=256, swap_ab=True, num_warps=4, num_stages=4)
 SMALL_CONFIG = Fp8GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=True, num_warps=4, num_stages=4)
 LARGE_CONFIG = Fp8GemmConfig(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3)
@@ -46,19 +48,18 @@ def pick_config(m: int, n: int, k: int, k_group: int | None, sms: int) -> Fp8Gem
     if m <= 16:
         base = DECODE_CONFIG
     elif m <= 64:
-        base = Fp8GemmConfig(**{**SMALL_CONFIG.__dict__, "block_m": max(next_power_of_2(m), 16)})
+        base = replace(SMALL_CONFIG, block_m=max(next_power_of_2(m), 16))
     else:
-        base = LARGE_CONFIG if m > 128 else Fp8GemmConfig(**{**LARGE_CONFIG.__dict__, "block_m": 64, "num_warps": 4})
+        base = LARGE_CONFIG if m > 128 else replace(LARGE_CONFIG, block_m=64, num_warps=4)
     block_k = base.block_k
     while k_group is not None and k_group % block_k:
         block_k //= 2
-    split = 1
-    if base.swap_ab:
-        tiles = triton.cdiv(m, base.block_m) * triton.cdiv(n, base.block_n)
-        k_steps = triton.cdiv(k, block_k)
-        # Split only while each split keeps >= 4 K steps, so the pipeline still has depth.
-        split = max(1, min(triton.cdiv(SPLIT_K_PROGRAMS_PER_SM * sms, tiles), k_steps // 4, MAX_SPLIT_K))
-    return Fp8GemmConfig(**{**base.__dict__, "block_k": max(block_k, 16), "split_k": split})
+    tiles = triton.cdiv(m, base.block_m) * triton.cdiv(n, base.block_n)
+    # Weight streams (swapped tiles) want several programs per SM in flight; big tiles one wave.
+    target = SPLIT_K_PROGRAMS_PER_SM * sms if base.swap_ab else sms
+    # Split only while each split keeps >= 4 K steps, so the pipeline still has depth.
+    split = max(1, min(triton.cdiv(target, tiles), triton.cdiv(k, block_k) // 4, MAX_SPLIT_K))
+    return replace(base, block_k=max(block_k, 16), split_k=split)
 
 
 @triton.jit

@@ -27,7 +27,7 @@ from forgellm.kernels.fp8_quant import (  # noqa: E402
     quantize_fp8_static_ref,
     quantize_fp8_weight,
 )
-from forgellm.kernels.triton_fp8_gemm import Fp8GemmConfig, fp8_matmul_triton  # noqa: E402
+from forgellm.kernels.triton_fp8_gemm import Fp8GemmConfig, fp8_matmul_triton, pick_config  # noqa: E402
 from forgellm.kernels.triton_fp8_quant import (  # noqa: E402
     quantize_fp8_per_token_group_triton,
     quantize_fp8_per_token_triton,
@@ -210,6 +210,19 @@ def test_triton_gemm_forced_configs(config, weight_strategy, act_strategy):
     bias = randn(N, seed=8)
     out = fp8_matmul_triton(x_q, x_scale, w_q, w_scale, torch.float32, bias, config=config)
     assert rel_err(out, fp8_matmul_ref(x_q, x_scale, w_q, w_scale, torch.float32, bias)) < 1e-5
+
+
+def test_tile_choice_at_llama_8b_shapes():
+    """Decode streams the weight through swapped tiles, split over K until ~2 programs per SM (132 SMs)."""
+    qkv = pick_config(1, 6144, 4096, None, 132)
+    assert qkv.swap_ab and qkv.block_m == 16 and qkv.split_k == 3  # 96 tiles
+    assert pick_config(16, 28672, 4096, None, 132).split_k == 1  # 448 tiles fill the GPU already
+    down = pick_config(4, 4096, 14336, 128, 132)
+    assert down.block_k == 128 and down.split_k == 5  # block scales: a K step inside one 128-block
+    assert pick_config(64, 4096, 4096, None, 132).block_m == 64
+    large = pick_config(2048, 4096, 4096, None, 132)
+    assert not large.swap_ab and large.block_m == 128 and large.split_k == 1
+    assert pick_config(256, 4096, 4096, None, 132).split_k == 3  # 64 big tiles: K split to fill one wave
 
 
 def test_triton_gemm_refuses_mismatched_scales():
