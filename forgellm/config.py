@@ -53,7 +53,7 @@ class EngineConfig:
         None, "inputs per scale for int4/int8 at load: 32, 64, 128, 256 or -1 per channel (default: int4 128, int8 -1)"
     )
     kv_cache_dtype: Literal["auto", "fp8"] = _opt(
-        "auto", "KV cache: auto (the model dtype, or fp8 where the checkpoint has KV scales) or fp8"
+        "auto", "KV cache: auto (the model dtype) or fp8 (e4m3, with the checkpoint's k/v scales where it has them)"
     )
     nvfp4_mode: Literal["weight_only", "fp8"] = _opt(
         "weight_only", "how NVFP4 weights run on GPUs without FP4 tensor cores: weight_only (fp4 in the GEMM) or fp8"

@@ -24,7 +24,7 @@ class QuantizationConfig(ABC):
     """Picks a LinearMethod per layer; says the KV-cache dtype and where a checkpoint keeps KV scales."""
 
     name: str = "none"
-    kv_cache_dtype: str = "auto"  # "auto" (the model dtype) or "fp8"
+    kv_cache_dtype: str = "auto"  # "fp8" when the checkpoint calibrated FP8 KV-cache scales
 
     def __init__(self, ignore: list[str] | None = None) -> None:
         self.ignore = list(ignore or [])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from forgellm.quantization.online import OnlineQuantConfig
 CHECKPOINT_METHODS = ("compressed-tensors", "modelopt", "awq", "gptq", "fp8")
 KV_CACHE_DTYPES = ("auto", "fp8")
 MODELOPT_FILE = "hf_quant_config.json"
+
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_quantization(model_dir: Path | None, raw: dict[str, Any], nvfp4_mode: str) -> QuantizationConfig | None:
@@ -66,10 +69,12 @@ def resolve_quantization(
 def resolve_kv_cache_dtype(
     option: str, quant_config: QuantizationConfig | None, model_dtype: torch.dtype
 ) -> torch.dtype:
-    """ "fp8" stores K/V as e4m3; "auto" follows the checkpoint (fp8 where it calibrated KV scales), else
-    the model dtype."""
+    """ "fp8" stores K/V as e4m3 (with the checkpoint's k/v scales where it has them); "auto" is the model
+    dtype, as in vLLM, even for a checkpoint that calibrated FP8 KV scales (the start-up log says so)."""
     if option not in KV_CACHE_DTYPES:
         raise ConfigError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {option!r}")
-    if option == "fp8" or (quant_config is not None and quant_config.kv_cache_dtype == "fp8"):
+    if option == "fp8":
         return FP8_DTYPE
+    if quant_config is not None and quant_config.kv_cache_dtype == "fp8":
+        logger.info("the checkpoint has FP8 KV-cache scales; kv_cache_dtype='fp8' stores the KV cache in FP8 with them")
     return model_dtype
