@@ -43,7 +43,12 @@ CASES = {
     "int8": (dict(quantization="int8"), lambda w: ref.rtn_int(w, 8, None), None, 1e-4),
     "int4-g32": (dict(quantization="int4", quantization_group_size=32), lambda w: ref.rtn_int(w, 4, 32), None, 1e-4),
     "int4-g64": (dict(quantization="int4", quantization_group_size=64), lambda w: ref.rtn_int(w, 4, 64), None, 1e-4),
-    "int4-channel": (dict(quantization="int4", quantization_group_size=-1), lambda w: ref.rtn_int(w, 4, None), None, 1e-4),
+    "int4-channel": (
+        dict(quantization="int4", quantization_group_size=-1),
+        lambda w: ref.rtn_int(w, 4, None),
+        None,
+        1e-4,
+    ),
     "fp8": (dict(quantization="fp8"), ref.fp8_channel, ref.fp8_token, 2e-3),
     "nvfp4": (dict(quantization="nvfp4"), ref.nvfp4, None, 1e-4),
 }
