@@ -40,7 +40,9 @@ SMALL_CONFIG = Fp8GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=True,
 LARGE_CONFIG = Fp8GemmConfig(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3)
 SPLIT_K_PROGRAMS_PER_SM = 2
 MAX_SPLIT_K = 16
-GROUP_M = 8  # tiles of GROUP_M row blocks run together so their weight tiles are reused from L2
+# Tiles of GROUP_M row blocks run together so their weight tiles are reused from L2 (a constexpr: compiled
+# kernels may read no other globals).
+GROUP_M = tl.constexpr(8)
 
 
 def pick_config(m: int, n: int, k: int, k_group: int | None, sms: int) -> Fp8GemmConfig:
