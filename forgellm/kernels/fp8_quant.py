@@ -13,6 +13,9 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 # Only rows whose amax is below 448e-12 feel the clamp; those are zeros in any real activation.
 FP8_MIN_SCALE = 1e-12
+# Activation scales are amax times this float32 reciprocal, not amax / 448: torch on CUDA divides a tensor by
+# a scalar that way, so CPU, CUDA and Triton all give the same scale bits.
+FP8_INV_MAX = 1.0 / FP8_MAX
 WEIGHT_STRATEGIES = ("tensor", "channel", "block")
 
 
@@ -31,14 +34,14 @@ def _group_amax(x: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def quantize_fp8_per_token_group_ref(x: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-group quantization of x [..., K]: (x_q [..., K] fp8, x_scale [..., ceil(K/group)] f32)."""
-    scale = (_group_amax(x, group_size) / FP8_MAX).clamp_min(FP8_MIN_SCALE)
+    scale = (_group_amax(x, group_size) * FP8_INV_MAX).clamp_min(FP8_MIN_SCALE)
     expanded = scale.repeat_interleave(group_size, dim=-1)[..., : x.shape[-1]]
     return _to_fp8(x.float() / expanded), scale
 
 
 def quantize_fp8_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-token quantization of x [..., K]: (x_q [..., K] fp8, x_scale [..., 1] float32)."""
-    scale = (x.float().abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(FP8_MIN_SCALE)
+    scale = (x.float().abs().amax(dim=-1, keepdim=True) * FP8_INV_MAX).clamp_min(FP8_MIN_SCALE)
     return _to_fp8(x.float() / scale), scale
 
 

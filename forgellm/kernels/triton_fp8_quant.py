@@ -12,12 +12,14 @@ import triton
 import triton.language as tl
 
 from forgellm.kernels.fp8_quant import FP8_DTYPE
+from forgellm.kernels.fp8_quant import FP8_INV_MAX as _FP8_INV_MAX
 from forgellm.kernels.fp8_quant import FP8_MAX as _FP8_MAX
 from forgellm.kernels.fp8_quant import FP8_MIN_SCALE as _FP8_MIN_SCALE
 from forgellm.kernels.triton_utils import interpreting, next_power_of_2
 
 # Compiled kernels may read module globals only when they are constexpr (the interpreter is laxer).
 FP8_MAX = tl.constexpr(_FP8_MAX)
+FP8_INV_MAX = tl.constexpr(_FP8_INV_MAX)
 FP8_MIN_SCALE = tl.constexpr(_FP8_MIN_SCALE)
 
 
@@ -65,7 +67,7 @@ def _quant_kernel(
         v = tl.math.div_rn(x, scale)
     else:
         amax = tl.max(tl.abs(x), axis=1)
-        scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX), FP8_MIN_SCALE)
+        scale = tl.maximum(amax * FP8_INV_MAX, FP8_MIN_SCALE)
         tl.store(s_ptr + row * num_groups + tl.arange(0, GROUPS), scale, mask=tl.arange(0, GROUPS) < num_groups)
         v = tl.math.div_rn(x, scale[:, None])
     v = tl.minimum(tl.maximum(v, -FP8_MAX), FP8_MAX)

@@ -79,7 +79,8 @@ def test_per_token_ref_scales_zero_rows_and_rounding():
     x = activations(5)
     x_q, scale = quantize_fp8_per_token_ref(x)
     amax = torch.stack([row.float().abs().max() for row in x])
-    expected = torch.where(amax > 0, amax / 448, torch.full_like(amax, FP8_MIN_SCALE))
+    # amax times float32(1/448) (as torch on CUDA divides by a scalar), not a true division
+    expected = torch.where(amax > 0, amax * torch.tensor(1 / 448), torch.full_like(amax, FP8_MIN_SCALE))
     assert scale.shape == (5, 1) and torch.equal(scale[:, 0], expected)  # float32 like expected
     # The zero row stays zero; every other row's largest element lands exactly on the fp8 maximum.
     assert x_q.float().abs().amax(dim=1).tolist() == [448, 0, 448, 448, 448]
@@ -95,7 +96,7 @@ def test_per_token_group_ref_partial_last_group():
     assert scale.shape == (4, 2)
     for r, (g, cols) in itertools.product(range(4), enumerate((slice(0, 128), slice(128, 200)))):
         amax = x[r, cols].float().abs().max()
-        assert scale[r, g] == (amax / 448 if amax > 0 else FP8_MIN_SCALE)
+        assert scale[r, g] == (amax * torch.tensor(1 / 448) if amax > 0 else FP8_MIN_SCALE)
         assert x_q[r, cols].float().abs().max() == (448 if amax > 0 else 0)
 
 
