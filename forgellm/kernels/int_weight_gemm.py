@@ -63,15 +63,16 @@ def pack_int_weight(q: torch.Tensor, bits: int) -> torch.Tensor:
     pack = 32 // bits
     if q.dim() != 2 or q.shape[1] % pack:
         raise ValueError(f"q must be [N, K] with K a multiple of {pack}, got {tuple(q.shape)}")
-    q = q.to(torch.int64)
-    if q.numel() and (q.min() < 0 or q.max() >= 1 << bits):
+    if q.numel() and (int(q.min()) < 0 or int(q.max()) >= 1 << bits):  # ints: uint8 would wrap 256 to 0
         raise ValueError(f"codes must lie in [0, {1 << bits})")
     n, k = q.shape
     words = q.t().reshape(k // pack, pack, n)
-    shifts = (torch.arange(pack, device=q.device) * bits).view(1, pack, 1)
-    packed = (words << shifts).sum(dim=1)  # disjoint bit fields: the sum is an OR
-    # Wrap the top bit into int32's sign, as the int32 storage holds it.
-    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+    # OR the fields into int32 one at a time: no int64 copy of the whole weight (an 8B model's gate|up
+    # would need 0.9 GB of it at once); shifting into the sign bit wraps, which is the bit pattern we want.
+    packed = torch.zeros(k // pack, n, dtype=torch.int32, device=q.device)
+    for i in range(pack):
+        packed |= words[:, i].to(torch.int32) << (i * bits)
+    return packed
 
 
 def unpack_int_weight(qweight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -94,7 +95,9 @@ def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
 def e2m1_encode(values: torch.Tensor) -> torch.Tensor:
     """int32 code of the nearest e2m1 number to each value (ties to the smaller magnitude; beyond 6 clamps)."""
     table = torch.tensor(E2M1_MAGNITUDES, device=values.device)
-    index = (values.float().abs().unsqueeze(-1) - table).abs().argmin(dim=-1)  # argmin keeps the first tie
+    # The midpoints between neighbours; bucketize puts a value equal to one in the lower bucket (the tie rule),
+    # without the [..., 8] distance tensor an argmin over the table would need.
+    index = torch.bucketize(values.float().abs(), (table[1:] + table[:-1]) / 2)
     return (index + 8 * (values < 0)).to(torch.int32)
 
 

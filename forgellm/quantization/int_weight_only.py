@@ -58,7 +58,7 @@ class IntWeightOnlyMethod(StagedLinearMethod):
                 raise ModelLoadError(f"{layer.part_names[0]}: g_idx does not give every group {group} columns")
             q = q[:, perm]
         device, dtype = layer.compute_device, layer.compute_dtype
-        set_tensor(layer, "qweight", pack_int_weight(q.to(device), self.bits))
+        set_tensor(layer, "qweight", pack_int_weight(q, self.bits).to(device))
         set_tensor(layer, "scales", scales.t().contiguous().to(device=device, dtype=dtype))
         set_tensor(layer, "zeros", zeros.t().contiguous().to(device=device, dtype=dtype) if zeros is not None else None)
         set_tensor(layer, "perm", perm.to(device=device, dtype=torch.int32) if perm is not None else None)

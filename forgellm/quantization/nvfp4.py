@@ -45,7 +45,7 @@ class Nvfp4Method(StagedLinearMethod):
         scales = torch.cat([p.scales for p in parts])
         device = layer.compute_device
         if self.mode == "weight_only":
-            set_tensor(layer, "qweight", pack_int_weight(codes.to(device), 4))
+            set_tensor(layer, "qweight", pack_int_weight(codes, 4).to(device))
             set_tensor(layer, "scales", scales.t().contiguous().to(device=device, dtype=layer.compute_dtype))
             return
         weight = e2m1_decode(codes.to(device)) * scales.to(device).repeat_interleave(NVFP4_GROUP, dim=1)

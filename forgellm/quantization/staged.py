@@ -59,7 +59,8 @@ class StagedLinearMethod(LinearMethod):
             if getattr(self.reader, "dense", False):
                 offset, size = layer.part_slice(part)
                 tensors["weight"] = layer.weight.narrow(0, offset, size)
-            parts.append(self.reader.read(tensors, prefix))
+            with torch.device(layer.compute_device):  # quantizing at load runs on the GPU, one part at a time
+                parts.append(self.reader.read(tensors, prefix))
         del layer.staged
         if getattr(self.reader, "dense", False):
             del layer.weight
