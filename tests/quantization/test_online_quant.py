@@ -102,3 +102,14 @@ def test_group_that_does_not_divide_the_inputs_is_named(tiny_model_dir):
     # The tiny llama's hidden size is 64: groups of 128 do not fit.
     with pytest.raises(ModelLoadError, match=r"q_proj: input size 64 is not divisible by the group size 128"):
         LLM(str(tiny_model_dir("llama")), dtype="float32", quantization="int4")
+
+
+def test_fp8_on_a_gpu_without_fp8_names_the_capability(monkeypatch):
+    from forgellm.errors import ModelLoadError
+    from forgellm.quantization.fp8 import check_fp8_support
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    with pytest.raises(ModelLoadError, match=r"compute capability 8\.9 or newer.*this one is 8\.0"):
+        check_fp8_support(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_fp8_support(torch.device("cuda"))  # an H100/H200: fine
