@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from forgellm import LLM
-from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
 from tests.gpu.helpers import greedy, random_prompts
+from tests.quantization.test_online_quant import forgellm_logits
 
 pytestmark = pytest.mark.gpu
 
@@ -22,18 +22,6 @@ SCHEMES = {
 }
 
 
-def prefill_logits(llm: LLM, prompts: list[list[int]]) -> torch.Tensor:
-    runner = llm.engine.core.runner
-    chunks, block = [], 0
-    for prompt in prompts:
-        blocks = list(range(block, block + -(-len(prompt) // 16)))
-        block += len(blocks)
-        chunks.append(SequenceChunk(prompt, 0, blocks, list(range(len(prompt)))))
-    batch = build_forward_batch(chunks, 16, runner.device)
-    with torch.inference_mode():
-        return runner.model.compute_logits(runner.model(batch.input_ids, batch.positions, batch)).cpu()
-
-
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_quantized_gpu_matches_cpu_reference(scheme, tiny_model_dir):
     path = str(tiny_model_dir("llama"))
@@ -43,7 +31,7 @@ def test_quantized_gpu_matches_cpu_reference(scheme, tiny_model_dir):
     prompts = random_prompts([7, 33, 100], seed=3)
     # fp8 activations are rounded per token: a one-ulp difference of an e4m3 code moves a logit by ~1e-3.
     atol = 5e-3 if "fp8" in scheme else 2e-4
-    torch.testing.assert_close(prefill_logits(gpu, prompts), prefill_logits(cpu, prompts), atol=atol, rtol=0)
+    torch.testing.assert_close(forgellm_logits(gpu, prompts), forgellm_logits(cpu, prompts), atol=atol, rtol=0)
     assert gpu.engine.core.runner.graph_runner is not None  # decode below replays CUDA graphs
     ours = [o.outputs[0].token_ids for o in gpu.generate(prompts, greedy(16), use_tqdm=False)]
     theirs = [o.outputs[0].token_ids for o in cpu.generate(prompts, greedy(16), use_tqdm=False)]
@@ -59,7 +47,7 @@ def test_fp8_kv_cache_close_to_bf16_cache(tiny_model_dir):
     k_cache = fp8.engine.core.runner.model.layers[0].self_attn.attn.k_cache
     assert k_cache.dtype == torch.float8_e4m3fn
     prompts = random_prompts([300, 40], seed=5)
-    ours, theirs = prefill_logits(fp8, prompts), prefill_logits(bf16, prompts)
+    ours, theirs = forgellm_logits(fp8, prompts), forgellm_logits(bf16, prompts)
     cosine = torch.nn.functional.cosine_similarity(ours.float(), theirs.float(), dim=-1)
     assert cosine.min() > 0.99, cosine.min()
     assert fp8.engine.core.runner.num_blocks >= 1.9 * bf16.engine.core.runner.num_blocks

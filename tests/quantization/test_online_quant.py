@@ -28,15 +28,17 @@ def hf_quantized(path, weight_fn, act_fn=None):
 
 
 def forgellm_logits(llm, prompts):
+    """Float32 logits of every prompt position, the prompts prefilled together in one ForwardBatch (on the CPU)."""
     runner = llm.engine.core.runner
+    size = runner.block_size
     chunks, block = [], 0
     for prompt in prompts:
-        blocks = list(range(block, block + -(-len(prompt) // 4)))
+        blocks = list(range(block, block + -(-len(prompt) // size)))
         block += len(blocks)
         chunks.append(SequenceChunk(prompt, 0, blocks, list(range(len(prompt)))))
-    batch = build_forward_batch(chunks, 4, runner.device)
+    batch = build_forward_batch(chunks, size, runner.device)
     with torch.inference_mode():
-        return runner.model.compute_logits(runner.model(batch.input_ids, batch.positions, batch))
+        return runner.model.compute_logits(runner.model(batch.input_ids, batch.positions, batch)).cpu()
 
 
 CASES = {
