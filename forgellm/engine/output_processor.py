@@ -58,6 +58,7 @@ class RequestState:
     stream: bool = False  # emit an output every step, not only at the end
     delta: bool = False  # streamed outputs carry only what is new since the previous one
     prompt_logprobs: list[PositionLogprobs | None] | None = None
+    emitted_prompt_logprobs: bool = False  # delta mode: they go out once, as soon as they are whole
     num_cached_tokens: int = 0
     error: str | None = None  # why the engine failed it, if it did
 
@@ -285,7 +286,9 @@ class OutputProcessor:
 
         A sample's finish_reason comes once, with its last delta; later deltas of a finished sample
         (its siblings still running) are empty with finish_reason None. Prompt logprobs, which can
-        arrive over several prefill chunks, come whole with the last output.
+        arrive over several prefill chunks, come once, whole: with the first output after the prompt's
+        last chunk (the one holding the first token, so a stream can show them before any token), or
+        with the last output if the request ends before that.
         """
         outputs = []
         for s in state.samples:
@@ -314,9 +317,20 @@ class OutputProcessor:
             prompt_token_ids=state.prompt_token_ids,
             outputs=outputs,
             finished=state.finished,
-            prompt_logprobs=state.prompt_logprobs if state.finished else None,
+            prompt_logprobs=self._new_prompt_logprobs(state),
             metrics=state.metrics,
             num_cached_tokens=state.num_cached_tokens,
             delta=True,
             error=state.error,
         )
+
+    @staticmethod
+    def _new_prompt_logprobs(state: RequestState) -> list[PositionLogprobs | None] | None:
+        """The prompt logprobs if they are whole (or the request ended) and not yet emitted."""
+        found = state.prompt_logprobs
+        if found is None or state.emitted_prompt_logprobs:
+            return None
+        if len(found) < len(state.prompt_token_ids) and not state.finished:
+            return None
+        state.emitted_prompt_logprobs = True
+        return found

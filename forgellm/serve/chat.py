@@ -13,7 +13,7 @@ from forgellm.outputs import RequestOutput
 from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
-from forgellm.serve.logprobs import chat_logprobs
+from forgellm.serve.logprobs import chat_logprobs, prompt_logprobs_list
 from forgellm.serve.openapi import GENERATION_ERRORS, ChatCompletion, ChatCompletionChunk, openapi_extra, responses
 from forgellm.serve.protocol import ChatCompletionRequest
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
@@ -40,13 +40,19 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return EventStreamResponse(_events(stream, header, params.n, top_k, include_usage))
-        return await respond_when_done(request, _complete(stream, header, top_k))
+        return await respond_when_done(request, _complete(stream, header, top_k, body.prompt_logprobs))
 
     return router
 
 
-async def _complete(stream: AsyncIterator[RequestOutput], header: dict[str, Any], top_k: int | None) -> dict[str, Any]:
+async def _complete(
+    stream: AsyncIterator[RequestOutput], header: dict[str, Any], top_k: int | None, prompt_k: int | None = None
+) -> dict[str, Any]:
     [out] = await final_outputs([stream])
+    if prompt_k is not None and out.prompt_logprobs is not None:
+        # vLLM's extension; in chat it belongs to the response (the rendered conversation), not a choice.
+        listed = prompt_logprobs_list(out.prompt_token_ids, out.prompt_logprobs, prompt_k)
+        header = {**header, "prompt_logprobs": listed}
     choices = []
     for c in out.outputs:
         choice: dict[str, Any] = {

@@ -12,8 +12,9 @@ from fastapi.responses import Response
 from forgellm.outputs import RequestOutput
 from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import ChoiceDelta, DeltaTracker
+from forgellm.serve.echo import PromptView
 from forgellm.serve.generation import error_event, final_outputs, merge, respond_when_done, start_streams, usage
-from forgellm.serve.logprobs import completion_logprobs
+from forgellm.serve.logprobs import completion_logprobs, join_completion_logprobs
 from forgellm.serve.openapi import GENERATION_ERRORS, Completion, CompletionChunk, openapi_extra, responses
 from forgellm.serve.protocol import CompletionRequest
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
@@ -43,31 +44,77 @@ def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
         }
         # Every prompt is validated before any is queued: one bad prompt fails the request alone.
         streams = await start_streams(ctx, prompts, params, request_id, body.stream)
+        view = PromptView(body.echo, body.echo_only(), params.logprobs, body.prompt_logprobs)
+        shower = _PromptShower(view, ctx.engine.tokenizer)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventStreamResponse(_events(streams, header, params.n, params.logprobs, include_usage))
-        return await respond_when_done(request, _complete(streams, header, params.logprobs))
+            return EventStreamResponse(_events(streams, header, params.n, shower, include_usage))
+        return await respond_when_done(request, _complete(streams, header, shower))
 
     return router
 
 
-def _choice(d: ChoiceDelta, top_k: int | None) -> dict[str, Any]:
-    logprobs = None
-    if top_k is not None and d.logprobs is not None:
-        logprobs = completion_logprobs(d.token_ids, d.logprobs, top_k, d.text_offset)
-    choice: dict[str, Any] = {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}
-    if d.finish_reason is not None:
-        choice["stop_reason"] = d.stop_reason
-    return choice
+class _PromptShower:
+    """Builds choices, echoing each prompt (text, logprobs) where the request asked for it."""
+
+    def __init__(self, view: PromptView, tokenizer: Any) -> None:
+        self.view = view
+        self.tokenizer = tokenizer
+
+    def choice(self, d: ChoiceDelta, prompt_text_len: int = 0) -> dict[str, Any]:
+        """A choice of generated text; `prompt_text_len` shifts its text offsets past an echoed prompt."""
+        logprobs = None
+        if self.view.top_k is not None and d.logprobs is not None:
+            logprobs = completion_logprobs(d.token_ids, d.logprobs, self.view.top_k, prompt_text_len + d.text_offset)
+        choice: dict[str, Any] = {
+            "index": d.index,
+            "text": d.text,
+            "logprobs": logprobs,
+            "finish_reason": d.finish_reason,
+        }
+        if d.finish_reason is not None:
+            choice["stop_reason"] = d.stop_reason
+        return choice
+
+    def echoed(self, out: RequestOutput, choice: dict[str, Any]) -> dict[str, Any]:
+        """`choice` (of `out`'s prompt) with the prompt's text and logprobs in front of its own."""
+        text, logprobs = self.view.prompt_part(out, self.tokenizer)
+        choice["text"] = text + choice["text"]
+        if logprobs is not None:
+            choice["logprobs"] = join_completion_logprobs(logprobs, choice["logprobs"])
+        return choice
+
+    def prompt_chunk_choices(self, out: RequestOutput, first_index: int) -> list[dict[str, Any]]:
+        """A stream's first choices for `out`'s prompt: the prompt alone, in each of its n choices."""
+        text, logprobs = self.view.prompt_part(out, self.tokenizer) if self.view.echo else ("", None)
+        return [
+            {"index": first_index + c.index, "text": text, "logprobs": logprobs, "finish_reason": None}
+            for c in out.outputs
+        ]
+
+    def full_choices(self, out: RequestOutput, first_index: int) -> list[dict[str, Any]]:
+        """The finished choices of one prompt, for a response that is not streamed."""
+        out = self.view.strip_generation(out)
+        prompt_len = len(self.view.prompt_text(out, self.tokenizer)) if self.view.echo else 0
+        prompt_logprobs = self.view.prompt_logprobs(out)
+        choices = []
+        for d in DeltaTracker(len(out.outputs), first_index).update(out):
+            choice = self.choice(d, prompt_len)
+            if self.view.echo:
+                choice = self.echoed(out, choice)
+            if self.view.prompt_k is not None:
+                choice["prompt_logprobs"] = prompt_logprobs
+            choices.append(choice)
+        return choices
 
 
 async def _complete(
-    streams: list[AsyncIterator[RequestOutput]], header: dict[str, Any], top_k: int | None
+    streams: list[AsyncIterator[RequestOutput]], header: dict[str, Any], shower: _PromptShower
 ) -> dict[str, Any]:
     outputs = await final_outputs(streams)
     choices = []
     for i, out in enumerate(outputs):  # choice index = prompt index * n + sample index
-        choices.extend(_choice(d, top_k) for d in DeltaTracker(len(out.outputs), i * len(out.outputs)).update(out))
+        choices.extend(shower.full_choices(out, i * len(out.outputs)))
     return {**header, "choices": choices, "usage": usage(outputs)}
 
 
@@ -75,17 +122,31 @@ async def _events(
     streams: list[AsyncIterator[RequestOutput]],
     header: dict[str, Any],
     n: int,
-    top_k: int | None,
+    shower: _PromptShower,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     base = {**header, "usage": None} if include_usage else header
     trackers = [DeltaTracker(n, i * n) for i in range(len(streams))]
+    # echo: a prompt's text offset once its chunk is sent (as vLLM, before its generated text).
+    prompt_lens: dict[int, int] = {}
+    view = shower.view
     last: dict[int, RequestOutput] = {}
+
     try:
         async with contextlib.aclosing(merge(streams)) as merged:
             async for index, out in merged:
+                out = view.strip_generation(out)
                 last[index] = out
-                choices = [_choice(d, top_k) for d in trackers[index].update(out)]
+                if view.echo and index not in prompt_lens:
+                    # Delta outputs bring the prompt's logprobs once they are whole, with the first
+                    # token: outputs before that (prefill chunks) carry nothing to show.
+                    tokens = any(c.token_ids for c in out.outputs)
+                    if view.waits_for_prompt_logprobs and out.prompt_logprobs is None and not (out.finished or tokens):
+                        continue
+                    prompt_lens[index] = len(view.prompt_text(out, shower.tokenizer))
+                    yield sse_event({**base, "choices": shower.prompt_chunk_choices(out, index * n)})
+                offset = prompt_lens.get(index, 0)
+                choices = [shower.choice(d, offset) for d in trackers[index].update(out)]
                 if choices:
                     yield sse_event({**base, "choices": choices})
         if include_usage:

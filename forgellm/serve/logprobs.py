@@ -61,3 +61,45 @@ def completion_logprobs(
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def echo_logprobs(
+    prompt_ids: list[int], positions: list[PositionLogprobs | None], k: int, first_text: str
+) -> dict[str, Any]:
+    """The prompt's part of an echoed completion's logprobs: as `completion_logprobs`, but the first
+    token, which nothing scores, has null logprob and top_logprobs (`first_text` is its text)."""
+    scored = [p or {} for p in positions[1 : len(prompt_ids)]]
+    rest = completion_logprobs(prompt_ids[1:], scored, k, len(first_text))
+    return {
+        "tokens": [first_text, *rest["tokens"]],
+        "token_logprobs": [None, *rest["token_logprobs"]],
+        "top_logprobs": [None, *rest["top_logprobs"]],
+        "text_offset": [0, *rest["text_offset"]],
+    }
+
+
+def join_completion_logprobs(first: dict[str, Any], second: dict[str, Any] | None) -> dict[str, Any]:
+    """Two consecutive parts of a completion's logprobs (the prompt's, then the generated ones) as one."""
+    if second is None:
+        return first
+    return {key: [*first[key], *second[key]] for key in first}
+
+
+def prompt_logprobs_list(
+    prompt_ids: list[int], positions: list[PositionLogprobs | None], k: int
+) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's `prompt_logprobs`: null for the first token, then per prompt token
+    {token id: {"logprob", "rank", "decoded_token"}} holding the actual token and the top k."""
+    result: list[dict[str, dict[str, Any]] | None] = []
+    for token_id, position in zip(prompt_ids, positions):
+        if position is None:
+            result.append(None)
+            continue
+        result.append(
+            {
+                str(t): {"logprob": _value(lp), "rank": lp.rank, "decoded_token": _text(t, lp)}
+                for t, lp in position.items()
+                if t == token_id or (lp.rank is not None and lp.rank <= k)
+            }
+        )
+    return result

@@ -48,6 +48,7 @@ class CompletionChoice(BaseModel):
     logprobs: dict[str, Any] | None
     finish_reason: str | None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None  # vLLM's, when the request set it
 
 
 class Completion(BaseModel):
@@ -90,6 +91,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: list[dict[str, Any] | None] | None = None  # vLLM's, when the request set it
 
 
 class ChatDelta(BaseModel):

@@ -117,11 +117,18 @@ class SamplingRequest(_Strict):
     stop_token_ids: list[int] | None = _doc(items=_TOKEN_ID)
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
+    # vLLM's: the logprobs of each prompt token (after the first) and of its top alternatives.
+    prompt_logprobs: int | None = _doc(minimum=0)
 
     def check_supported(self) -> None:
         """Raise a 400-worthy error naming the first field the server would otherwise ignore."""
         if self.logit_bias:
             raise InvalidRequestError("logit_bias is not supported yet", "logit_bias")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:  # vLLM's -1 (whole vocabulary) too
+            raise InvalidRequestError(f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}", "prompt_logprobs")
+        if self.prompt_logprobs is not None and self.stream:
+            # As vLLM: a stream has no place for them (echo with logprobs shows them in a completion).
+            raise InvalidRequestError("prompt_logprobs is not available when stream is true", "prompt_logprobs")
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError("stream_options is only allowed when stream is true", "stream_options")
 
@@ -131,6 +138,10 @@ class SamplingRequest(_Strict):
     def logprobs_k(self) -> int | None:
         """How many alternatives per position to return logprobs for (None: no logprobs)."""
         return None
+
+    def prompt_logprobs_k(self) -> int | None:
+        """How many alternatives per prompt position the engine must score (None: none)."""
+        return self.prompt_logprobs
 
     def sampling_params(self, defaults: SamplingParams) -> SamplingParams:
         """SamplingParams: the model's defaults, overridden by every field the request set."""
@@ -148,6 +159,7 @@ class SamplingRequest(_Strict):
         values.update({name: getattr(self, name) for name in names if getattr(self, name) is not None})
         values["max_tokens"] = self.max_new_tokens()  # None: until the context is full
         values["logprobs"] = self.logprobs_k()
+        values["prompt_logprobs"] = self.prompt_logprobs_k()
         return SamplingParams(**values)
 
 
@@ -272,15 +284,15 @@ class CompletionRequest(SamplingRequest):
             "items": {"minLength": 1, "minItems": 1, **_TOKEN_ID, "items": _TOKEN_ID},
         }
     )
-    echo: bool = _doc(False, enum=[False])
+    echo: bool = False  # the prompt is returned before the completion (and its logprobs, with logprobs)
     logprobs: int | None = _doc(minimum=0, maximum=20)
     suffix: str | None = _doc(maxLength=0)
     best_of: int | None = None  # only equal to n
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise InvalidRequestError("echo is not supported yet", "echo")
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidRequestError("max_tokens must be >= 1 (0 is allowed only with echo), got 0", "max_tokens")
         if self.suffix:
             raise InvalidRequestError("suffix is not supported (no insertion models)", "suffix")
         if self.best_of is not None and self.best_of != self.n:
@@ -300,6 +312,20 @@ class CompletionRequest(SamplingRequest):
 
     def logprobs_k(self) -> int | None:
         return self.logprobs
+
+    def echo_only(self) -> bool:
+        """echo with max_tokens 0: the answer is the prompt alone (how lm-eval scores a text)."""
+        return self.echo and self.max_tokens == 0
+
+    def max_new_tokens(self) -> int | None:
+        # The engine generates at least one token: echo_only runs with 1 and the route drops it.
+        return 1 if self.echo_only() else self.max_tokens
+
+    def prompt_logprobs_k(self) -> int | None:
+        """echo with logprobs=k needs the prompt scored with k alternatives too (as vLLM does)."""
+        if not self.echo or self.logprobs is None:
+            return self.prompt_logprobs
+        return max(self.logprobs, self.prompt_logprobs or 0)
 
 
 class TokenizeRequest(_Strict):

@@ -44,7 +44,7 @@ BAD_REQUESTS = [
     ({"prompt": "x", "bogus_field": 1}, "bogus_field", "unrecognized"),
     ({"prompt": "x", "max_tokens": "many"}, "max_tokens", "integer"),
     ({"prompt": "x", "n": 0}, "n", "n must"),
-    ({"prompt": "x", "echo": True}, "echo", "echo"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens", "echo"),  # 0 only with echo
     ({"prompt": "x", "suffix": "y"}, "suffix", "suffix"),
     ({"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias", "logit_bias"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "stream"),
