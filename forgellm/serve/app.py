@@ -14,8 +14,10 @@ from forgellm.serve.chat import chat_router
 from forgellm.serve.completions import completions_router
 from forgellm.serve.context import ServerContext
 from forgellm.serve.errors import install_error_handlers
+from forgellm.serve.head import HeadAsGetMiddleware, head_operations
 from forgellm.serve.info import info_router
 from forgellm.serve.metrics import ServerMetrics
+from forgellm.serve.not_found import install_not_found
 from forgellm.serve.openapi import BEARER_SCHEME, openapi_schemas
 from forgellm.serve.settings import ServerSettings
 
@@ -30,6 +32,8 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
     for router in (chat_router(ctx, auth), completions_router(ctx, auth), info_router(ctx, auth)):
         app.include_router(router)
     install_error_handlers(app, on_error=ctx.metrics.count_error)
+    install_not_found(app, on_error=ctx.metrics.count_error)  # a 404 that lists the routes
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, on_reject=ctx.metrics.count_error)
     _describe_bodies(app, ctx)
     return app
@@ -47,6 +51,7 @@ def _describe_bodies(app: FastAPI, ctx: ServerContext) -> None:
             vocab_size = getattr(tokenizer, "vocab_size", None)
             components = schema.setdefault("components", {})
             components.setdefault("schemas", {}).update(openapi_schemas(settings.served_model_names, vocab_size))
+            head_operations(schema["paths"])  # HeadAsGetMiddleware answers HEAD wherever GET is served
             if settings.api_key is not None:
                 components["securitySchemes"] = {BEARER_SCHEME: {"type": "http", "scheme": "bearer"}}
         return app.openapi_schema

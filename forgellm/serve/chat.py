@@ -17,6 +17,7 @@ from forgellm.serve.logprobs import chat_logprobs, prompt_logprobs_list
 from forgellm.serve.openapi import GENERATION_ERRORS, ChatCompletion, ChatCompletionChunk, openapi_extra, responses
 from forgellm.serve.protocol import ChatCompletionRequest
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
+from forgellm.serve.stream_usage import StreamUsage
 
 
 def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
@@ -38,8 +39,8 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
         top_k = params.logprobs
         [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream)
         if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventStreamResponse(_events(stream, header, params.n, top_k, include_usage))
+            report = StreamUsage.of(body.stream_options)
+            return EventStreamResponse(_events(stream, header, params.n, top_k, report, len(prompt_ids)))
         return await respond_when_done(request, _complete(stream, header, top_k, body.prompt_logprobs))
 
     return router
@@ -67,14 +68,17 @@ async def _complete(
 
 
 async def _events(
-    stream: AsyncIterator[RequestOutput], header: dict[str, Any], n: int, top_k: int | None, include_usage: bool
+    stream: AsyncIterator[RequestOutput],
+    header: dict[str, Any],
+    n: int,
+    top_k: int | None,
+    report: StreamUsage,
+    prompt_tokens: int,
 ) -> AsyncIterator[bytes]:
-    base = {**header, "object": "chat.completion.chunk"}
-    if include_usage:
-        base["usage"] = None  # OpenAI sends usage: null on every chunk but the last
+    base = report.base({**header, "object": "chat.completion.chunk"})
 
     def chunk(choices: list[dict[str, Any]]) -> bytes:
-        return sse_event({**base, "choices": choices})
+        return sse_event(report.add_running({**base, "choices": choices}, prompt_tokens, tracker.num_tokens))
 
     tracker = DeltaTracker(n)
     last: RequestOutput | None = None
@@ -102,7 +106,7 @@ async def _events(
                     choices.append(choice)
                 if choices:
                     yield chunk(choices)
-        if include_usage and last is not None:
+        if report.final and last is not None:
             yield sse_event({**base, "choices": [], "usage": usage([last], tracker.num_tokens)})
     except Exception as exc:
         yield error_event(exc)

@@ -18,6 +18,7 @@ from forgellm.serve.logprobs import completion_logprobs, join_completion_logprob
 from forgellm.serve.openapi import GENERATION_ERRORS, Completion, CompletionChunk, openapi_extra, responses
 from forgellm.serve.protocol import CompletionRequest
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
+from forgellm.serve.stream_usage import StreamUsage
 
 
 def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
@@ -47,8 +48,8 @@ def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
         view = PromptView(body.echo, body.echo_only(), params.logprobs, body.prompt_logprobs)
         shower = _PromptShower(view, ctx.engine.tokenizer)
         if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventStreamResponse(_events(streams, header, params.n, shower, include_usage))
+            report = StreamUsage.of(body.stream_options)
+            return EventStreamResponse(_events(streams, header, params.n, shower, report))
         return await respond_when_done(request, _complete(streams, header, shower))
 
     return router
@@ -123,14 +124,20 @@ async def _events(
     header: dict[str, Any],
     n: int,
     shower: _PromptShower,
-    include_usage: bool,
+    report: StreamUsage,
 ) -> AsyncIterator[bytes]:
-    base = {**header, "usage": None} if include_usage else header
+    base = report.base(header)
     trackers = [DeltaTracker(n, i * n) for i in range(len(streams))]
     # echo: a prompt's text offset once its chunk is sent (as vLLM, before its generated text).
     prompt_lens: dict[int, int] = {}
     view = shower.view
     last: dict[int, RequestOutput] = {}
+
+    def event(choices: list[dict[str, Any]]) -> bytes:
+        # Usage so far (continuous_usage_stats): the prompts that have answered, and every token sent.
+        prompt_tokens = sum(len(o.prompt_token_ids) for o in last.values())
+        completion_tokens = sum(tracker.num_tokens for tracker in trackers)
+        return sse_event(report.add_running({**base, "choices": choices}, prompt_tokens, completion_tokens))
 
     try:
         async with contextlib.aclosing(merge(streams)) as merged:
@@ -144,12 +151,12 @@ async def _events(
                     if view.waits_for_prompt_logprobs and out.prompt_logprobs is None and not (out.finished or tokens):
                         continue
                     prompt_lens[index] = len(view.prompt_text(out, shower.tokenizer))
-                    yield sse_event({**base, "choices": shower.prompt_chunk_choices(out, index * n)})
+                    yield event(shower.prompt_chunk_choices(out, index * n))
                 offset = prompt_lens.get(index, 0)
                 choices = [shower.choice(d, offset) for d in trackers[index].update(out)]
                 if choices:
-                    yield sse_event({**base, "choices": choices})
-        if include_usage:
+                    yield event(choices)
+        if report.final:
             tokens = sum(tracker.num_tokens for tracker in trackers)
             yield sse_event({**base, "choices": [], "usage": usage(list(last.values()), tokens)})
     except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -81,16 +82,46 @@ def api_error_from(exc: BaseException) -> APIError:
 
 
 def validation_error(exc: pydantic.ValidationError) -> APIError:
-    """A 400 naming the first invalid field (as a dotted path) and why it is invalid."""
+    """A 400 naming the first invalid field (as a dotted path) and why it is invalid.
+
+    A wrong JSON type says which type was expected and which was sent (the models are strict).
+    """
     first = exc.errors()[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
+    param = ".".join(str(part) for part in first["loc"] if not _is_union_member(part)) or None
     if first["type"] == "extra_forbidden":
         message = f"unrecognized request field {param!r}; this server does not support it"
     elif first["type"] == "missing":
         message = f"field {param!r} is required"
     else:
-        message = f"invalid value for {param!r}: {first['msg']}" if param else first["msg"]
+        reason = first["msg"]
+        if first["type"].endswith("_type"):  # int_type, bool_type, string_type, list_type, ...
+            reason = f"{reason}, got {_json_type(first.get('input'))}"
+        message = f"invalid value for {param!r}: {reason}" if param else reason
     return APIError(400, message, param=param, code="invalid_value")
+
+
+# Where a field is a union ("stop": a string or a list of strings), pydantic's error locations name
+# the member that failed ("stop.str", "prompt.list[int].0"): not a field a client could find.
+_SCALAR_MEMBERS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _is_union_member(part: str | int) -> bool:
+    return isinstance(part, str) and (part in _SCALAR_MEMBERS or "[" in part)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a parsed value, as the client wrote it (true is a boolean, 1.0 a number)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "a string" if len(value) > 40 else f"the string {json.dumps(value)}"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:

@@ -1,4 +1,4 @@
-"""The small routes: /v1/models, /health, /version, /metrics, /tokenize and /detokenize."""
+"""The small routes: /v1/models (and one model), /health, /version, /metrics, /tokenize and /detokenize."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from forgellm.serve.openapi import (
     BODY_ERRORS,
     DetokenizeResponse,
     HealthResponse,
+    ModelCard,
     ModelList,
     TokenizeResponse,
     VersionResponse,
@@ -53,21 +54,29 @@ def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
         responses=responses(ModelList, api_key=has_key),
     )
     async def models() -> Response:
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": started,
-                "owned_by": "forgellm",
-                "root": ctx.engine.config.model or name,
-                "max_model_len": ctx.engine.max_model_len,
-                "quantization": ctx.engine.model_info.quantization,
-                "weight_memory_bytes": ctx.engine.model_info.weight_bytes,
-                "kv_cache_dtype": ctx.engine.model_info.kv_cache_dtype,
-            }
-            for name in ctx.settings.served_model_names
-        ]
+        data = [_model_card(ctx, name, started) for name in ctx.settings.served_model_names]
         return JSONResponse({"object": "list", "data": data})
+
+    # `:path`: a served name may hold slashes ("org/model"), as Hugging Face ids do. The schema says
+    # which names are served (any other is a 404), as it does for the bodies' `model`; the route
+    # reads the parameter itself, so FastAPI documents no 422 it could never send.
+    model_id_param = {
+        "name": "model_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": list(ctx.settings.served_model_names)},
+    }
+
+    @router.get(
+        "/v1/models/{model_id:path}",
+        dependencies=protected,
+        openapi_extra={**openapi_extra(api_key=has_key), "parameters": [model_id_param]},
+        responses=responses(ModelCard, (404,), api_key=has_key),
+    )
+    async def model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        ctx.check_model(model_id)  # 404 naming the id and the served names
+        return JSONResponse(_model_card(ctx, model_id, started))
 
     @router.post(
         "/tokenize",
@@ -103,6 +112,21 @@ def info_router(ctx: ServerContext, auth: Any) -> APIRouter:
         return JSONResponse({"prompt": text})
 
     return router
+
+
+def _model_card(ctx: ServerContext, name: str, created: int) -> dict[str, Any]:
+    """The card of one served name, the same in the list and alone."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "forgellm",
+        "root": ctx.engine.config.model or name,
+        "max_model_len": ctx.engine.max_model_len,
+        "quantization": ctx.engine.model_info.quantization,
+        "weight_memory_bytes": ctx.engine.model_info.weight_bytes,
+        "kv_cache_dtype": ctx.engine.model_info.kv_cache_dtype,
+    }
 
 
 def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:

@@ -61,7 +61,8 @@ class Completion(BaseModel):
 
 
 class CompletionChunk(BaseModel):
-    """One event of a streamed completion (the last one carries usage when include_usage is set)."""
+    """One event of a streamed completion: with include_usage a last one, with no choices, carries
+    the usage (the others usage: null); with continuous_usage_stats every one carries the usage so far."""
 
     id: str
     object: Literal["text_completion"]
@@ -108,7 +109,8 @@ class ChatChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One event of a streamed chat completion (the last one carries usage when include_usage is set)."""
+    """One event of a streamed chat completion: with include_usage a last one, with no choices, carries
+    the usage (the others usage: null); with continuous_usage_stats every one carries the usage so far."""
 
     id: str
     object: Literal["chat.completion.chunk"]

@@ -67,9 +67,14 @@ def _holds_lone_surrogate(value: Any) -> bool:
 
 
 class _Strict(BaseModel):
-    """Unknown fields are refused, and every string must be Unicode text (a 400 naming the field)."""
+    """Unknown fields are refused, and every string must be Unicode text (a 400 naming the field).
 
-    model_config = ConfigDict(extra="forbid")
+    Strict types, as vLLM's and OpenAI's servers: "5" is no integer, "true" and 1 are no boolean,
+    true is no number, and 1.0 is no integer (an integer is taken for a number). Lax parsing would
+    coerce them silently, and the schema in /openapi.json calls them invalid.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*")
     @classmethod
@@ -82,7 +87,11 @@ class _Strict(BaseModel):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool = Field(False, description="a last chunk, with no choices, carries the usage")
+    # vLLM's extension, which benchmark clients such as guidellm send.
+    continuous_usage_stats: bool = Field(
+        False, description="every chunk carries the usage so far (completion tokens up to that chunk)"
+    )
 
 
 class SamplingRequest(_Strict):
@@ -166,7 +175,7 @@ class SamplingRequest(_Strict):
 class ContentPart(BaseModel):
     """One part of a message's content; only {"type": "text"} parts are supported."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["type", "text"]})
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"required": ["type", "text"]})
     type: str = Field(json_schema_extra={"enum": ["text"]})
     text: str | None = Field(None, json_schema_extra=lambda schema: _replace(schema, {"type": "string"}))
 
