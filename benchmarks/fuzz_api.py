@@ -66,7 +66,8 @@ def event_stream_ends_well(ctx: Any, response: Any, case: Any) -> bool | None:
         for line in response.content.decode(errors="replace").splitlines()
         if line.startswith("data: ")
     ]
-    errors = [event for event in events if event.startswith('{"error":')]
+    # Chat and completions send {"error": ...}; /v1/responses sends a typed {"type": "error", ...}.
+    errors = [event for event in events if event.startswith(('{"error":', '{"type":"error"'))]
     assert not errors, f"the event stream holds an error event: {errors[0]}"
     if not response.stream_cut_short:
         assert events and events[-1] == "[DONE]", f"the event stream does not end with [DONE]: {events[-1:]}"
@@ -175,7 +176,7 @@ def _has_inputs(operation: Any) -> bool:
     return bool(operation.body) or any(True for _ in operation.iter_parameters())
 
 
-GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 
 
 def cap_max_tokens(case: Any, cap: int) -> None:
@@ -185,9 +186,11 @@ def cap_max_tokens(case: Any, cap: int) -> None:
     if case.operation.path not in GENERATION_PATHS or not isinstance(case.body, dict):
         return
     body = case.body
-    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-        body["max_tokens"] = cap
-    for key in ("max_tokens", "max_completion_tokens"):
+    # /v1/responses names its budget max_output_tokens (and refuses max_tokens as unknown).
+    keys = ("max_output_tokens",) if case.operation.path == "/v1/responses" else ("max_tokens", "max_completion_tokens")
+    if all(body.get(key) is None for key in keys):
+        body[keys[0]] = cap
+    for key in keys:
         value = body.get(key)
         if type(value) is int and value > cap:
             body[key] = cap

@@ -19,6 +19,7 @@ from forgellm.serve.info import info_router
 from forgellm.serve.metrics import ServerMetrics
 from forgellm.serve.not_found import install_not_found
 from forgellm.serve.openapi import BEARER_SCHEME, openapi_schemas
+from forgellm.serve.responses import responses_router
 from forgellm.serve.settings import ServerSettings
 
 
@@ -29,7 +30,8 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
     app = FastAPI(title="forgellm", version=forgellm.__version__, docs_url=None, redoc_url=None)
     app.state.context = ctx  # for callers and tests; routes get ctx from their factory
     auth = api_key_dependency(settings.api_key)
-    for router in (chat_router(ctx, auth), completions_router(ctx, auth), info_router(ctx, auth)):
+    routers = (chat_router(ctx, auth), completions_router(ctx, auth), info_router(ctx, auth))
+    for router in (*routers, responses_router(ctx, auth)):
         app.include_router(router)
     install_error_handlers(app, on_error=ctx.metrics.count_error)
     install_not_found(app, on_error=ctx.metrics.count_error)  # a 404 that lists the routes

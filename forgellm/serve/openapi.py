@@ -18,6 +18,8 @@ from forgellm.serve.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from forgellm.serve.responses_openapi import ResponseStreamEvent
+from forgellm.serve.responses_protocol import ResponsesRequest
 
 # Responses, for /openapi.json only (the routes build plain dicts).
 
@@ -225,8 +227,9 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     CompletionRequest,
     TokenizeRequest,
     DetokenizeRequest,
+    ResponsesRequest,
 )
-STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, CompletionChunk, ErrorResponse)
+STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, CompletionChunk, ResponseStreamEvent, ErrorResponse)
 
 
 def openapi_schemas(served_model_names: tuple[str, ...], vocab_size: int | None) -> dict[str, Any]:

@@ -18,6 +18,9 @@ class ServerSettings:
     api_key: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_prompts_per_request: int = DEFAULT_MAX_PROMPTS_PER_REQUEST
+    # /v1/responses keeps past conversations in memory for previous_response_id: this many, this long.
+    response_store_size: int = 1000
+    response_store_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
@@ -26,6 +29,8 @@ class ServerSettings:
             raise ValueError(f"max_prompts_per_request must be >= 1, got {self.max_prompts_per_request}")
         if self.max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
+        if self.response_store_size < 0 or self.response_store_ttl_s <= 0:
+            raise ValueError("response_store_size must be >= 0 and response_store_ttl_s > 0")
 
     @property
     def model_name(self) -> str:
