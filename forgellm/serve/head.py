@@ -24,8 +24,11 @@ class HeadAsGetMiddleware:
         self.app = app
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "HEAD":
+            await self.app(scope, receive, _allow_head(send))
             return
 
         async def send_without_body(message: Message) -> None:
@@ -36,6 +39,26 @@ class HeadAsGetMiddleware:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, send_without_body)
+
+
+def _allow_head(send: Send) -> Send:
+    """`send` that adds HEAD to a 405's Allow header wherever it names GET (HEAD is served there too)."""
+
+    async def send_with_head(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 405:
+            headers = [
+                (name, _with_head(value) if name.lower() == b"allow" else value)
+                for name, value in message.get("headers", [])
+            ]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_head
+
+
+def _with_head(allow: bytes) -> bytes:
+    methods = [method.strip() for method in allow.split(b",")]
+    return allow + b", HEAD" if b"GET" in methods and b"HEAD" not in methods else allow
 
 
 def head_operations(paths: dict[str, Any]) -> None:

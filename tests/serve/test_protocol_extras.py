@@ -137,6 +137,8 @@ def test_head_answers_like_get_without_a_body(demo_server):
     status, headers, body = _raw(demo_server, "HEAD", "/v1/completions")  # a POST route: 405, as GET
     assert (status, headers["allow"], body) == (405, "POST", b"")
     assert _raw(demo_server, "HEAD", "/nowhere")[:3:2] == (404, b"")
+    status, headers, _ = _raw(demo_server, "POST", "/health")  # a 405 names HEAD where GET is served
+    assert (status, headers["allow"]) == (405, "GET, HEAD")
     assert_still_serves(demo_server)
 
 
