@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # guidellm's streaming benchmark against `forgellm serve` (the demo model, float32, on the CPU),
-# bounded in time: chat completions (guidellm's default) and then text completions, SECONDS each.
+# bounded in time: chat completions (guidellm's default) and then text completions, SECONDS_EACH each.
 # guidellm sends stream_options {include_usage, continuous_usage_stats} on every request (vLLM's
 # extension); before forgellm took continuous_usage_stats, every one of its requests failed with a 400.
 #
