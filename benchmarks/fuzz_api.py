@@ -6,13 +6,13 @@
 Requests are generated from each route's documented request body, valid ones (positive) and ones
 that break the schema (negative), in rounds: a round runs every operation for --examples cases per
 mode with its own Hypothesis seed, until --seconds have passed (the last round is cut short).
---workers N runs N such loops at once, with different seeds, for concurrent requests. Every
-response must pass CHECKS: no 5xx, a documented status, content type, headers and body, and no
-error event in a stream. At the end /health must be 200, a normal completion must succeed, and
-/metrics must show an idle engine (nothing running or waiting, KV cache empty) with no failed
-sequence. Prints the number of requests, the statuses per operation, the most frequent refusals
-and every failure with its smallest input (Hypothesis shrinks it); exits 1 on any failure.
-tests/serve/test_fuzz.py runs the same fuzz, shorter, against an in-process server.
+--workers N runs N such loops at once, with different seeds, for concurrent requests. Every response
+must pass CHECKS: no 5xx, a documented status, content type, headers and body, a 4xx for every body
+the schema calls invalid, and no error event in a stream. At the end /health must be 200, a normal
+completion must succeed, and /metrics must show an idle engine (nothing running or waiting, KV cache
+empty) with no failed sequence. Prints the number of requests, the statuses per operation, the most
+frequent refusals and every failure with its smallest input (Hypothesis shrinks it); exits 1 on any
+failure. tests/serve/test_fuzz.py runs the same fuzz, shorter, against an in-process server.
 
 On a CPU that other processes keep busy, OMP_NUM_THREADS=1 makes the server it starts much faster.
 """
@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
     response_headers_conformance,
     response_schema_conformance,
@@ -74,17 +75,18 @@ def event_stream_ends_well(ctx: Any, response: Any, case: Any) -> bool | None:
     return None
 
 
-# What every response must satisfy. Left out: positive_data_acceptance (a valid body may still get a
-# 400 the schema cannot express: a prompt too long for the context, min_tokens > max_tokens, a token
-# id outside the vocabulary), negative_data_rejection (pydantic's lax mode takes "5" for an integer
-# and 1 for a boolean, which the schema calls invalid) and the stateful and auth checks (no
-# resources; no API key in this fuzz).
+# What every response must satisfy; negative_data_rejection: a body the schema calls invalid is
+# refused with a 4xx (the request models are strict: "5" is no integer, 1 no boolean). Left out:
+# positive_data_acceptance (a valid body may still get a 400 the schema cannot express: a prompt
+# too long for the context, min_tokens > max_tokens, a token id outside the vocabulary) and the
+# stateful and auth checks (no resources; no API key in this fuzz).
 CHECKS = (
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
+    negative_data_rejection,
     event_stream_ends_well,
 )
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
