@@ -184,3 +184,16 @@ def test_the_right_json_types_still_pass(demo_server):
     status, answer = demo_server.request("POST", "/v1/completions", body)
     assert status == 200, answer
     assert answer["usage"]["completion_tokens"] == 2
+
+
+def test_openapi_documents_the_extras(demo_server):
+    status, schema = demo_server.request("GET", "/openapi.json")
+    assert status == 200
+    model = schema["paths"]["/v1/models/{model_id}"]
+    assert model["get"]["parameters"][0]["schema"] == {"type": "string", "enum": [MODEL]}
+    assert set(model["get"]["responses"]) == {"200", "404"}  # no 422: the route reads the id itself
+    assert set(schema["paths"]["/health"]) == {"get", "head"}
+    assert "content" not in schema["paths"]["/health"]["head"]["responses"]["200"]
+    options = schema["components"]["schemas"]["StreamOptions"]["properties"]
+    assert set(options) == {"include_usage", "continuous_usage_stats"}
+    assert options["continuous_usage_stats"]["type"] == "boolean"
