@@ -271,9 +271,12 @@ def _check_message(message: ChatMessage, where: str) -> None:
         raise InvalidRequestError(
             f"message role {message.role!r} is not supported; use one of {sorted(_ROLES)}", f"{where}.role"
         )
-    for name in ("tool_calls", "tool_call_id", "function_call", "audio"):
-        if getattr(message, name):
-            raise InvalidRequestError(f"{name} in messages is not supported yet", f"{where}.{name}")
+    # As documented: empty tool_calls / tool_call_id pass (the openai client sends them back), while
+    # function_call and audio must be null (an empty string is no "off" for them).
+    unsupported = [name for name in ("tool_calls", "tool_call_id") if getattr(message, name)]
+    unsupported += [name for name in ("function_call", "audio") if getattr(message, name) is not None]
+    if unsupported:
+        raise InvalidRequestError(f"{unsupported[0]} in messages is not supported yet", f"{where}.{unsupported[0]}")
     if isinstance(message.content, list):
         for j, part in enumerate(message.content):
             if part.type != "text" or part.text is None:
@@ -293,6 +296,8 @@ class CompletionRequest(SamplingRequest):
             "items": {"minLength": 1, "minItems": 1, **_TOKEN_ID, "items": _TOKEN_ID},
         }
     )
+    # 0 is allowed with echo (lm-eval scores a text that way); check_supported refuses it otherwise.
+    max_tokens: int | None = _doc(minimum=0, description="at least 1; 0 only with echo: true (score the prompt)")
     echo: bool = False  # the prompt is returned before the completion (and its logprobs, with logprobs)
     logprobs: int | None = _doc(minimum=0, maximum=20)
     suffix: str | None = _doc(maxLength=0)
