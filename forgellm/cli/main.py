@@ -7,11 +7,10 @@ import os
 import sys
 
 import forgellm
-from forgellm.cli import bench, chat, eval, generate, serve
+from forgellm.cli import bench, chat, eval, generate, quantize, serve
 
-# Each module registers its subparser and sets `handler`; serve, bench, quantize and build join
-# this tuple when they exist.
-SUBCOMMANDS = (generate, chat, bench, serve, eval)
+# Each module registers its subparser and sets `handler`; build joins this tuple when it exists.
+SUBCOMMANDS = (generate, chat, bench, serve, eval, quantize)
 
 
 def version() -> str:

@@ -43,14 +43,24 @@ class RtnIntReader:
 
     def read(self, tensors: dict[str, torch.Tensor], prefix: str) -> IntPart:
         w = _on_compute_device(tensors["weight"])
-        n, k = w.shape
-        group = self.group_size or k
-        require_divisible(k, group, "input size", prefix)
-        qmax = (1 << (self.bits - 1)) - 1
-        grouped = w.view(n, k // group, group)
-        scales = (grouped.abs().amax(dim=-1) / qmax).clamp_min(1e-8)
-        q = torch.round(grouped / scales.unsqueeze(-1)).clamp(-qmax - 1, qmax) + (1 << (self.bits - 1))
-        return IntPart(q.view(n, k).to(torch.uint8), scales, None)
+        require_divisible(w.shape[1], self.group_size or w.shape[1], "input size", prefix)
+        q, scales = rtn_int(w, self.bits, self.group_size)
+        return IntPart(q, scales, None)
+
+
+def rtn_int(
+    w: torch.Tensor, bits: int, group_size: int | None, scale_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric round-to-nearest of w [N, K]: (unsigned codes uint8 [N, K] with zero 2**(bits-1),
+    scales [N, K // group] = amax / (2**(bits-1) - 1), rounded to `scale_dtype` before the codes are
+    computed so that the stored scale is the one they were rounded with); group None: per channel."""
+    n, k = w.shape
+    group = group_size or k
+    qmax = (1 << (bits - 1)) - 1
+    grouped = w.float().view(n, k // group, group)
+    scales = (grouped.abs().amax(dim=-1) / qmax).clamp_min(1e-8).to(scale_dtype)
+    q = torch.round(grouped / scales.float().unsqueeze(-1)).clamp(-qmax - 1, qmax) + (1 << (bits - 1))
+    return q.view(n, k).to(torch.uint8), scales
 
 
 class RtnFp8Reader:

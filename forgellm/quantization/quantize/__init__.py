@@ -1,0 +1,1 @@
+"""`forgellm quantize`: write a quantized checkpoint (compressed-tensors format) from an unquantized one."""
