@@ -34,7 +34,7 @@ SCHEMES: dict[str, dict] = {
     "int4 g64": dict(quantization="int4", quantization_group_size=64),
     "int4 g128": dict(quantization="int4", quantization_group_size=128),
     "int4 channel": dict(quantization="int4", quantization_group_size=-1),
-    "nvfp4 (weight-only)": dict(quantization="nvfp4"),
+    "nvfp4 (weight-only)": dict(quantization="nvfp4", nvfp4_mode="weight_only"),
     "nvfp4 as fp8": dict(quantization="nvfp4", nvfp4_mode="fp8"),
 }
 

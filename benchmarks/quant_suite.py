@@ -36,7 +36,7 @@ SCHEMES: dict[str, tuple[dict, str]] = {
     "fp8": (dict(quantization="fp8"), "decode_b1_fp8_tok_s"),
     "int8": (dict(quantization="int8"), "decode_b1_int8wo_tok_s"),
     "int4": (dict(quantization="int4", quantization_group_size=128), "decode_b1_int4_tok_s"),
-    "nvfp4": (dict(quantization="nvfp4"), "decode_b1_nvfp4_tok_s"),
+    "nvfp4": (dict(quantization="nvfp4", nvfp4_mode="weight_only"), "decode_b1_nvfp4_tok_s"),
     "nvfp4-fp8": (dict(quantization="nvfp4", nvfp4_mode="fp8"), "decode_b1_nvfp4_as_fp8_tok_s"),
     "fp8-kv": (dict(quantization="fp8", kv_cache_dtype="fp8"), "decode_b1_fp8_kvfp8_tok_s"),
 }

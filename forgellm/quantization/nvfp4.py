@@ -30,7 +30,7 @@ NVFP4_MODES = ("weight_only", "fp8")
 class Nvfp4Method(StagedLinearMethod):
     """NVFP4 weights run weight-only (fp4 dequantized in the GEMM) or converted to FP8 at load."""
 
-    def __init__(self, reader: PartReader, mode: str = "weight_only") -> None:
+    def __init__(self, reader: PartReader, mode: str = "fp8") -> None:
         super().__init__(reader)
         if mode not in NVFP4_MODES:
             raise ValueError(f"NVFP4 mode must be one of {NVFP4_MODES}, got {mode!r}")

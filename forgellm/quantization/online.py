@@ -99,7 +99,7 @@ class RtnNvfp4Reader:
 class OnlineQuantConfig(QuantizationConfig):
     """Round-to-nearest quantization of every linear but the LM head, as the model loads."""
 
-    def __init__(self, scheme: str, group_size: int | None = None, nvfp4_mode: str = "weight_only") -> None:
+    def __init__(self, scheme: str, group_size: int | None = None, nvfp4_mode: str = "fp8") -> None:
         super().__init__(["lm_head"])
         self.name = scheme
         if scheme == "fp8":

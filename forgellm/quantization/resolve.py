@@ -53,7 +53,7 @@ def resolve_quantization(
     raw: dict[str, Any],
     quantization: str | None,
     group_size: int | None = None,
-    nvfp4_mode: str = "weight_only",
+    nvfp4_mode: str = "fp8",
 ) -> QuantizationConfig | None:
     """The checkpoint's quantization, or `quantization` applied at load to an unquantized checkpoint."""
     saved = checkpoint_quantization(model_dir, raw, nvfp4_mode)

@@ -17,7 +17,7 @@ SCHEMES = {
     "int4-g32": dict(quantization="int4", quantization_group_size=32),
     "int4-g64": dict(quantization="int4", quantization_group_size=64),
     "fp8": dict(quantization="fp8"),
-    "nvfp4": dict(quantization="nvfp4"),
+    "nvfp4": dict(quantization="nvfp4", nvfp4_mode="weight_only"),
     "nvfp4-as-fp8": dict(quantization="nvfp4", nvfp4_mode="fp8"),
 }
 

@@ -52,7 +52,9 @@ PROMPTS = [[5, 9, 200, 31, 7, 100], list(range(40, 77))]
 
 
 def load(path: Path | str, **options) -> LLM:
-    """A fixture (token ids only: no tokenizer of its own, so the demo's stands in)."""
+    """A fixture (token ids only: no tokenizer of its own, so the demo's stands in). NVFP4 runs weight-only
+    here, the exact form of the checkpoint's weights (the FP8 conversion is test_online_quant's)."""
+    options.setdefault("nvfp4_mode", "weight_only")
     return LLM(str(path), tokenizer=str(DEMO), dtype="float32", block_size=4, **options)
 
 

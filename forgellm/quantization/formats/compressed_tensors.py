@@ -131,7 +131,7 @@ class CompressedTensorsConfig(QuantizationConfig):
 
     name = "compressed-tensors"
 
-    def __init__(self, config: dict[str, Any], nvfp4_mode: str = "weight_only") -> None:
+    def __init__(self, config: dict[str, Any], nvfp4_mode: str = "fp8") -> None:
         super().__init__(config.get("ignore"))
         groups = config.get("config_groups") or {}
         if not isinstance(groups, dict) or not groups:

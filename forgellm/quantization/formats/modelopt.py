@@ -77,7 +77,7 @@ class ModelOptConfig(QuantizationConfig):
 
     name = "modelopt"
 
-    def __init__(self, config: dict[str, Any], nvfp4_mode: str = "weight_only") -> None:
+    def __init__(self, config: dict[str, Any], nvfp4_mode: str = "fp8") -> None:
         super().__init__(config.get("exclude_modules"))
         algo = str(config.get("quant_algo") or "").upper()
         if algo == "FP8":
