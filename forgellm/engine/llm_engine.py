@@ -47,6 +47,7 @@ class ModelInfo:
     def weight_gib(self) -> float:
         return self.weight_bytes / 2**30
 
+
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
 
