@@ -27,6 +27,8 @@ class StagedLinearMethod(LinearMethod):
 
     def __init__(self, reader: PartReader) -> None:
         self.reader = reader
+        # Quantization at load: the reader takes the dense `weight`, kept on the host until finish_loading.
+        self.dense = getattr(reader, "dense", False)
 
     def create_weights(self, layer: LinearBase, dtype: torch.dtype) -> None:
         if layer.parallel.tp_size > 1:
@@ -34,7 +36,7 @@ class StagedLinearMethod(LinearMethod):
         layer.compute_dtype = dtype
         layer.compute_device = torch.get_default_device()
         layer.staged = {}
-        if getattr(self.reader, "dense", False):
+        if self.dense:
             # Quantization at load: a host-side dense weight the loader (or random init) fills.
             layer.weight = nn.Parameter(
                 torch.empty(layer.output_size, layer.input_size, dtype=dtype, device="cpu"), requires_grad=False
@@ -44,7 +46,7 @@ class StagedLinearMethod(LinearMethod):
         return self.reader.checkpoint_tensors()
 
     def load(self, layer: LinearBase, name: str, loaded: torch.Tensor, part: int, ckpt_name: str) -> None:
-        if name == "weight" and getattr(self.reader, "dense", False):
+        if name == "weight" and self.dense:
             offset, size = layer.part_slice(part)
             copy_checked(layer.weight.narrow(0, offset, size), loaded, ckpt_name)
         else:
@@ -56,13 +58,13 @@ class StagedLinearMethod(LinearMethod):
         parts = []
         for part, prefix in enumerate(layer.part_names):
             tensors = {name: tensor for (name, index), tensor in layer.staged.items() if index == part}
-            if getattr(self.reader, "dense", False):
+            if self.dense:
                 offset, size = layer.part_slice(part)
                 tensors["weight"] = layer.weight.narrow(0, offset, size)
             with torch.device(layer.compute_device):  # quantizing at load runs on the GPU, one part at a time
                 parts.append(self.reader.read(tensors, prefix))
         del layer.staged
-        if getattr(self.reader, "dense", False):
+        if self.dense:
             del layer.weight
         with torch.no_grad():
             self.build(layer, parts)

@@ -94,6 +94,12 @@ class StreamOptions(_Strict):
     )
 
 
+def model_sampling_defaults(defaults: SamplingParams) -> dict[str, Any]:
+    """The sampling values a model's generation_config.json sets, which a request's own values override."""
+    names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+    return {name: getattr(defaults, name) for name in names}
+
+
 class SamplingRequest(_Strict):
     """Fields shared by chat and completions: the model, sampling, stopping and streaming."""
 
@@ -154,13 +160,7 @@ class SamplingRequest(_Strict):
 
     def sampling_params(self, defaults: SamplingParams) -> SamplingParams:
         """SamplingParams: the model's defaults, overridden by every field the request set."""
-        values: dict[str, Any] = {
-            "temperature": defaults.temperature,
-            "top_p": defaults.top_p,
-            "top_k": defaults.top_k,
-            "min_p": defaults.min_p,
-            "repetition_penalty": defaults.repetition_penalty,
-        }
+        values = model_sampling_defaults(defaults)
         names = (
             "temperature top_p n stop seed presence_penalty frequency_penalty top_k min_p repetition_penalty "
             "ignore_eos min_tokens stop_token_ids include_stop_str_in_output skip_special_tokens"

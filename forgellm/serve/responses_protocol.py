@@ -13,7 +13,7 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from forgellm.errors import InvalidRequestError
 from forgellm.sampling_params import SamplingParams
-from forgellm.serve.protocol import _ROLES, _doc, _Strict
+from forgellm.serve.protocol import _ROLES, _doc, _Strict, model_sampling_defaults
 
 # Tools and text formats other than plain text constrain decoding: they arrive with structured output.
 _STRUCTURED_LATER = "comes with structured output, which this server does not support yet"
@@ -103,13 +103,7 @@ class ResponsesRequest(_Strict):
 
     def sampling_params(self, defaults: SamplingParams) -> SamplingParams:
         """SamplingParams as chat's: the model's defaults, overridden by what the request set."""
-        values: dict[str, Any] = {
-            "temperature": defaults.temperature,
-            "top_p": defaults.top_p,
-            "top_k": defaults.top_k,
-            "min_p": defaults.min_p,
-            "repetition_penalty": defaults.repetition_penalty,
-        }
+        values = model_sampling_defaults(defaults)
         if self.temperature is not None:
             values["temperature"] = self.temperature
         if self.top_p is not None:

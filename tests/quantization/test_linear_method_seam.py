@@ -118,3 +118,26 @@ def test_partly_ignored_fused_layer_is_refused(tiny_model_dir):
 )
 def test_ignore_patterns(name, patterns, expected):
     assert is_ignored(name, patterns) is expected
+
+
+@pytest.mark.parametrize("value, match", [(torch.ones(2), "must be a scalar"), (torch.tensor(0.0), "positive finite")])
+def test_bad_kv_cache_scale_is_named(value, match):
+    from forgellm.layers.attention import Attention
+
+    attn = Attention(4, 2, 16, 0.25)
+    with pytest.raises(ModelLoadError, match=rf"model\.layers\.0\.self_attn\.k_scale.*{match}"):
+        attn.load("k_scale", value, None, "model.layers.0.self_attn.k_scale")
+    attn.load("k_scale", torch.tensor(0.5), None, "model.layers.0.self_attn.k_scale")
+    assert attn.k_scale == 0.5
+
+
+def test_fused_parts_with_different_act_order_are_refused():
+    """q/k/v share one input, so GPTQ gives them one g_idx; a checkpoint where they differ cannot be fused."""
+    from forgellm.quantization.staged import same_across_parts
+
+    g = torch.arange(8) // 4
+    assert torch.equal(same_across_parts([g, g.clone()], "g_idx", ["a.q_proj", "a.k_proj"]), g)
+    with pytest.raises(ModelLoadError, match=r"a\.k_proj: its g_idx differs from a\.q_proj's"):
+        same_across_parts([g, g.flip(0)], "g_idx", ["a.q_proj", "a.k_proj"])
+    with pytest.raises(ModelLoadError, match="pre_quant_scale differs"):
+        same_across_parts([None, torch.ones(8)], "pre_quant_scale", ["a.q_proj", "a.k_proj"])
