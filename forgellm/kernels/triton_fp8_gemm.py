@@ -67,9 +67,12 @@ def pick_config(m: int, n: int, k: int, k_group: int | None, sms: int) -> Fp8Gem
 @triton.jit
 def _outer(rows, cols, SWAP_AB: tl.constexpr):
     """rows (per token) x cols (per output channel) laid out like the accumulator."""
+    # One return: compiled Triton refuses a return inside an if (the interpreter accepts it).
     if SWAP_AB:
-        return cols[:, None] * rows[None, :]
-    return rows[:, None] * cols[None, :]
+        scale = cols[:, None] * rows[None, :]
+    else:
+        scale = rows[:, None] * cols[None, :]
+    return scale
 
 
 @triton.jit

@@ -29,17 +29,31 @@ def test_quantized_gpu_matches_cpu_reference(scheme, tiny_model_dir):
     gpu = LLM(path, device="cuda", **options)
     cpu = LLM(path, device="cpu", **options)
     prompts = random_prompts([7, 33, 100], seed=3)
-    # fp8 activations are rounded per token: a one-ulp difference of an e4m3 code moves a logit by ~1e-3.
-    atol = 5e-3 if "fp8" in scheme else 2e-4
-    torch.testing.assert_close(forgellm_logits(gpu, prompts), forgellm_logits(cpu, prompts), atol=atol, rtol=0)
+    ours, theirs = forgellm_logits(gpu, prompts), forgellm_logits(cpu, prompts)
+    if "fp8" in scheme:
+        # fp8 activations: a float32 difference in the order of a sum (GPU vs CPU) can move a near-tie
+        # activation to the neighbouring e4m3 code, 12.5% away, so the two differ by such flips; they must
+        # stay small next to the quantization error itself (against the unquantized model).
+        exact = forgellm_logits(LLM(path, device="cpu", dtype="float32", num_kv_blocks=256), prompts)
+        flips, quant_error = rms(ours - theirs), rms(theirs - exact)
+        print(f"{scheme}: rms gpu-cpu {flips:.4g}, rms quantization error {quant_error:.4g}, max {(ours - theirs).abs().max():.4g}")
+        assert flips < 0.25 * quant_error, (flips, quant_error)
+    else:
+        torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=0)
     assert gpu.engine.core.runner.graph_runner is not None  # decode below replays CUDA graphs
     ours = [o.outputs[0].token_ids for o in gpu.generate(prompts, greedy(16), use_tqdm=False)]
     theirs = [o.outputs[0].token_ids for o in cpu.generate(prompts, greedy(16), use_tqdm=False)]
+    if ours != theirs:
+        print(scheme, "greedy differs", ours, theirs)
     assert ours == theirs
 
 
+def rms(t: torch.Tensor) -> float:
+    return t.pow(2).mean().sqrt().item()
+
+
 def test_fp8_kv_cache_close_to_bf16_cache(tiny_model_dir):
-    """K/V rounded to e4m3 move every position's logits only slightly; the cache holds twice the tokens."""
+    """K/V rounded to e4m3 move every position's logits only slightly; a block takes half the bytes."""
     path = str(tiny_model_dir("llama"))
     fp8 = LLM(path, device="cuda", dtype="bfloat16", kv_cache_dtype="fp8", gpu_memory_utilization=0.3)
     bf16 = LLM(path, device="cuda", dtype="bfloat16", gpu_memory_utilization=0.3)
@@ -50,4 +64,6 @@ def test_fp8_kv_cache_close_to_bf16_cache(tiny_model_dir):
     ours, theirs = forgellm_logits(fp8, prompts), forgellm_logits(bf16, prompts)
     cosine = torch.nn.functional.cosine_similarity(ours.float(), theirs.float(), dim=-1)
     assert cosine.min() > 0.99, cosine.min()
-    assert fp8.engine.core.runner.num_blocks >= 1.9 * bf16.engine.core.runner.num_blocks
+    # Half the bytes per block (the CPU test checks that the same budget then holds twice the blocks).
+    bf16_cache = bf16.engine.core.runner.model.layers[0].self_attn.attn.k_cache
+    assert k_cache[0].nbytes * 2 == bf16_cache[0].nbytes

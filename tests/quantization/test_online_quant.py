@@ -117,3 +117,14 @@ def test_fp8_on_a_gpu_without_fp8_names_the_capability(monkeypatch):
         check_fp8_support(torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     check_fp8_support(torch.device("cuda"))  # an H100/H200: fine
+
+
+def test_fp8_kv_cache_holds_twice_the_blocks_in_the_same_budget(tiny_model_dir):
+    """The budget (not max_num_seqs x max_model_len) binds at 1 MB: e4m3 K/V fit twice the blocks of bf16."""
+    path = str(tiny_model_dir("llama"))
+    blocks = {
+        kv: LLM(path, dtype="bfloat16", kv_cache_dtype=kv, cpu_kv_cache_gb=0.001, max_num_seqs=64).engine.core.runner
+        for kv in ("auto", "fp8")
+    }
+    assert blocks["fp8"].kv_cache_dtype == torch.float8_e4m3fn
+    assert 2 * blocks["auto"].num_blocks <= blocks["fp8"].num_blocks <= 2 * blocks["auto"].num_blocks + 1
