@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 from collections.abc import Callable
@@ -37,11 +38,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Perplexity = exp(mean negative log-likelihood) of the text's tokens under the model, "
             "scored in windows that fit its context. The unigram baseline is the perplexity of the "
             "text's own token frequencies: the best a model without context can do. Without "
-            "--model the embedded demo model is measured."
+            "--model the embedded demo model is measured. Give --model two or more times to compare "
+            "models on the same tokens, in one table: each model's perplexity change relative to the "
+            "first, and how often its top-1 next token equals the first's (the models must share a "
+            "tokenizer; the window defaults to the shortest context of them)."
         ),
     )
+    ppl.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a Hugging Face model directory (default: the embedded demo); repeat to compare models",
+    )
     _add_text_args(ppl)
-    add_engine_args(ppl)
+    add_engine_args(ppl, exclude=("model",))
     ppl.set_defaults(handler=run_perplexity)
     agree = evals.add_parser(
         "agreement",
@@ -89,28 +101,95 @@ def _report(args: argparse.Namespace, numbers: dict) -> None:
         print(f"{key.replace('_', ' ')}: {value}")
 
 
-def _scores(args: argparse.Namespace, model: str | None, texts: list[str]) -> TokenScores:
+def _scores(args: argparse.Namespace, model: str | None, texts: list[str], window: int | None = None) -> TokenScores:
     """Score `texts` with `model` (None: the demo), under the engine flags the user gave."""
     # Imported here so `--help` and argument errors do not pay for loading torch and the engine.
     from forgellm import LLM
     from forgellm.eval import score_texts
 
     config = dataclasses.replace(engine_config_from_args(args), model=model)
-    return score_texts(LLM(config=config), texts, args.window, args.stride)
+    return score_texts(LLM(config=config), texts, window or args.window, args.stride)
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    """Print the perplexity, unigram baseline and top-1 accuracy of --model on the text."""
+    """Print the perplexity, unigram baseline and top-1 accuracy of --model (or of each --model) on the text."""
     from forgellm.eval import perplexity_report, read_texts
 
+    models = args.models or [None]
     try:
         texts = read_texts(args.file, args.dir, args.pattern)
-        report = perplexity_report(_scores(args, getattr(args, "model", None), texts))
+        if len(models) > 1:
+            numbers = _compare_models(args, models, texts)
+        else:
+            report = perplexity_report(_scores(args, models[0], texts))
     except (ForgeLLMError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    _report(args, {"model": getattr(args, "model", None) or "demo", "files": len(texts), **report.as_dict()})
+    if len(models) > 1:
+        print(json.dumps(numbers) if args.json else _comparison_table(numbers))
+        return 0
+    _report(args, {"model": models[0] or "demo", "files": len(texts), **report.as_dict()})
     return 0
+
+
+def _shortest_window(args: argparse.Namespace, models: list[str]) -> int:
+    """max_model_len - 1 of the model with the shortest context; checks every model directory first."""
+    from forgellm.engine.llm_engine import resolve_max_model_len, resolve_model_dir
+    from forgellm.hf.config import load_model_config
+
+    base = engine_config_from_args(args)
+    return min(resolve_max_model_len(base, load_model_config(resolve_model_dir(m))) for m in models) - 1
+
+
+def _compare_models(args: argparse.Namespace, models: list[str], texts: list[str]) -> dict:
+    """Score the same windows with each model in turn; each after the first is compared with the first."""
+    from forgellm.eval import greedy_agreement, perplexity_report
+
+    # Checked before any model loads, so a typo in the last --model does not cost the others' runs.
+    window = _shortest_window(args, models)
+    window = args.window or window
+    rows: list[dict] = []
+    first: TokenScores | None = None
+    for model in models:
+        scores = _scores(args, model, texts, window)
+        gc.collect()  # the previous engine's weights go before the next model loads
+        report = perplexity_report(scores)
+        row: dict = {"model": model, **report.as_dict(), "perplexity_change_pct": None, "top1_agreement": None}
+        if first is None:
+            first, first_ppl = scores, report.perplexity
+        elif scores.token_ids == first.token_ids:  # other tokenizers: neither number would mean anything
+            row["perplexity_change_pct"] = round(100.0 * (report.perplexity / first_ppl - 1.0), 3)
+            row["top1_agreement"] = round(greedy_agreement(first, scores), 5)
+        rows.append(row)
+    return {"files": len(texts), "window": window, "models": rows}
+
+
+def _comparison_table(numbers: dict) -> str:
+    """One row per model: tokens, perplexity, unigram baseline, top-1 accuracy, change and agreement vs the first."""
+
+    def percent(value: float | None, signed: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{value:+.2f}%" if signed else f"{100 * value:.2f}%"
+
+    header = ("model", "tokens", "perplexity", "unigram ppl", "top-1 accuracy", "change", "top-1 agreement")
+    rows = [header]
+    for index, row in enumerate(numbers["models"]):
+        rows.append(
+            (
+                row["model"],
+                str(row["tokens"]),
+                f"{row['perplexity']:.4f}",
+                f"{row['unigram_perplexity']:.2f}",
+                percent(row["top1_accuracy"]),
+                "(reference)" if index == 0 else percent(row["perplexity_change_pct"], signed=True),
+                "(reference)" if index == 0 else percent(row["top1_agreement"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    footer = f"files: {numbers['files']}; window: {numbers['window']} tokens; change and agreement are vs the first"
+    return "\n".join([*lines, footer])
 
 
 def run_agreement(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import torch
 
 from forgellm import LLM
 from forgellm.cli.main import main
+from forgellm.engine.llm_engine import DEMO_MODEL_DIR as DEMO_DIR
 from forgellm.eval import TokenScores, greedy_agreement, perplexity_report, score_texts, unigram_perplexity
 
 transformers = pytest.importorskip("transformers")
@@ -266,3 +267,34 @@ def test_cli_errors_are_clean(args: list[str], llama: Path, capsys) -> None:
 def test_cli_needs_a_measure(capsys) -> None:
     code, _, err = run_cli(["eval"], capsys)
     assert code == 2 and "perplexity" in err
+
+
+def test_cli_perplexity_compares_the_demo_and_a_tiny_model_in_the_shorter_context(llama: Path, tmp_path: Path, capsys):
+    paths = write_texts(tmp_path / "texts")
+    args = ["eval", "perplexity", "--dir", str(tmp_path / "texts"), "--model", str(DEMO_DIR), "--model", str(llama)]
+    code, out, _ = run_cli([*args, "--dtype", "float32", "--json"], capsys)
+    result, window = json.loads(out), json.loads((llama / "config.json").read_text())["max_position_embeddings"] - 1
+    assert code == 0 and result["files"] == len(paths) and result["window"] == window
+    demo, tiny = result["models"]
+    ref_demo, ref_tiny = hf_reference(DEMO_DIR, TEXTS, window), hf_reference(llama, TEXTS, window)
+    n = len(ref_demo.token_ids)
+    assert (demo["model"], tiny["model"], demo["tokens"], tiny["tokens"]) == (str(DEMO_DIR), str(llama), n, n)
+    assert demo["perplexity"] == pytest.approx(ref_demo.perplexity, rel=1e-4)
+    assert tiny["perplexity"] == pytest.approx(ref_tiny.perplexity, rel=1e-4)
+    assert demo["perplexity_change_pct"] is demo["top1_agreement"] is None  # the first is the reference
+    change = 100 * (ref_tiny.perplexity / ref_demo.perplexity - 1)  # a random model is far worse than the demo
+    assert change > 100 and tiny["perplexity_change_pct"] == pytest.approx(change, rel=1e-3)
+    expected = agreement(ref_demo.top1_ids, ref_tiny.top1_ids)
+    assert tiny["top1_agreement"] == pytest.approx(expected, abs=1 / n)  # a near-tie flip would move it by 1/n
+    _, first, second, footer = run_cli([*args, "--dtype", "float32"], capsys)[1].strip().splitlines()
+    assert first.split()[:3] == [str(DEMO_DIR), str(n), f"{demo['perplexity']:.4f}"] and "(reference)" in first
+    assert second.split()[:3] == [str(llama), str(n), f"{tiny['perplexity']:.4f}"]
+    assert f"+{tiny['perplexity_change_pct']:.2f}%" in second and f"{100 * tiny['top1_agreement']:.2f}%" in second
+    assert footer.startswith(f"files: 2; window: {window} tokens")
+
+
+def test_cli_comparison_refuses_a_missing_model_before_loading_any(llama: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setattr("forgellm.LLM", None)  # loading any model would now raise TypeError
+    args = ["eval", "perplexity", "--file", str(write_texts(tmp_path / "texts")[0]), "--model", str(llama)]
+    code, out, err = run_cli([*args, "--model", "/nonexistent/model"], capsys)
+    assert code == 2 and out == "" and err.startswith("error: ") and "'/nonexistent/model' does not exist" in err
