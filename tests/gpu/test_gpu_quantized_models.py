@@ -36,7 +36,7 @@ def test_quantized_gpu_matches_cpu_reference(scheme, tiny_model_dir):
         # stay small next to the quantization error itself (against the unquantized model).
         exact = forgellm_logits(LLM(path, device="cpu", dtype="float32", num_kv_blocks=256), prompts)
         flips, quant_error = rms(ours - theirs), rms(theirs - exact)
-        print(f"{scheme}: rms gpu-cpu {flips:.4g}, rms quantization error {quant_error:.4g}, max {(ours - theirs).abs().max():.4g}")
+        print(f"{scheme}: rms gpu-cpu {flips:.4g}, rms quantization error {quant_error:.4g}")
         assert flips < 0.25 * quant_error, (flips, quant_error)
     else:
         torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=0)

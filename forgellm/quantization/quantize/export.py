@@ -1,162 +1,185 @@
-"""Round-to-nearest quantization of a checkpoint into the compressed-tensors format, the one llmcompressor
-writes and vLLM, SGLang, transformers (with compressed-tensors) and forgellm load.
+"""`forgellm quantize`: an unquantized checkpoint in, a compressed-tensors checkpoint out (the format
+llmcompressor writes and vLLM, SGLang, transformers with compressed-tensors, and forgellm load).
 
-Tensor by tensor, shard by shard: peak memory is one shard plus one weight in float32. Calibrated schemes
-(GPTQ, AWQ, static FP8 scales, NVFP4) are issue 12's remaining work.
+Weight-only round-to-nearest schemes and dynamic FP8 go tensor by tensor, shard by shard (peak memory one
+shard). Calibrated schemes (GPTQ, AWQ, static FP8 and NVFP4 activation scales, FP8 KV-cache scales) load
+the model once and calibrate it layer by layer (calibrate.py). Output is written to a hidden sibling
+directory and renamed into place at the end, so a failed run leaves nothing that looks complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
+from forgellm.engine.llm_engine import resolve_device
 from forgellm.errors import ConfigError, ModelLoadError
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
-from forgellm.kernels.fp8_quant import FP8_DTYPE, FP8_MAX
-from forgellm.kernels.int_weight_gemm import pack_int_weight
+from forgellm.hf.config import load_model_config, resolve_dtype
+from forgellm.hf.tokenizer import Tokenizer
+from forgellm.models.registry import get_model_class
 from forgellm.quantization.config import is_ignored
-from forgellm.quantization.online import rtn_int
+from forgellm.quantization.quantize.calibrate import Progress, calibrate_layers
+from forgellm.quantization.quantize.calibration_data import calibration_samples, load_calibration_texts
+from forgellm.quantization.quantize.layer_quantizer import LayerQuantizer
+from forgellm.quantization.quantize.schemes import FP8_BLOCK, Scheme, get_scheme, quantization_config
+from forgellm.quantization.quantize.shard_writer import ShardWriter
+from forgellm.quantization.quantize.weights import quantize_rtn
+from forgellm.worker.model_runner import load_model
 
-RTN_SCHEMES = ("w4a16-rtn", "w8a16", "fp8-dynamic")
-PLANNED_SCHEMES = ("fp8", "fp8-block", "w4a16-gptq", "w4a16-awq", "nvfp4", "nvfp4a16")
 COPIED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt",
 )  # fmt: skip
-SHARD_BYTES = 4 * 2**30
 _LINEAR_SUFFIXES = ("_proj.weight", "lm_head.weight")
 
 
-def _weights_args(scheme: str, group_size: int | None) -> dict[str, Any]:
-    """compressed-tensors QuantizationArgs of the weights, spelled as llmcompressor writes them."""
-    args: dict[str, Any] = {"actorder": None, "block_structure": None, "dynamic": False, "observer": "minmax"}
-    args.update(observer_kwargs={}, scale_dtype=None, symmetric=True, zp_dtype=None)
-    if scheme == "fp8-dynamic":
-        return {**args, "group_size": None, "num_bits": 8, "strategy": "channel", "type": "float"}
-    bits = 4 if scheme == "w4a16-rtn" else 8
-    strategy = "group" if group_size else "channel"
-    return {**args, "group_size": group_size, "num_bits": bits, "strategy": strategy, "type": "int"}
+@dataclass
+class QuantizeOptions:
+    """Everything `forgellm quantize` takes besides the two directories and the scheme."""
+
+    group_size: int | None = None  # int schemes: inputs per scale; None: the scheme's default; -1: per channel
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    calibration: str | None = None  # a text file or directory; None: the sample shipped with forgellm
+    num_samples: int = 128
+    seq_len: int = 512
+    device: str = "auto"
+    kv_cache_dtype: str = "auto"  # "fp8": calibrate per-layer K and V scales
+    act_order: bool = True  # GPTQ: quantize columns by decreasing Hessian diagonal (groups stay in order)
+    overwrite: bool = False
+    progress: bool = True
 
 
-def quantization_config(scheme: str, group_size: int | None, ignore: list[str]) -> dict[str, Any]:
-    """config.json's `quantization_config` for `scheme`."""
-    fmt = "float-quantized" if scheme == "fp8-dynamic" else "pack-quantized"
-    acts = None
-    if scheme == "fp8-dynamic":
-        acts = {**_weights_args(scheme, None), "dynamic": True, "strategy": "token", "observer": None}
-    group = {"format": fmt, "input_activations": acts, "output_activations": None, "targets": ["Linear"]}
-    return {
-        "config_groups": {"group_0": {**group, "weights": _weights_args(scheme, group_size)}},
-        "format": fmt,
-        "ignore": ignore,
-        "kv_cache_scheme": None,
-        "quant_method": "compressed-tensors",
-        "quantization_status": "compressed",
-    }
+def _group_size(scheme: Scheme, requested: int | None) -> int | None:
+    if not scheme.weights.startswith("int"):
+        return None
+    if requested is None:
+        return scheme.default_group_size
+    return None if requested == -1 else requested
 
 
-def quantize_tensor(name: str, weight: torch.Tensor, scheme: str, group_size: int | None) -> dict[str, torch.Tensor]:
-    """The compressed-tensors tensors of one linear weight [N, K], named after `name` without `.weight`."""
-    base = name.removesuffix(".weight")
-    dtype = weight.dtype
-    if scheme == "fp8-dynamic":
-        scale = (weight.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp_min(1e-12).to(dtype)
-        fp8 = (weight.float() / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-        return {f"{base}.weight": fp8, f"{base}.weight_scale": scale}
-    bits = 4 if scheme == "w4a16-rtn" else 8
-    n, k = weight.shape
-    if group_size and k % group_size:
-        raise ModelLoadError(f"{base}: input size {k} is not divisible by the group size {group_size}")
-    codes, scales = rtn_int(weight, bits, group_size, scale_dtype=dtype)
-    return {
-        f"{base}.weight_packed": pack_int_weight(codes, bits).t().contiguous(),  # codes packed along K
-        f"{base}.weight_scale": scales,
-        f"{base}.weight_shape": torch.tensor([n, k], dtype=torch.int64),
-    }
-
-
-def _quantized_tensors(
-    model_dir: Path, scheme: str, group_size: int | None, ignore: list[str]
-) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, tensor in iter_checkpoint_tensors(model_dir):
-        module = name.removesuffix(".weight")
-        if name.endswith(_LINEAR_SUFFIXES) and tensor.dim() == 2 and not is_ignored(module, ignore):
-            yield from quantize_tensor(name, tensor, scheme, group_size).items()
-        else:
-            yield name, tensor
-
-
-def quantize_checkpoint(
-    model_dir: str | Path,
-    out_dir: str | Path,
-    scheme: str,
-    group_size: int | None = 128,
-    ignore: list[str] | None = None,
-) -> Path:
-    """Write `model_dir` quantized with `scheme` (round to nearest) to `out_dir`; returns `out_dir`."""
-    if scheme in PLANNED_SCHEMES:
-        raise NotImplementedError(f"--scheme {scheme} (calibrated schemes are not implemented yet; use {RTN_SCHEMES})")
-    if scheme not in RTN_SCHEMES:
-        raise ConfigError(f"unknown scheme {scheme!r}; supported: {', '.join(RTN_SCHEMES)}")
-    model_dir, out = Path(model_dir), Path(out_dir)
+def check_source(model_dir: Path) -> dict:
+    """config.json of an unquantized checkpoint of a supported architecture, else a typed error saying why."""
+    if not (model_dir / "config.json").is_file():
+        raise ModelLoadError(f"{model_dir} has no config.json: pass a Hugging Face checkpoint directory")
     config = json.loads((model_dir / "config.json").read_text())
-    if "quantization_config" in config:
-        raise ConfigError(f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method')})")
-    ignore = list(ignore if ignore is not None else ["lm_head"])
-    group_size = None if scheme == "fp8-dynamic" or group_size in (None, -1) else group_size
-    out.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(out)
-    for name, tensor in _quantized_tensors(model_dir, scheme, group_size, ignore):
-        writer.add(name, tensor)
-    writer.close()
-    config["quantization_config"] = quantization_config(scheme, group_size, ignore)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for file in COPIED_FILES:
-        if (model_dir / file).is_file():
-            shutil.copy2(model_dir / file, out / file)
+    existing = config.get("quantization_config")
+    if existing is not None or (model_dir / "hf_quant_config.json").is_file():
+        method = (existing or {}).get("quant_method", "modelopt")
+        raise ConfigError(f"{model_dir} is already quantized ({method}); quantize an unquantized checkpoint")
+    arch = load_model_config(model_dir)
+    get_model_class(arch.architecture)
+    return config
+
+
+def check_fp8_blocks(model_dir: Path) -> None:
+    """forgellm (like vLLM) fuses q/k/v and gate/up only when each part is whole 128-row weight blocks."""
+    arch = load_model_config(model_dir)
+    parts = {
+        "q_proj": arch.num_attention_heads * arch.head_dim,
+        "k_proj": arch.num_key_value_heads * arch.head_dim,
+        "gate_proj": arch.intermediate_size,
+    }
+    bad = {name: size for name, size in parts.items() if size % FP8_BLOCK[0]}
+    if bad:
+        raise ConfigError(
+            f"--scheme fp8-block needs fused layers' outputs in whole {FP8_BLOCK[0]}-row blocks; these are not: "
+            f"{', '.join(f'{n} ({s})' for n, s in bad.items())}; use fp8-dynamic"
+        )
+
+
+def _prepare_output(model_dir: Path, out: Path, overwrite: bool) -> Path:
+    """A fresh hidden directory beside `out`, after refusing to clobber anything not asked for."""
+    if out.resolve() == model_dir.resolve():
+        raise ConfigError("the output directory is the input directory; the input is never modified")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another -o")
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, scheme_name: str, options: QuantizeOptions) -> Path:
+    """Write `model_dir` quantized with the scheme to `out_dir` and return it."""
+    scheme, model_dir, out = get_scheme(scheme_name), Path(model_dir), Path(out_dir)
+    config = check_source(model_dir)
+    if options.kv_cache_dtype not in ("auto", "fp8"):
+        raise ConfigError(f"kv_cache_dtype must be auto or fp8, got {options.kv_cache_dtype!r}")
+    kv_fp8 = options.kv_cache_dtype == "fp8"
+    if scheme.weight_strategy == "block":
+        check_fp8_blocks(model_dir)
+    group_size = _group_size(scheme, options.group_size)
+    if scheme.activations in ("static", "nvfp4") and not is_ignored("lm_head", options.ignore):
+        raise ConfigError(f"--scheme {scheme.name} calibrates decoder layers only; keep lm_head in --ignore")
+    staging = _prepare_output(model_dir, out, options.overwrite)
+    try:
+        quantizer = _calibrate(model_dir, scheme, group_size, kv_fp8, options) if scheme.calibrated or kv_fp8 else None
+        _write(model_dir, staging, scheme, group_size, options, quantizer)
+        for file in COPIED_FILES:
+            if (model_dir / file).is_file():
+                shutil.copy2(model_dir / file, staging / file)
+        act_order = scheme.algorithm == "gptq" and options.act_order
+        config["quantization_config"] = quantization_config(scheme, group_size, options.ignore, act_order, kv_fp8)
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    staging.rename(out)
     return out
 
 
-class ShardWriter:
-    """Writes tensors into safetensors shards of about SHARD_BYTES as they come (one shard in memory), then
-    names them model-0000i-of-0000n and writes the index; a single shard becomes model.safetensors."""
+def _calibrate(model_dir: Path, scheme: Scheme, group_size: int | None, kv_fp8: bool, options: QuantizeOptions):
+    """Load the float model and calibrate it layer by layer; the quantizer holds what it made (on the CPU)."""
+    arch = load_model_config(model_dir)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    texts = load_calibration_texts(options.calibration)
+    samples = calibration_samples(tokenizer, texts, options.num_samples, options.seq_len)
+    model = load_model(model_dir, arch, resolve_dtype("auto", arch), resolve_device(options.device))
+    quantizer = LayerQuantizer(model, scheme, group_size, options.ignore, kv_fp8, options.act_order)
+    progress = Progress(len(model.layers), f"quantize {scheme.name}") if options.progress else None
+    calibrate_layers(model, samples, quantizer.needs, quantizer, progress=progress)
+    return quantizer
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.pending: dict[str, torch.Tensor] = {}
-        self.files: list[Path] = []
-        self.weight_map: dict[str, int] = {}  # tensor name -> shard number
-        self.total = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        if self.pending and sum(t.nbytes for t in self.pending.values()) + tensor.nbytes > SHARD_BYTES:
-            self._flush()
-        self.pending[name] = tensor.contiguous()
-        self.total += tensor.nbytes
+def _is_quantized_linear(name: str, tensor: torch.Tensor, ignore: list[str]) -> bool:
+    return (
+        name.endswith(_LINEAR_SUFFIXES) and tensor.dim() == 2 and not is_ignored(name.removesuffix(".weight"), ignore)
+    )
 
-    def _flush(self) -> None:
-        path = self.out / f".shard-{len(self.files):05d}.tmp"
-        save_file(self.pending, str(path), metadata={"format": "pt"})
-        self.weight_map.update(dict.fromkeys(self.pending, len(self.files)))
-        self.files.append(path)
-        self.pending = {}
 
-    def close(self) -> None:
-        self._flush()
-        if len(self.files) == 1:
-            self.files[0].rename(self.out / "model.safetensors")
-            return
-        names = [f"model-{i:05d}-of-{len(self.files):05d}.safetensors" for i in range(1, len(self.files) + 1)]
-        for path, name in zip(self.files, names):
-            path.rename(self.out / name)
-        index = {
-            "metadata": {"total_size": self.total},
-            "weight_map": {k: names[v] for k, v in self.weight_map.items()},
-        }
-        (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+def _write(
+    model_dir: Path,
+    out: Path,
+    scheme: Scheme,
+    group_size: int | None,
+    options: QuantizeOptions,
+    quantizer: LayerQuantizer | None,
+) -> None:
+    """Every input tensor to the shards: calibrated parts as made, other linears round to nearest here."""
+    made = dict(quantizer.tensors) if quantizer is not None else {}
+    replaced = quantizer.replaced if quantizer is not None else set()
+    device = resolve_device(options.device)
+    writer = ShardWriter(out)
+    for name, tensor in iter_checkpoint_tensors(model_dir):
+        if name in replaced:
+            continue
+        if name in made:  # a float tensor calibration changed (AWQ folds scales into norms)
+            writer.add(name, made.pop(name))
+        elif _is_quantized_linear(name, tensor, options.ignore):
+            base = name.removesuffix(".weight")
+            quantized = quantize_rtn(base, tensor.to(device), scheme, group_size, tensor.dtype)
+            for suffix, part in quantized.tensors.items():
+                writer.add(f"{base}.{suffix}", part.cpu())
+        else:
+            writer.add(name, tensor)
+    for name, tensor in made.items():
+        writer.add(name, tensor)
+    writer.close()
