@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/quantize_timing")
     parser.add_argument("--no-bench", action="store_true", help="skip the decode benchmark of the outputs")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results.jsonl"), help="JSON lines to append to")
     args = parser.parse_args()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("forgellm").setLevel(logging.INFO)
@@ -129,7 +130,7 @@ def main() -> int:
         records = [
             report.make_record(m, v, u, model=model, gpu=gpu, commit=commit, command=c) for m, v, u, c in figures
         ]
-        report.append_results(REPO / "benchmarks" / "results.jsonl", records)
+        report.append_results(args.results, records)
     rows = [
         [m, report.fmt(v), u, f"<= {TARGET_SECONDS[m[9:-2]]:g}" if m[9:-2] in TARGET_SECONDS and u == "s" else ""]
         for m, v, u, _ in figures
