@@ -43,12 +43,20 @@ def test_quantized_gpu_matches_cpu_reference(scheme, tiny_model_dir):
         torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=0)
     assert gpu.engine.core.runner.graph_runner is not None  # decode below replays CUDA graphs
     ours = [o.outputs[0].token_ids for o in gpu.generate(prompts, greedy(16), use_tqdm=False)]
-    theirs = [o.outputs[0].token_ids for o in cpu.generate(prompts, greedy(16), use_tqdm=False)]
     if not fp8_activations:
+        theirs = [o.outputs[0].token_ids for o in cpu.generate(prompts, greedy(16), use_tqdm=False)]
         assert ours == theirs
-    else:  # a flip at a near-tie may fork one continuation (seen once for nvfp4-as-fp8), not more
-        assert [o[0] for o in ours] == [t[0] for t in theirs]
-        assert sum(o == t for o, t in zip(ours, theirs)) >= len(prompts) - 1, (ours, theirs)
+    else:
+        # Near-ties in this random model let one flip fork a greedy continuation, so each token the GPU's
+        # graph-replayed decode picked is checked instead: the CPU reference, fed the same sequence, must
+        # rank it within the quantization error of its own top logit.
+        reference = forgellm_logits(cpu, [p + o for p, o in zip(prompts, ours)])
+        offset = 0
+        for prompt, generated in zip(prompts, ours):
+            steps = reference[offset + len(prompt) - 1 : offset + len(prompt) + len(generated) - 1]
+            picked = steps.gather(1, torch.tensor(generated)[:, None]).squeeze(1)
+            assert (steps.max(dim=1).values - picked).max() < quant_error, steps.max(dim=1).values - picked
+            offset += len(prompt) + len(generated)
 
 
 def rms(t: torch.Tensor) -> float:
