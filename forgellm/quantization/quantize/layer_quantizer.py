@@ -15,6 +15,7 @@ from forgellm.kernels.fp8_quant import FP8_MAX
 from forgellm.layers.linear import LinearBase
 from forgellm.quantization.config import is_ignored
 from forgellm.quantization.quantize.awq import awq_search_scales, fold_scales
+from forgellm.quantization.quantize.awq_clip import awq_search_clip, clip_weight
 from forgellm.quantization.quantize.calibrate import LayerObservations, ObserverNeeds
 from forgellm.quantization.quantize.gptq import gptq_quantize
 from forgellm.quantization.quantize.schemes import NVFP4_GROUP, Scheme
@@ -75,14 +76,19 @@ class LayerQuantizer:
     @torch.no_grad()
     def __call__(self, index: int, layer: nn.Module, seen: LayerObservations) -> None:
         linears = self._linears(layer)
-        if self.scheme.algorithm == "awq":
-            self._apply_awq(layer, linears, seen)
+        awq_scales = self._apply_awq(layer, linears, seen) if self.scheme.algorithm == "awq" else {}
         for name, linear in linears.items():
             observer = seen.linears[name]
             for part, prefix in enumerate(linear.part_names):
                 offset, size = linear.part_slice(part)
                 rows = linear.weight.data[offset : offset + size]
-                quantized = self._quantize_part(prefix, rows.float(), observer.hessian)
+                w = rows.float()
+                # AWQ clips every weight but q and k (whose errors the attention softmax magnifies), as AutoAWQ.
+                if self.scheme.algorithm == "awq" and not prefix.endswith(("q_proj", "k_proj")):
+                    x = observer.sampled_rows()
+                    x = x / awq_scales[name].to(x.device) if name in awq_scales else x
+                    w = clip_weight(w, awq_search_clip(x, w, self.scheme.bits, self.group_size))
+                quantized = self._quantize_part(prefix, w, observer.hessian)
                 rows.copy_(quantized.dequantized.to(rows.dtype))
                 self.replaced.add(f"{prefix}.weight")
                 for suffix, tensor in quantized.tensors.items():
@@ -109,8 +115,12 @@ class LayerQuantizer:
         )
         return int_tensors(result.codes, result.scales.to(dtype), self.scheme.bits, result.g_idx)
 
-    def _apply_awq(self, layer: nn.Module, linears: dict[str, LinearBase], seen: LayerObservations) -> None:
-        """Search and fold the scales of each (producer -> consumer) pair the Llama block allows."""
+    def _apply_awq(
+        self, layer: nn.Module, linears: dict[str, LinearBase], seen: LayerObservations
+    ) -> dict[str, torch.Tensor]:
+        """Search and fold the scales of each (producer -> consumer) pair the Llama block allows; the scales
+        by consumer (its inputs are now the observed ones divided by them)."""
+        folded: dict[str, torch.Tensor] = {}
         attn, mlp = layer.self_attn, layer.mlp
         q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
         up = slice(mlp.gate_up_proj.output_sizes[0], mlp.gate_up_proj.output_size)
@@ -134,5 +144,7 @@ class LayerQuantizer:
             fold_scales(
                 producer.weight.data[rows], [consumer.weight.data], search.scales, None if bias is None else bias[rows]
             )
+            folded[consumer_name] = search.scales
             if not isinstance(producer, LinearBase):  # a norm: its float weight goes to the checkpoint as changed
                 self.tensors[self.names[(id(producer), "weight")]] = producer.weight.data.cpu().clone()
+        return folded
