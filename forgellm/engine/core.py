@@ -27,7 +27,7 @@ class EngineCoreOutput:
 
     request_id: str
     new_token_ids: list[int]
-    logprobs: TokenLogprobs | None = None
+    logprobs: list[TokenLogprobs] | None = None  # one per new token, when the request asked for them
     prompt_logprobs: tuple[int, list[TokenLogprobs]] | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -143,12 +143,14 @@ class EngineCore:
         """Wait for a launched step, update the requests with its tokens, and report them."""
         result = self.runner.collect(step)
         scheduler_output = step.scheduler_output
+        before = {s.request.request_id: s.request.num_tokens for s in scheduler_output.scheduled}
         updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
         outputs: dict[str, EngineCoreOutput] = {}
         for request in updated:
             out = self._output_for(request)
-            out.new_token_ids = [request.all_token_ids[-1]]
-            out.logprobs = result.logprobs.get(request.request_id)
+            out.new_token_ids = request.all_token_ids[before[request.request_id] :]
+            logprobs = result.logprobs.get(request.request_id)
+            out.logprobs = None if logprobs is None else logprobs[: len(out.new_token_ids)]  # stops drop the rest
             outputs[request.request_id] = out
         if result.prompt_logprobs:
             scheduled = {s.request.request_id: s.request for s in scheduler_output.scheduled}

@@ -215,24 +215,27 @@ class OutputProcessor:
             m.last_token_time = now
 
     def _append_tokens(self, sample: SampleState, out: EngineCoreOutput, min_tokens: int) -> bool:
-        """Add new tokens and their text; returns True if a stop string ended the sample.
+        """Add new tokens and their text one by one; returns True if a stop string ended the sample.
 
-        Like EOS and stop token ids, stop strings end a sample only once it has min_tokens tokens.
+        Like EOS and stop token ids, stop strings end a sample only once it has min_tokens tokens; the
+        tokens of the step after the one that completes a stop string are dropped.
         """
-        sample.token_ids.extend(out.new_token_ids)
-        if sample.logprobs is not None and out.logprobs is not None:
-            sample.logprobs.append(self._position_logprobs(out.logprobs, sample.detokenizer is not None))
-            sample.cumulative_logprob += out.logprobs.logprobs[0]
-        if sample.detokenizer is None:
-            return False
-        delta = sample.detokenizer.update(out.new_token_ids)
-        sample.text += delta
-        match = sample.stop_matcher.feed(delta, report=len(sample.token_ids) >= min_tokens)
-        if match is None:
-            return False
-        sample.text = sample.text[: match.truncate_to]
-        sample.finish_reason, sample.stop_reason = "stop", match.stop_str
-        return True
+        for index, token_id in enumerate(out.new_token_ids):
+            sample.token_ids.append(token_id)
+            if sample.logprobs is not None and out.logprobs is not None:
+                entry = out.logprobs[index]
+                sample.logprobs.append(self._position_logprobs(entry, sample.detokenizer is not None))
+                sample.cumulative_logprob += entry.logprobs[0]
+            if sample.detokenizer is None:
+                continue
+            delta = sample.detokenizer.update([token_id])
+            sample.text += delta
+            match = sample.stop_matcher.feed(delta, report=len(sample.token_ids) >= min_tokens)
+            if match is not None:
+                sample.text = sample.text[: match.truncate_to]
+                sample.finish_reason, sample.stop_reason = "stop", match.stop_str
+                return True
+        return False
 
     def _append_prompt_logprobs(self, state: RequestState, entries: tuple[int, list[TokenLogprobs]]) -> None:
         first, positions = entries

@@ -120,11 +120,15 @@ class Scheduler:
             finished_request_ids=finished_ids,
         )
 
-    def update_from_output(self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Request]:
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, list[int]]
+    ) -> list[Request]:
         """Append the tokens a step sampled, cache newly full blocks, end the finished requests.
 
-        Called once the step's sampled ids are on the host, possibly after later steps were
-        scheduled. Returns the requests that got a new token, finished ones included.
+        A step emits one or more tokens per sampling request (several when it verifies a speculation);
+        tokens after one that ends the request (EOS, a stop token, the length limit) are dropped. Called
+        once the step's sampled ids are on the host, possibly after later steps were scheduled. Returns
+        the requests that got new tokens, finished ones included.
         """
         kv = self.kv_cache_manager
         max_model_len = self.max_model_len
@@ -141,19 +145,21 @@ class Scheduler:
                 kv.cache_full_blocks(request, min(request.num_computed_tokens, request.num_tokens))
             if not item.samples:
                 continue
-            token_id = sampled_token_ids.get(request.request_id)
-            if token_id is None:
+            token_ids = sampled_token_ids.get(request.request_id)
+            if not token_ids:
                 continue
             request.num_pending_tokens -= 1
-            # A request preempted after this step was scheduled keeps its token: the recompute
-            # then includes it, as if the preemption had come one step later.
-            request.append_token(token_id)
             updated.append(request)
-            if check_stop(request, token_id, max_model_len):
-                if status is not _RUNNING:
-                    self.waiting.remove(request)
-                self._finish(request)
-                any_finished = True
+            # A request preempted after this step was scheduled keeps its tokens: the recompute
+            # then includes them, as if the preemption had come one step later.
+            for token_id in token_ids:
+                request.append_token(token_id)
+                if check_stop(request, token_id, max_model_len):
+                    if status is not _RUNNING:
+                        self.waiting.remove(request)
+                    self._finish(request)
+                    any_finished = True
+                    break
         if any_finished:
             self.running = [r for r in self.running if r.status is _RUNNING]
         return updated

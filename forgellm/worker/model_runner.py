@@ -42,8 +42,9 @@ class TokenLogprobs:
 class ModelRunnerOutput:
     """What one step produced, keyed by request id."""
 
-    sampled_token_ids: dict[str, int] = field(default_factory=dict)
-    logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
+    # The tokens each sampling request emits this step, in order (one, or several after verification).
+    sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)  # one entry per emitted token
     # Prompt logprobs computed this step: (index of the first prompt token they score, entries).
     prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
 
@@ -263,13 +264,13 @@ class ModelRunner:
         output = ModelRunnerOutput()
         sampled = step.sampled_host.tolist() if step.sampled_host is not None else []
         for request, token in zip(step.sample_requests, sampled):
-            output.sampled_token_ids[request.request_id] = token
+            output.sampled_token_ids[request.request_id] = [token]
         if step.logprobs is not None:
             entries = _to_token_logprobs(step.logprobs)
             for request, entry in zip(step.sample_requests, entries):
                 k = request.sampling_params.logprobs
                 if k is not None:
-                    output.logprobs[request.request_id] = _first(entry, k)
+                    output.logprobs[request.request_id] = [_first(entry, k)]
         for request, first_index, k, tensors in step.prompt_logprobs:
             entries = [_first(e, k) for e in _to_token_logprobs(tensors)]
             output.prompt_logprobs[request.request_id] = (first_index, entries)

@@ -97,7 +97,15 @@ def test_bad_input_is_named_and_leaves_nothing(tiny_model_dir, tmp_path, capsys)
         assert match in capsys.readouterr().err
 
     out = str(tmp_path / "out")
-    fails("-o", out, "--scheme", "w4a16-rtn", "--group-size", "48", match="input size 128 is not divisible by the group size 48")
+    fails(
+        "-o",
+        out,
+        "--scheme",
+        "w4a16-rtn",
+        "--group-size",
+        "48",
+        match="input size 128 is not divisible by the group size 48",
+    )
     fails("-o", out, "--scheme", "w4a16-gptq", "--group-size", "48", *CALIBRATION, match="not divisible by the group")
     fails("-o", out, "--scheme", "fp8", "--calibration", str(tmp_path / "missing.txt"), *CALIBRATION, match="missing")
     (tmp_path / "empty.txt").write_text("")

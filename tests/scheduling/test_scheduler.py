@@ -62,7 +62,7 @@ def step(scheduler: Scheduler, token: int | Callable[[Request], int] = 7) -> Ste
     out = scheduler.schedule()
     starts = [item.start for item in out.scheduled]
     pick = token if callable(token) else (lambda _request: token)
-    sampled = {item.request.request_id: pick(item.request) for item in out.scheduled if item.samples}
+    sampled = {item.request.request_id: [pick(item.request)] for item in out.scheduled if item.samples}
     return Step(out, scheduler.update_from_output(out, sampled), starts)
 
 
@@ -194,7 +194,7 @@ def test_request_aborted_during_a_step_is_skipped_by_update():
     scheduler.add_request(make_request("a", 4))
     out = scheduler.schedule()
     scheduler.abort_requests(["a"], status=RequestStatus.FINISHED_STOPPED)
-    assert scheduler.update_from_output(out, {"a": 1}) == []
+    assert scheduler.update_from_output(out, {"a": [1]}) == []
     assert scheduler.get_request("a") is None and scheduler.kv_cache_manager.num_free_blocks == 64
 
 

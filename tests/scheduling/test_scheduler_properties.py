@@ -228,12 +228,12 @@ def test_random_workloads_keep_invariants_and_leak_nothing(
                 block = item.block_ids[position // config.block_size]
                 # A token past the host's list was sampled by the step in flight (a placeholder).
                 known = position < request.num_tokens
-                token = request.all_token_ids[position] if known else in_flight_tokens[request.request_id]
+                token = request.all_token_ids[position] if known else in_flight_tokens[request.request_id][0]
                 slots[(block, position % config.block_size)] = token
         for in_flight, ids in to_abort:
             if in_flight:
                 scheduler.abort_requests(ids)
-        sampled = {item.request.request_id: rng.randrange(VOCAB) for item in out.scheduled if item.samples}
+        sampled = {item.request.request_id: [rng.randrange(VOCAB)] for item in out.scheduled if item.samples}
         done = (out, sampled) if out.scheduled else None  # an empty schedule launches nothing
         if lagged:
             done, pending_step = pending_step, done
