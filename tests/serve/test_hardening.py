@@ -297,7 +297,8 @@ def assert_dies_cleanly(server: ServeProcess, kill, cause: str) -> None:
     next(chunks)
     kill()
     killed = time.monotonic()
-    assert wait_until(lambda: server.health() == 503, timeout=1.0), "no 503 within a second"
+    # Seconds, not the usual ~0.1 s: a loaded 2-core CI machine delays the health check itself.
+    assert wait_until(lambda: server.health() == 503, timeout=5.0), "no 503 within 5 s"
     with pytest.raises(openai.APIError, match=cause):
         for _ in chunks:
             pass
