@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from forgellm.errors import ConfigError
+from forgellm.spec_decode.config import SpeculativeConfig
 
 # Sequences (n per request) that may wait for a seat in an AsyncLLM / server engine, tokenizing ones
 # included; beyond it requests are refused (429 over HTTP) until the queue drains.
@@ -59,6 +60,12 @@ class EngineConfig:
         "fp8",
         "how NVFP4 weights run on GPUs without FP4 tensor cores: fp8 (converted at load; faster on the H200 today) "
         "or weight_only (fp4 dequantized in the GEMM; 30% less weight memory)",
+    )
+    speculative_config: dict[str, Any] | SpeculativeConfig | None = _opt(
+        None,
+        'speculative decoding as a JSON object, e.g. \'{"method": "ngram", "num_speculative_tokens": 3}\' '
+        "(ngram only so far). Turns asynchronous scheduling and CUDA graphs off; requests with penalties, "
+        "logprobs, prompt_logprobs or an unmet min_tokens decode without speculation",
     )
     # Admission limits: what one request may ask for (engine/admission.py checks them).
     max_n: int = _opt(128, "most samples (n) one request may ask for")
@@ -116,6 +123,12 @@ class EngineConfig:
             raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
         if self.tensor_parallel_size != 1:
             raise ConfigError("tensor_parallel_size > 1 is not implemented yet; use 1")
+        self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
+        if self.speculative_config is not None and self.async_scheduling == "on":
+            raise ConfigError(
+                "async_scheduling on does not work with speculative_config yet (a verify step's tokens must be on "
+                "the host before the next step is scheduled); use async_scheduling auto or off"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EngineConfig:

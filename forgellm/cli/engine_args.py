@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -22,7 +23,7 @@ _SCALARS = (bool, int, float, str)
 # Optional fields accept this word on the command line to mean None (e.g. to undo a YAML value).
 _NONE_WORD = "none"
 # Short placeholders keep `--help` readable; strings show the field name instead.
-_METAVARS: dict[type, str] = {int: "N", float: "X"}
+_METAVARS: dict[type, str] = {int: "N", float: "X", dict: "JSON"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,9 @@ def field_kind(annotation: Any) -> FieldKind:
     """Reduce an annotation such as `int | None` or `Literal["a", "b"]` to a FieldKind."""
     args = typing.get_args(annotation)
     is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    # A structured option (a dict, or the dataclass it is normalised to) is one JSON object on the command line.
+    if any(a is dict or typing.get_origin(a) is dict for a in (args if is_union else (annotation,))):
+        return FieldKind(dict, optional=type(None) in args)
     if is_union and type(None) in args:
         rest = tuple(a for a in args if a is not type(None))
         if len(rest) == 1:
@@ -64,11 +68,26 @@ def _converter(kind: FieldKind) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         if kind.optional and text.lower() == _NONE_WORD:
             return None
+        if kind.scalar is dict:  # parsed by engine_config_from_args, whose ConfigError explains bad JSON
+            return text
         return kind.scalar(text)
 
     # argparse names the type in its "invalid value" message.
     convert.__name__ = kind.scalar.__name__
     return convert
+
+
+def _parse_json_object(flag: str, text: str) -> dict[str, Any]:
+    # A ConfigError, not argparse's generic "invalid value": it says what is wrong with the JSON.
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f'{flag} {text!r} is not valid JSON ({exc}); give a JSON object such as \'{{"method": "ngram"}}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f'{flag} must be a JSON object such as \'{{"method": "ngram"}}\', got {text!r}')
+    return value
 
 
 def _help_text(field: dataclasses.Field, kind: FieldKind) -> str:
@@ -160,7 +179,11 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     config_file = getattr(args, "config_file", None)
     if config_file is not None:
         values.update(load_config_file(config_file))
+    kinds = engine_field_kinds()
     for field in dataclasses.fields(EngineConfig):
         if hasattr(args, field.name):
-            values[field.name] = getattr(args, field.name)
+            value = getattr(args, field.name)
+            if kinds[field.name].scalar is dict and isinstance(value, str):
+                value = _parse_json_object(flag_name(field.name), value)
+            values[field.name] = value
     return EngineConfig.from_dict(values)

@@ -12,6 +12,7 @@ from forgellm.engine.request import Request, RequestStatus
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
 from forgellm.scheduling.scheduler_output import SchedulerOutput
+from forgellm.spec_decode.decoder import SpeculativeDecoder
 from forgellm.worker.in_flight import InFlightStep
 from forgellm.worker.model_runner import ModelRunner, TokenLogprobs
 
@@ -51,6 +52,10 @@ class EngineStats:
     num_preemptions: int
     num_aborted: int = 0  # sequences aborted since start
     num_failed: int = 0  # sequences failed by an error in a step since start
+    # Speculative decoding since start: draft tokens verified, those accepted, and accepted per draft position.
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_per_position: tuple[int, ...] = ()
 
 
 class EngineCore:
@@ -60,15 +65,25 @@ class EngineCore:
     in flight, so the host's scheduling, batch building and output handling overlap the GPU's
     forward pass. Outputs then come one step later; a request that stops on a sampled token (EOS, a
     stop token) has had one more step computed for it, which is discarded.
+
+    With a `spec_decoder` (synchronous only) each step's end proposes drafts for the next one.
     """
 
     def __init__(
-        self, runner: ModelRunner, scheduler: Scheduler, kv_cache: KVCacheManager, async_scheduling: bool = False
+        self,
+        runner: ModelRunner,
+        scheduler: Scheduler,
+        kv_cache: KVCacheManager,
+        async_scheduling: bool = False,
+        spec_decoder: SpeculativeDecoder | None = None,
     ) -> None:
+        if async_scheduling and spec_decoder is not None:
+            raise ValueError("speculative decoding needs synchronous scheduling")
         self.runner = runner
         self.scheduler = scheduler
         self.kv_cache = kv_cache
         self.async_scheduling = async_scheduling
+        self.spec_decoder = spec_decoder
         self._in_flight: InFlightStep | None = None
 
     def add_request(self, request: Request) -> None:
@@ -145,6 +160,9 @@ class EngineCore:
         scheduler_output = step.scheduler_output
         before = {s.request.request_id: s.request.num_tokens for s in scheduler_output.scheduled}
         updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
+        if self.spec_decoder is not None:
+            self.spec_decoder.record(scheduler_output, result.sampled_token_ids)
+            self.spec_decoder.propose(self.scheduler.running)
         outputs: dict[str, EngineCoreOutput] = {}
         for request in updated:
             out = self._output_for(request)
@@ -180,7 +198,18 @@ class EngineCore:
             num_preemptions=self.scheduler.num_preemptions,
             num_aborted=self.scheduler.num_aborted,
             num_failed=self.scheduler.num_failed,
+            **self._spec_stats(),
         )
+
+    def _spec_stats(self) -> dict:
+        spec = self.spec_decoder
+        if spec is None:
+            return {}
+        return {
+            "num_draft_tokens": spec.num_draft_tokens,
+            "num_accepted_tokens": spec.num_accepted_tokens,
+            "num_accepted_per_position": tuple(spec.num_accepted_per_position),
+        }
 
 
 def is_device_failure(exc: BaseException) -> bool:

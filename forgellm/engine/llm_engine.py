@@ -29,6 +29,7 @@ from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quanti
 from forgellm.sampling_params import SamplingParams
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
+from forgellm.spec_decode.decoder import SpeculativeDecoder
 from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
@@ -139,6 +140,10 @@ class LLMEngine:
         defaults = load_generation_defaults(model_dir)
         device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
         self.max_model_len = resolve_max_model_len(config, arch)
+        # Before loading anything: an unimplemented method or a k too long for the context fails fast.
+        spec_decoder = None
+        if config.speculative_config is not None:
+            spec_decoder = SpeculativeDecoder(config.speculative_config, self.max_model_len)
         quant_config = resolve_quantization(
             model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
         )
@@ -153,7 +158,7 @@ class LLMEngine:
         blocks = num_kv_blocks(config, runner, self.max_model_len)
         runner.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
-        if use_cuda_graphs(config, device):
+        if use_cuda_graphs(config, device) and spec_decoder is None:  # no graphs of verify steps yet
             runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(
@@ -165,8 +170,9 @@ class LLMEngine:
             config.scheduling_policy,
         )
         mode = config.async_scheduling
-        async_scheduling = mode == "on" or (mode == "auto" and device.type == "cuda")
-        self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling)
+        # A verify step's accepted tokens must reach the host before the next step is scheduled.
+        async_scheduling = spec_decoder is None and (mode == "on" or (mode == "auto" and device.type == "cuda"))
+        self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling, spec_decoder)
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.limits = RequestLimits.from_config(config, self.max_model_len, arch.vocab_size, blocks)
@@ -187,6 +193,12 @@ class LLMEngine:
             f"CUDA graphs {graphs}, "
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
+        if spec_decoder is not None:
+            spec = spec_decoder.config
+            summary += (
+                f"; speculative decoding {spec.method} (k={spec.num_speculative_tokens}, n-grams "
+                f"{spec.prompt_lookup_min}..{spec.prompt_lookup_max}): asynchronous scheduling and CUDA graphs off"
+            )
         logger.info("%s", summary)
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:

@@ -68,6 +68,8 @@ class Request:
     # Chained hashes of the full blocks of all_token_ids, maintained by the KVCacheManager.
     block_hashes: list[int] = field(default_factory=list, init=False)
     first_scheduled_time: float | None = field(default=None, init=False)
+    # Draft tokens proposed for the next step (speculative decoding); the scheduler takes them.
+    spec_token_ids: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

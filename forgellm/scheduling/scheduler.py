@@ -150,6 +150,11 @@ class Scheduler:
                 continue
             request.num_pending_tokens -= 1
             updated.append(request)
+            if item.spec_token_ids and status is _RUNNING:
+                # Rollback: the K/V of the last emitted token and of rejected drafts is not valid; the next
+                # step recomputes from the last token and overwrites the rest. Blocks stay held (and were
+                # registered above only up to the tokens known before this step).
+                request.num_computed_tokens = request.num_tokens + len(token_ids) - 1
             # A request preempted after this step was scheduled keeps its tokens: the recompute
             # then includes them, as if the preemption had come one step later.
             for token_id in token_ids:
@@ -164,12 +169,15 @@ class Scheduler:
             self.running = [r for r in self.running if r.status is _RUNNING]
         return updated
 
-    def _add_scheduled(self, scheduled: list[ScheduledRequest], request: Request, num_new: int) -> None:
-        """Put `num_new` tokens of `request` in this step and advance the request past them."""
+    def _add_scheduled(
+        self, scheduled: list[ScheduledRequest], request: Request, num_new: int, drafts: list[int] | None = None
+    ) -> None:
+        """Put `num_new` tokens of `request` (its `drafts` last) in this step and advance the request past them."""
+        drafts = drafts or []
         start = request.num_computed_tokens
-        samples = start + num_new == request.num_tokens + request.num_pending_tokens
+        samples = start + num_new - len(drafts) == request.num_tokens + request.num_pending_tokens
         block_ids = self.kv_cache_manager.get_block_ids(request.request_id)
-        scheduled.append(ScheduledRequest(request, num_new, block_ids, start, samples))
+        scheduled.append(ScheduledRequest(request, num_new, block_ids, start, samples, drafts))
         request.num_computed_tokens = start + num_new
         request.num_pending_tokens += samples
 
@@ -189,6 +197,8 @@ class Scheduler:
             if num_new <= 0:  # its sampled token never came back; nothing to compute
                 index += 1
                 continue
+            drafts = self._fit_drafts(request, num_new, budget)
+            num_new += len(drafts)
             while kv.allocate_slots(request, num_new) is None:
                 victim_index = self._victim_index()
                 victim = running.pop(victim_index)
@@ -199,10 +209,21 @@ class Scheduler:
                 preempted = True
                 if victim is request:
                     return budget, preempted
-            self._add_scheduled(scheduled, request, num_new)
+            self._add_scheduled(scheduled, request, num_new, drafts)
             budget -= num_new
             index += 1
         return budget, preempted
+
+    def _fit_drafts(self, request: Request, num_new: int, budget: int) -> list[int]:
+        """The request's proposed drafts that this step can verify: it decodes, and they fit the budget and blocks."""
+        drafts, request.spec_token_ids = request.spec_token_ids, []
+        if not drafts or num_new != 1 or request.num_pending_tokens:
+            return []
+        drafts = drafts[: budget - 1]
+        # A guess is not worth a preemption: without free blocks for them the drafts are dropped.
+        if drafts and self.kv_cache_manager.allocate_slots(request, 1 + len(drafts)) is None:
+            return []
+        return drafts
 
     def _schedule_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> int:
         """Admit waiting requests while budget, seats and blocks last; return the budget left."""

@@ -21,6 +21,8 @@ class ScheduledRequest:
     block_ids: list[int]
     start: int  # position of the first token computed this step
     samples: bool  # this step reaches the end of the request's tokens, so it samples a new one
+    # Draft tokens verified this step after the request's last token (counted in num_new_tokens).
+    spec_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -29,6 +29,9 @@ class InFlightStep:
     logprobs: LogprobsTensors | None = None
     prompt_logprobs: list[tuple[Request, int, int, LogprobsTensors]] = field(default_factory=list)
     done: torch.cuda.Event | None = None  # recorded after the copies; None on a CPU
+    # Speculative decoding: row i of `verified` holds verify_requests[i]'s emitted tokens, -1 after the last.
+    verify_requests: list[Request] = field(default_factory=list)
+    verified: torch.Tensor | None = None  # [M, k + 1] int64, on the device, then on the host after copy_to_host
 
     def __post_init__(self) -> None:
         self.sample_rows = {request.request_id: row for row, request in enumerate(self.sample_requests)}
@@ -42,6 +45,8 @@ class InFlightStep:
         if device.type != "cuda":  # a CPU step is already complete
             self.sampled_host = self.sampled
             return
+        if self.verified is not None:
+            self.verified = self.verified.to("cpu", non_blocking=True)
         if self.sampled is not None:
             n = self.sampled.shape[0]
             if sampled_buffer is not None and n <= sampled_buffer.shape[0]:

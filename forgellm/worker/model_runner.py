@@ -23,6 +23,7 @@ from forgellm.quantization.config import QuantizationConfig
 from forgellm.sampling.sampler import Sampler, compute_prompt_logprobs
 from forgellm.sampling.sampling_metadata import SamplingMetadata
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
+from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
 from forgellm.worker.in_flight import InFlightStep
@@ -208,7 +209,7 @@ class ModelRunner:
         that this step computes (placeholders) are taken from its sampled ids on the device.
         """
         self.release(scheduler_output.finished_request_ids)
-        chunks, samplers, prompt_rows, placeholders = self._plan(scheduler_output, in_flight)
+        chunks, samplers, prompt_rows, placeholders, verifiers = self._plan(scheduler_output, in_flight)
         staging = self._next_staging()
         host = build_host_batch(chunks, self.block_size, staging=staging)
         destinations, pending_ids = None, None
@@ -230,17 +231,27 @@ class ModelRunner:
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])
         if samplers:
             self._sample(logits, samplers, step, [request for request, _, _ in placeholders], pending_ids)
+        if verifiers:
+            self._verify(logits, verifiers, step)
         for request, positions, first_row in prompt_rows:
             self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
         step.copy_to_host(self.device, None if staging is None else staging.sampled)
         return step
 
-    def _plan(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None) -> tuple[list, list, list, list]:
-        """Per request: its chunk, its sampling row, its prompt-logprob rows, and its placeholder if any."""
-        chunks, samplers, prompt_rows, placeholders = [], [], [], []
+    def _plan(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None) -> tuple[list, ...]:
+        """Per request: its chunk, its sampling row, its prompt-logprob rows, its placeholder if any, and for
+        a request verifying drafts its first row (its last token's; one more per draft)."""
+        chunks, samplers, prompt_rows, placeholders, verifiers = [], [], [], [], []
         row = num_tokens = 0
         for s in scheduler_output.scheduled:
             request = s.request
+            if s.spec_token_ids:  # a verify step: the last token and the drafts, with logits at every one
+                tokens = [request.all_token_ids[s.start], *s.spec_token_ids]
+                chunks.append(SequenceChunk(tokens, s.start, s.block_ids, list(range(len(tokens)))))
+                verifiers.append((request, row, s.spec_token_ids))
+                row += len(tokens)
+                num_tokens += len(tokens)
+                continue
             prompt_positions = self._prompt_logprob_positions(s)
             logits_positions = [p - s.start for p in prompt_positions]
             if prompt_positions:
@@ -256,7 +267,7 @@ class ModelRunner:
                 tokens = [*tokens, 0]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
             num_tokens += s.num_new_tokens
-        return chunks, samplers, prompt_rows, placeholders
+        return chunks, samplers, prompt_rows, placeholders, verifiers
 
     def collect(self, step: InFlightStep) -> ModelRunnerOutput:
         """Wait for a launched step and turn its results into host values."""
@@ -265,6 +276,9 @@ class ModelRunner:
         sampled = step.sampled_host.tolist() if step.sampled_host is not None else []
         for request, token in zip(step.sample_requests, sampled):
             output.sampled_token_ids[request.request_id] = [token]
+        if step.verified is not None:
+            for request, tokens in zip(step.verify_requests, step.verified.tolist()):
+                output.sampled_token_ids[request.request_id] = [t for t in tokens if t >= 0]
         if step.logprobs is not None:
             entries = _to_token_logprobs(step.logprobs)
             for request, entry in zip(step.sample_requests, entries):
@@ -330,6 +344,16 @@ class ModelRunner:
         result = self.sampler(logits, metadata, self.default_generator)
         step.sampled = result.sampled_token_ids
         step.logprobs = result.logprobs
+
+    def _verify(self, logits: torch.Tensor, verifiers: list[tuple[Request, int, list]], step: InFlightStep) -> None:
+        """Check each verifying request's drafts against its logits; the emitted tokens go to `step.verified`."""
+        rows = [row + i for _, row, drafts in verifiers for i in range(1 + len(drafts))]
+        requests = [request for request, _, _ in verifiers]
+        generators = [self._generator(request) for request in requests]
+        step.verify_requests = requests
+        step.verified = verify_drafts(
+            logits[self._to_device(rows)], requests, [d for _, _, d in verifiers], generators, self.default_generator
+        )
 
     def _score_prompt(self, logits: torch.Tensor, request: Request, positions: range, step: InFlightStep) -> None:
         k = request.sampling_params.prompt_logprobs

@@ -45,6 +45,8 @@ def sample_argv(name: str) -> tuple[list[str], object]:
         return [flag], not default
     if kind.choices:
         value = next(c for c in kind.choices if c != default)
+    elif kind.scalar is dict:  # a JSON object, parsed by engine_config_from_args
+        value = '{"method": "ngram"}'
     else:
         value = {int: 7, float: 0.5, str: "some-value"}[kind.scalar]
     return [flag_name(name), str(value)], value
