@@ -26,10 +26,14 @@ class SpeculativeDecoder:
         self.config = config
         self.max_model_len = max_model_len
         self.proposer = NgramProposer.from_config(config)
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Zero the drafted and accepted counters (e.g. after a start-up warm-up)."""
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
-        # accepted_per_position[i]: drafts accepted at position i (a draft at i is accepted only after 0..i-1).
-        self.num_accepted_per_position = [0] * config.num_speculative_tokens
+        # num_accepted_per_position[i]: drafts accepted at position i (accepted only after those at 0..i-1).
+        self.num_accepted_per_position = [0] * self.config.num_speculative_tokens
 
     @staticmethod
     def can_speculate(request: Request) -> bool:

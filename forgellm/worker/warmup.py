@@ -37,6 +37,8 @@ def warm_up(engine: LLMEngine) -> None:
     _run(engine, [(f"warmup-batch-{i}", p[: max(1, len(p) // 3)]) for i, p in enumerate(prompts)], params)
     kv.reset_prefix_cache()
     kv.reset_stats()
+    if engine.core.spec_decoder is not None:  # acceptance counters describe served requests only
+        engine.core.spec_decoder.reset_stats()
 
 
 def _run(engine: LLMEngine, requests: list[tuple[str, list[int]]], params: SamplingParams) -> None:

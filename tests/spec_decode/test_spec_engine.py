@@ -17,6 +17,7 @@ from forgellm.errors import ConfigError
 from forgellm.sampling_params import SamplingParams
 from forgellm.spec_decode.config import SpeculativeConfig
 from forgellm.spec_decode.decoder import SpeculativeDecoder
+from forgellm.worker.warmup import warm_up
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
 PYTHON_PROMPT = (
@@ -174,3 +175,18 @@ def test_proposals_keep_the_verify_step_within_the_context_and_max_tokens(max_mo
     decoder.propose([request])
     # d drafts emit up to d + 1 tokens and write K/V up to position 10 + d.
     assert request.spec_token_ids == expected
+
+
+def test_warm_up_leaves_the_acceptance_counters_at_zero(tiny_model_dir):
+    engine = LLMEngine(
+        EngineConfig(model=str(tiny_model_dir("llama")), dtype="float32", num_kv_blocks=40, speculative_config=NGRAM)
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    for i, ids in enumerate(REPEATED_IDS):  # speculate first, so the counters have something to forget
+        engine.add_request(f"r{i}", {"prompt_token_ids": ids}, params)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.stats().num_draft_tokens > 0
+    warm_up(engine)
+    stats = engine.stats()
+    assert (stats.num_draft_tokens, stats.num_accepted_tokens, stats.num_accepted_per_position) == (0, 0, (0,) * 4)
