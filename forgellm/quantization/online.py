@@ -86,14 +86,21 @@ class RtnNvfp4Reader:
 
     def read(self, tensors: dict[str, torch.Tensor], prefix: str) -> Fp4Part:
         w = _on_compute_device(tensors["weight"])
-        n, k = w.shape
-        require_divisible(k, NVFP4_GROUP, "input size", prefix)
-        global_scale = (w.abs().amax() / (E2M1_MAX * FP8_MAX)).clamp_min(1e-12)
-        grouped = w.view(n, k // NVFP4_GROUP, NVFP4_GROUP)
-        block = (grouped.abs().amax(dim=-1) / E2M1_MAX / global_scale).clamp(max=FP8_MAX).to(FP8_DTYPE)
-        scales = block.float() * global_scale
-        codes = e2m1_encode(grouped / scales.clamp_min(1e-30).unsqueeze(-1)).view(n, k)
-        return Fp4Part(codes.to(torch.uint8), scales)
+        require_divisible(w.shape[1], NVFP4_GROUP, "input size", prefix)
+        codes, block, global_scale = rtn_nvfp4(w)
+        return Fp4Part(codes, block.float() * global_scale)
+
+
+def rtn_nvfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest NVFP4 of w [N, K] (K a multiple of 16): (e2m1 codes uint8 [N, K], e4m3 block scales
+    [N, K/16], the float32 global scale amax / (6 * 448)); a weight is e2m1(code) * block * global."""
+    n, k = w.shape
+    global_scale = (w.float().abs().amax() / (E2M1_MAX * FP8_MAX)).clamp_min(1e-12)
+    grouped = w.float().view(n, k // NVFP4_GROUP, NVFP4_GROUP)
+    block = (grouped.abs().amax(dim=-1) / E2M1_MAX / global_scale).clamp(max=FP8_MAX).to(FP8_DTYPE)
+    scales = block.float() * global_scale
+    codes = e2m1_encode(grouped / scales.clamp_min(1e-30).unsqueeze(-1)).view(n, k)
+    return codes.to(torch.uint8), block, global_scale
 
 
 class OnlineQuantConfig(QuantizationConfig):

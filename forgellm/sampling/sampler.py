@@ -60,14 +60,17 @@ def _sample(logits: torch.Tensor, meta: SamplingMetadata, default_generator: tor
     greedy_ids = None if meta.all_random else logits.argmax(dim=-1)
     if meta.all_greedy:
         return greedy_ids
-    if meta.temperature is not None:
-        logits = logits / meta.temperature.unsqueeze(1)
-    logits = apply_top_k_top_p_min_p(logits, meta)
-    probs = logits.softmax(dim=-1)
-    random_ids = _exponential_race(probs, meta, default_generator)
+    random_ids = _exponential_race(sampling_probs(logits, meta), meta, default_generator)
     if greedy_ids is None:
         return random_ids
     return torch.where(meta.greedy_mask, greedy_ids, random_ids)
+
+
+def sampling_probs(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """The distribution random rows draw from: tempered, filtered by top-k/top-p/min-p, softmaxed."""
+    if meta.temperature is not None:
+        logits = logits / meta.temperature.unsqueeze(1)
+    return apply_top_k_top_p_min_p(logits, meta).softmax(dim=-1)
 
 
 def _exponential_race(

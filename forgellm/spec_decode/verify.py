@@ -16,7 +16,7 @@ import torch
 
 from forgellm.engine.request import Request
 from forgellm.sampling.rejection_sampler import rejection_sample
-from forgellm.sampling.sampler import apply_top_k_top_p_min_p
+from forgellm.sampling.sampler import sampling_probs
 from forgellm.sampling.sampling_metadata import SamplingMetadata
 
 
@@ -27,9 +27,7 @@ def target_probs(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     one_hot = None if greedy_ids is None else torch.zeros_like(logits).scatter_(-1, greedy_ids.unsqueeze(-1), 1.0)
     if meta.all_greedy:
         return one_hot
-    if meta.temperature is not None:
-        logits = logits / meta.temperature.unsqueeze(1)
-    probs = apply_top_k_top_p_min_p(logits, meta).softmax(dim=-1)
+    probs = sampling_probs(logits, meta)
     if one_hot is None:
         return probs
     return torch.where(meta.greedy_mask.unsqueeze(1), one_hot, probs)

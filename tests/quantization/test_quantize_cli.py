@@ -116,6 +116,10 @@ def test_bad_input_is_named_and_leaves_nothing(tiny_model_dir, tmp_path, capsys)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
     assert _tree_digest(source) == before
 
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    assert main(["quantize", str(empty), "-o", out, "--scheme", "fp8-dynamic"]) == 2
+    assert "has no config.json: pass a Hugging Face checkpoint directory" in capsys.readouterr().err
     quantized = FIXTURES / "ct-w4a16"
     assert main(["quantize", str(quantized), "-o", out, "--scheme", "fp8-dynamic"]) == 2
     assert "already quantized (compressed-tensors)" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -70,7 +70,6 @@ class LayerObservations:
     linears: dict[str, LinearObserver]  # module path inside the layer ("self_attn.qkv_proj") -> observer
     k_amax: float = 0.0
     v_amax: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class Progress:

@@ -21,6 +21,7 @@ from forgellm.engine.llm_engine import resolve_device
 from forgellm.errors import ConfigError, ModelLoadError
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
 from forgellm.hf.config import load_model_config, resolve_dtype
+from forgellm.hf.config_types import ModelArchConfig
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.models.registry import get_model_class
 from forgellm.quantization.config import is_ignored
@@ -63,8 +64,8 @@ def _group_size(scheme: Scheme, requested: int | None) -> int | None:
     return None if requested == -1 else requested
 
 
-def check_source(model_dir: Path) -> dict:
-    """config.json of an unquantized checkpoint of a supported architecture, else a typed error saying why."""
+def check_source(model_dir: Path) -> tuple[dict, ModelArchConfig]:
+    """config.json (raw and parsed) of an unquantized checkpoint of a supported architecture, else a typed error."""
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError(f"{model_dir} has no config.json: pass a Hugging Face checkpoint directory")
     config = json.loads((model_dir / "config.json").read_text())
@@ -74,12 +75,11 @@ def check_source(model_dir: Path) -> dict:
         raise ConfigError(f"{model_dir} is already quantized ({method}); quantize an unquantized checkpoint")
     arch = load_model_config(model_dir)
     get_model_class(arch.architecture)
-    return config
+    return config, arch
 
 
-def check_fp8_blocks(model_dir: Path) -> None:
+def check_fp8_blocks(arch: ModelArchConfig) -> None:
     """forgellm (like vLLM) fuses q/k/v and gate/up only when each part is whole 128-row weight blocks."""
-    arch = load_model_config(model_dir)
     parts = {
         "q_proj": arch.num_attention_heads * arch.head_dim,
         "k_proj": arch.num_key_value_heads * arch.head_dim,
@@ -108,18 +108,19 @@ def _prepare_output(model_dir: Path, out: Path, overwrite: bool) -> Path:
 def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, scheme_name: str, options: QuantizeOptions) -> Path:
     """Write `model_dir` quantized with the scheme to `out_dir` and return it."""
     scheme, model_dir, out = get_scheme(scheme_name), Path(model_dir), Path(out_dir)
-    config = check_source(model_dir)
+    config, arch = check_source(model_dir)
     if options.kv_cache_dtype not in ("auto", "fp8"):
         raise ConfigError(f"kv_cache_dtype must be auto or fp8, got {options.kv_cache_dtype!r}")
     kv_fp8 = options.kv_cache_dtype == "fp8"
     if scheme.weight_strategy == "block":
-        check_fp8_blocks(model_dir)
+        check_fp8_blocks(arch)
     group_size = _group_size(scheme, options.group_size)
     if scheme.activations in ("static", "nvfp4") and not is_ignored("lm_head", options.ignore):
         raise ConfigError(f"--scheme {scheme.name} calibrates decoder layers only; keep lm_head in --ignore")
     staging = _prepare_output(model_dir, out, options.overwrite)
     try:
-        quantizer = _calibrate(model_dir, scheme, group_size, kv_fp8, options) if scheme.calibrated or kv_fp8 else None
+        calibrated = scheme.calibrated or kv_fp8
+        quantizer = _calibrate(model_dir, arch, scheme, group_size, kv_fp8, options) if calibrated else None
         _write(model_dir, staging, scheme, group_size, options, quantizer)
         for file in COPIED_FILES:
             if (model_dir / file).is_file():
@@ -136,9 +137,15 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, scheme_name:
     return out
 
 
-def _calibrate(model_dir: Path, scheme: Scheme, group_size: int | None, kv_fp8: bool, options: QuantizeOptions):
+def _calibrate(
+    model_dir: Path,
+    arch: ModelArchConfig,
+    scheme: Scheme,
+    group_size: int | None,
+    kv_fp8: bool,
+    options: QuantizeOptions,
+) -> LayerQuantizer:
     """Load the float model and calibrate it layer by layer; the quantizer holds what it made (on the CPU)."""
-    arch = load_model_config(model_dir)
     tokenizer = Tokenizer.from_dir(model_dir)
     texts = load_calibration_texts(options.calibration)
     samples = calibration_samples(tokenizer, texts, options.num_samples, options.seq_len)

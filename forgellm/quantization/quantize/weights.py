@@ -12,8 +12,8 @@ import torch
 
 from forgellm.errors import ModelLoadError
 from forgellm.kernels.fp8_quant import FP8_DTYPE, FP8_MAX, expand_scale, quantize_fp8_weight
-from forgellm.kernels.int_weight_gemm import e2m1_decode, e2m1_encode, pack_int_weight
-from forgellm.quantization.online import E2M1_MAX, rtn_int
+from forgellm.kernels.int_weight_gemm import e2m1_decode, pack_int_weight
+from forgellm.quantization.online import E2M1_MAX, rtn_int, rtn_nvfp4
 from forgellm.quantization.quantize.schemes import FP8_BLOCK, NVFP4_GROUP, Scheme
 
 
@@ -67,15 +67,12 @@ def nvfp4_tensors(w: torch.Tensor) -> QuantizedWeight:
     """nvfp4-pack-quantized: e2m1 codes two per byte (low nibble first), e4m3 scales per 16 inputs and the
     global scale stored as compressed-tensors does, the reciprocal of the dequantization factor."""
     n, k = w.shape
-    wf = w.float()
-    global_scale = (E2M1_MAX * FP8_MAX / wf.abs().amax()).clamp(max=torch.finfo(torch.float32).max)
-    grouped = wf.view(n, k // NVFP4_GROUP, NVFP4_GROUP)
-    block = (grouped.abs().amax(dim=-1) / E2M1_MAX * global_scale).clamp(max=FP8_MAX).to(FP8_DTYPE)
-    scales = block.float() / global_scale
-    codes = e2m1_encode(grouped / scales.clamp_min(1e-30).unsqueeze(-1)).view(n, k).to(torch.uint8)
+    codes, block, global_scale = rtn_nvfp4(w)  # the same rounding as NVFP4 quantized at load
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    scales = block.float() * global_scale
     dequantized = (e2m1_decode(codes).view(n, k // NVFP4_GROUP, NVFP4_GROUP) * scales.unsqueeze(-1)).view(n, k)
-    tensors = {"weight_packed": packed, "weight_scale": block, "weight_global_scale": global_scale.reshape(1)}
+    stored_global = (1.0 / global_scale).reshape(1)  # compressed-tensors divides by it
+    tensors = {"weight_packed": packed, "weight_scale": block, "weight_global_scale": stored_global}
     return QuantizedWeight(tensors, dequantized)
 
 
