@@ -52,7 +52,9 @@ class EngineStats:
     num_preemptions: int
     num_aborted: int = 0  # sequences aborted since start
     num_failed: int = 0  # sequences failed by an error in a step since start
-    # Speculative decoding since start: draft tokens verified, those accepted, and accepted per draft position.
+    # Speculative decoding since start: verify steps (per request), draft tokens verified, those accepted,
+    # and accepted per draft position.
+    num_spec_steps: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     num_accepted_per_position: tuple[int, ...] = ()
@@ -206,6 +208,7 @@ class EngineCore:
         if spec is None:
             return {}
         return {
+            "num_spec_steps": spec.num_spec_steps,
             "num_draft_tokens": spec.num_draft_tokens,
             "num_accepted_tokens": spec.num_accepted_tokens,
             "num_accepted_per_position": tuple(spec.num_accepted_per_position),

@@ -30,6 +30,9 @@ from forgellm.sampling_params import SamplingParams
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
 from forgellm.spec_decode.decoder import SpeculativeDecoder
+from forgellm.spec_decode.draft_model import DraftModelProposer
+from forgellm.spec_decode.proposers import check_proposer, load_proposer
+from forgellm.spec_decode.proposers import describe as describe_speculation
 from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
@@ -92,15 +95,16 @@ def resolve_max_model_len(config: EngineConfig, arch: ModelArchConfig) -> int:
     return config.max_model_len
 
 
-def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int) -> int:
+def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int, extra_block_bytes: int = 0) -> int:
     """Explicit num_kv_blocks, or as many blocks as the memory budget allows (no more than useful).
 
     On a GPU the budget is gpu_memory_utilization of its memory minus what is in use at the peak of
-    a warm-up forward pass at the largest step size (weights and activations included).
+    a warm-up forward pass at the largest step size (weights and activations included). Each block
+    also costs `extra_block_bytes` elsewhere (a draft model's cache of the same number of blocks).
     """
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    block_bytes = kv_block_bytes(runner.arch, config.block_size, runner.kv_cache_dtype)
+    block_bytes = kv_block_bytes(runner.arch, config.block_size, runner.kv_cache_dtype) + extra_block_bytes
     if runner.device.type == "cuda":
         peak = runner.profile_peak_memory(config.max_num_batched_tokens, config.max_num_seqs)
         free, total = torch.cuda.mem_get_info(runner.device)
@@ -140,10 +144,10 @@ class LLMEngine:
         defaults = load_generation_defaults(model_dir)
         device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
         self.max_model_len = resolve_max_model_len(config, arch)
-        # Before loading anything: an unimplemented method or a k too long for the context fails fast.
-        spec_decoder = None
-        if config.speculative_config is not None:
-            spec_decoder = SpeculativeDecoder(config.speculative_config, self.max_model_len)
+        spec_config = config.speculative_config
+        # Before loading anything: an unimplemented method, a k too long, a draft of another vocabulary fail fast.
+        if spec_config is not None:
+            check_proposer(spec_config, arch, self.max_model_len)
         quant_config = resolve_quantization(
             model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
         )
@@ -154,12 +158,24 @@ class LLMEngine:
             model_weight_bytes(model),
             str(kv_cache_dtype).removeprefix("torch."),
         )
+        spec_decoder, draft = None, None
+        if spec_config is not None:  # loaded before the memory profile, which then counts its weights
+            proposer = load_proposer(
+                spec_config, arch, dtype, device, config.block_size, self.max_model_len, config.load_format
+            )
+            spec_decoder = SpeculativeDecoder(spec_config, self.max_model_len, proposer)
+            draft = proposer if isinstance(proposer, DraftModelProposer) else None
         runner = ModelRunner(model, config.block_size, config.seed, kv_cache_dtype)
-        blocks = num_kv_blocks(config, runner, self.max_model_len)
+        # A draft model gets as many blocks as the target: it holds K/V for the same tokens, and a few guesses.
+        blocks = num_kv_blocks(config, runner, self.max_model_len, draft.block_bytes if draft else 0)
         runner.allocate_kv_cache(blocks)
+        if draft is not None:
+            draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
-        if use_cuda_graphs(config, device) and spec_decoder is None:  # no graphs of verify steps yet
+        if use_cuda_graphs(config, device):
             runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens)
+            if draft is not None:
+                draft.capture_cuda_graphs(min(config.max_num_seqs, 512))
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(
             kv_cache,
@@ -193,12 +209,8 @@ class LLMEngine:
             f"CUDA graphs {graphs}, "
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
-        if spec_decoder is not None:
-            spec = spec_decoder.config
-            summary += (
-                f"; speculative decoding {spec.method} (k={spec.num_speculative_tokens}, n-grams "
-                f"{spec.prompt_lookup_min}..{spec.prompt_lookup_max}): asynchronous scheduling and CUDA graphs off"
-            )
+        if spec_config is not None:
+            summary += f"; speculative decoding {describe_speculation(spec_config)} (asynchronous scheduling off)"
         logger.info("%s", summary)
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:

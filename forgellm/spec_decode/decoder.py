@@ -3,12 +3,13 @@
 After each step it proposes drafts for the running requests that may speculate (they go on
 `Request.spec_token_ids`; the scheduler fits them into the next step and the model runner verifies
 them), and it counts drafted and accepted tokens so benchmarks and metrics can show the acceptance.
-Only the n-gram proposer exists so far; draft-model and EAGLE-3 proposers will plug in here.
+A proposer is anything with `propose_for(requests, ks)`: the n-gram lookup or a draft model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from forgellm.engine.request import Request
 from forgellm.scheduling.scheduler_output import SchedulerOutput
@@ -16,20 +17,26 @@ from forgellm.spec_decode.config import SpeculativeConfig
 from forgellm.spec_decode.ngram import NgramProposer
 
 
+class Proposer(Protocol):
+    def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
+        """Up to ks[i] drafts for each running request (ks[i] = 0: none)."""
+
+
 class SpeculativeDecoder:
     """Proposes drafts for the next step and keeps the acceptance counters."""
 
-    def __init__(self, config: SpeculativeConfig, max_model_len: int) -> None:
-        if config.method != "ngram":
-            raise NotImplementedError(f"speculative decoding with {config.method} is not implemented yet; use ngram")
+    def __init__(self, config: SpeculativeConfig, max_model_len: int, proposer: Proposer | None = None) -> None:
         config.validate_for_model(max_model_len)
+        if proposer is None and config.method != "ngram":
+            raise ValueError(f"speculative method {config.method} needs its proposer (a loaded model)")
         self.config = config
         self.max_model_len = max_model_len
-        self.proposer = NgramProposer.from_config(config)
+        self.proposer = proposer or NgramProposer.from_config(config)
         self.reset_stats()
 
     def reset_stats(self) -> None:
         """Zero the drafted and accepted counters (e.g. after a start-up warm-up)."""
+        self.num_spec_steps = 0  # (request, step) pairs that verified drafts
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
         # num_accepted_per_position[i]: drafts accepted at position i (accepted only after those at 0..i-1).
@@ -63,9 +70,9 @@ class SpeculativeDecoder:
     def propose(self, running: Sequence[Request]) -> None:
         """Set every running request's drafts for the next step (none when it may not speculate)."""
         speculate = self.config.should_speculate(len(running))
-        for request in running:
-            k = self.max_drafts(request) if speculate and self.can_speculate(request) else 0
-            request.spec_token_ids = self.proposer.propose(request.all_token_ids, k) if k > 0 else []
+        ks = [self.max_drafts(r) if speculate and self.can_speculate(r) else 0 for r in running]
+        for request, drafts in zip(running, self.proposer.propose_for(running, ks)):
+            request.spec_token_ids = drafts
 
     def record(self, scheduler_output: SchedulerOutput, sampled_token_ids: Mapping[str, list[int]]) -> None:
         """Count the drafts a step verified and how many were accepted (emitted tokens minus the one sampled)."""
@@ -74,6 +81,7 @@ class SpeculativeDecoder:
             if not item.spec_token_ids or not tokens:
                 continue
             accepted = len(tokens) - 1
+            self.num_spec_steps += 1
             self.num_draft_tokens += len(item.spec_token_ids)
             self.num_accepted_tokens += accepted
             for position in range(accepted):

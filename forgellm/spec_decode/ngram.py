@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from forgellm.engine.request import Request
 from forgellm.errors import ConfigError
 from forgellm.spec_decode.config import SpeculativeConfig
 
@@ -100,3 +101,7 @@ class NgramProposer:
         if len(ks) != len(sequences):
             raise ValueError(f"propose_batch got {len(sequences)} sequences but {len(ks)} draft lengths")
         return [self.propose(tokens, k) for tokens, k in zip(sequences, ks)]
+
+    def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
+        """Drafts for the engine's running requests; ks[i] = 0 proposes nothing for request i."""
+        return [self.propose(request.all_token_ids, k) if k > 0 else [] for request, k in zip(requests, ks)]

@@ -7,9 +7,10 @@ buffers, keyed by (kind, size):
 - ("decode", B): B requests computing one token each, for B on a ladder 1, 2, 4, 8, 16, 24, ...;
   a step is padded to the next size with rows of seq_len 0 and slot -1 (attention and the KV
   write skip them).
-- ("prefill", T): one request computing 2..T prompt tokens, for T in 16, 32, ..., 512; the padding
-  tokens lie past the request's query range (the attention kernel skips them) and have slot -1.
-  Their rows of the hidden states are garbage, which stays in those rows: no op mixes rows.
+- ("prefill", T): one request computing 2..T tokens (a prompt chunk, or a verify step's last token and
+  drafts), for T in 16, 32, ..., 512; the padding tokens lie past the request's query range (the
+  attention kernel skips them) and have slot -1. Their rows of the hidden states are garbage, which
+  stays in those rows: no op mixes rows.
 
 Logits are computed outside the graph, on the rows that need them.
 """
@@ -73,6 +74,8 @@ class CudaGraphRunner:
         self.prefill_query_start_loc = torch.zeros(2, dtype=torch.int32, device=device)  # [0, T]
         self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(num_tokens, dtype=torch.int64, device=device)
+        # Rows of a prefill graph's hidden states that need logits (the last one, or every verified position).
+        self.prefill_logits_rows = torch.zeros(num_tokens, dtype=torch.int64, device=device)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.hidden: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -119,7 +122,7 @@ class CudaGraphRunner:
 
     def key_for(self, host: ForwardBatch) -> tuple[str, int] | None:
         """The graph that can run this step, or None: decode batches that fit the largest graph and
-        need logits for every request; single-request prefills that fit and need only the last logits."""
+        need logits for every request; single-request prefills that fit and need logits somewhere."""
         if host.block_tables.shape[1] > self.block_tables.shape[1]:
             return None
         n, num_tokens = host.num_requests, host.num_tokens
@@ -127,9 +130,8 @@ class CudaGraphRunner:
             if n <= self.sizes[-1] and host.logits_indices.shape[0] == n:
                 return "decode", self.sizes[bisect.bisect_left(self.sizes, n)]
             return None
-        if n == 1 and self.prefill_sizes and num_tokens <= self.prefill_sizes[-1]:
-            if host.logits_indices.tolist() == [num_tokens - 1]:
-                return "prefill", self.prefill_sizes[bisect.bisect_left(self.prefill_sizes, num_tokens)]
+        if n == 1 and self.prefill_sizes and num_tokens <= self.prefill_sizes[-1] and host.logits_indices.numel():
+            return "prefill", self.prefill_sizes[bisect.bisect_left(self.prefill_sizes, num_tokens)]
         return None
 
     def load(self, host: ForwardBatch, key: tuple[str, int]) -> None:
@@ -143,6 +145,8 @@ class CudaGraphRunner:
         self.block_tables[:n, : host.block_tables.shape[1]].copy_(host.block_tables, non_blocking=True)
         if kind == "prefill":
             self.prefill_query_start_loc.copy_(host.query_start_loc, non_blocking=True)
+            rows = host.logits_indices.shape[0]
+            self.prefill_logits_rows[:rows].copy_(host.logits_indices, non_blocking=True)
         if size > num_tokens:  # padding: attend to nothing, write nothing
             self.slot_mapping[num_tokens:size].fill_(-1)
             if kind == "decode":
@@ -153,5 +157,4 @@ class CudaGraphRunner:
         self.graphs[key].replay()
         if key[0] == "decode":
             return self.hidden[key][: host.num_requests]
-        last = host.num_tokens - 1
-        return self.hidden[key][last : last + 1]
+        return self.hidden[key].index_select(0, self.prefill_logits_rows[: host.logits_indices.shape[0]])

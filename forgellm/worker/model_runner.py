@@ -25,6 +25,7 @@ from forgellm.sampling.sampling_metadata import SamplingMetadata
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
 from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
+from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
 from forgellm.worker.in_flight import InFlightStep
 from forgellm.worker.pinned_staging import PinnedStaging
@@ -103,6 +104,17 @@ def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -
     return per_token * block_size
 
 
+def allocate_kv_cache(model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+    """Give every attention layer of `model` its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
+    arch: ModelArchConfig = model.config
+    device = next(model.parameters()).device
+    shape = (num_blocks, block_size, arch.num_key_value_heads, arch.head_dim)
+    for layer in model.modules():
+        if isinstance(layer, Attention):
+            layer.k_cache = torch.empty(shape, dtype=dtype, device=device)
+            layer.v_cache = torch.empty(shape, dtype=dtype, device=device)
+
+
 class ModelRunner:
     """Runs one step of the model over the scheduled requests and samples their next tokens.
 
@@ -128,11 +140,7 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """Give every attention layer its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
         self.num_blocks = num_blocks
-        layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        shape = (num_blocks, self.block_size, self.arch.num_key_value_heads, self.arch.head_dim)
-        for layer in layers:
-            layer.k_cache = torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device)
-            layer.v_cache = torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device)
+        allocate_kv_cache(self.model, num_blocks, self.block_size, self.kv_cache_dtype)
 
     @torch.inference_mode()
     def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
@@ -216,18 +224,7 @@ class ModelRunner:
         if placeholders:
             destinations, sources = self._placeholder_indices(placeholders, staging)
             pending_ids = in_flight.sampled.index_select(0, sources)
-        graph_key = None if self.graph_runner is None else self.graph_runner.key_for(host)
-        if graph_key is not None:
-            self.graph_runner.load(host, graph_key)
-            if pending_ids is not None:
-                self.graph_runner.input_ids.index_copy_(0, destinations, pending_ids)
-            logits = self.model.compute_logits(self.graph_runner.replay(graph_key, host))
-        else:
-            batch = host.to(self.device)
-            if pending_ids is not None:
-                batch.input_ids.index_copy_(0, destinations, pending_ids)
-            hidden = self.model(batch.input_ids, batch.positions, batch)
-            logits = self.model.compute_logits(hidden[batch.logits_indices])
+        logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])
         if samplers:
             self._sample(logits, samplers, step, [request for request, _, _ in placeholders], pending_ids)

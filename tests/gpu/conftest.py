@@ -55,7 +55,7 @@ def engines(tiny_model_dir) -> Iterator[Callable[..., object]]:
     built: dict[tuple, LLM] = {}
 
     def get(model: str, **options: object) -> LLM:
-        key = (model, tuple(sorted(options.items())))
+        key = (model, repr(sorted(options.items())))  # options may hold dicts (speculative_config)
         if key not in built:
             path = None if model == "demo" else str(tiny_model_dir(model))
             defaults = dict(device="cuda", max_num_seqs=16, seed=0)

@@ -149,7 +149,7 @@ def test_drafts_never_pass_max_model_len(tiny_model_dir):
     assert_no_blocks_held(llm)
 
 
-@pytest.mark.parametrize("method", ["draft_model", "eagle3"])
+@pytest.mark.parametrize("method", ["eagle3"])
 def test_unimplemented_methods_fail_at_engine_start(tiny_model_dir, method: str):
     spec = {"method": method, "model": str(tiny_model_dir("llama"))}
     with pytest.raises(NotImplementedError, match=f"speculative decoding with {method} is not implemented yet"):

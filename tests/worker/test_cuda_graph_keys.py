@@ -30,13 +30,15 @@ def test_decode_steps_pad_to_the_next_size():
     assert graphs.key_for(host(decodes * 11)) is None  # 33 requests: more than the largest graph
 
 
-def test_single_request_prefills_that_only_sample_use_prefill_graphs():
+def test_single_request_prefills_with_logits_use_prefill_graphs():
     graphs = runner()
     assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [19])])) == ("prefill", 32)
     assert graphs.key_for(host([SequenceChunk(list(range(64)), 16, [0, 1, 2, 3, 4], [63])])) == ("prefill", 64)
-    # Too long, prompt logprobs (several logits rows), a chunk that does not sample, two requests:
+    # A verify step (the last token and 4 drafts, logits at each) or prompt logprobs: several logits rows.
+    assert graphs.key_for(host([SequenceChunk(list(range(5)), 40, [0, 1, 2], [0, 1, 2, 3, 4])])) == ("prefill", 16)
+    assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [18, 19])])) == ("prefill", 32)
+    # Too long, a chunk that does not sample, two requests:
     assert graphs.key_for(host([SequenceChunk(list(range(65)), 0, [0, 1, 2, 3, 4], [64])])) is None
-    assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [18, 19])])) is None
     assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, [0, 1], [])])) is None
     two = [SequenceChunk(list(range(20)), 0, [0, 1], [19]), SequenceChunk([3], 7, [2], [0])]
     assert graphs.key_for(host(two)) is None

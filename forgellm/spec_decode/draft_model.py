@@ -1,0 +1,149 @@
+"""Draft-model proposer: a smaller model with the target's vocabulary guesses the next k tokens.
+
+Per step, for all speculating requests at once, the draft runs k forwards: the first feeds each
+request's tokens its cache lacks (at least the last one; after a verify step the accepted tokens),
+the next k - 1 feed one guess each (a decode batch, a CUDA-graph replay on a GPU). Guesses are the
+draft's argmax: a deterministic proposal, so verification accepts a guess x with the target's own
+probability p(x) and resamples from p without x otherwise, which keeps the target's distribution
+for any sampling settings (see sampling/rejection_sampler.py). The guesses stay on the device until
+all k are made; one copy brings them to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from forgellm.engine.request import Request
+from forgellm.hf.config import load_model_config
+from forgellm.hf.config_types import ModelArchConfig
+from forgellm.quantization.resolve import resolve_quantization
+from forgellm.spec_decode.config import SpeculativeConfig, check_draft_vocab
+from forgellm.spec_decode.draft_kv_cache import DraftKVCache
+from forgellm.worker.cuda_graphs import CudaGraphRunner
+from forgellm.worker.forward import forward_logits
+from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
+from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes, load_model
+
+
+def load_draft_config(config: SpeculativeConfig, target_arch: ModelArchConfig) -> ModelArchConfig:
+    """The draft model's config, refused (ConfigError) if its vocabulary is not the target's."""
+    arch = load_model_config(Path(config.model).expanduser())
+    check_draft_vocab(target_arch.vocab_size, arch.vocab_size, config.model)
+    return arch
+
+
+@dataclass
+class _Job:
+    """One request's proposal in this step."""
+
+    request: Request
+    k: int  # guesses to make
+    num_valid: int  # leading tokens whose K/V the draft cache holds
+    block_ids: list[int]
+
+
+class DraftModelProposer:
+    """Drafts up to k tokens per request with a draft model and its own paged KV cache."""
+
+    def __init__(self, model: nn.Module, block_size: int, max_model_len: int) -> None:
+        self.model = model
+        self.arch: ModelArchConfig = model.config
+        self.block_size = block_size
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        # Positions the draft can embed: past its own context a request stops drafting.
+        self.max_model_len = min(max_model_len, self.arch.max_position_embeddings)
+        self.kv: DraftKVCache | None = None
+        self.graph_runner: CudaGraphRunner | None = None
+
+    @classmethod
+    def load(
+        cls,
+        config: SpeculativeConfig,
+        target_arch: ModelArchConfig,
+        dtype: torch.dtype,
+        device: torch.device,
+        block_size: int,
+        max_model_len: int,
+        load_format: str = "auto",
+    ) -> DraftModelProposer:
+        """Load `config.model` (same vocabulary as the target) on the target's device, in its dtype."""
+        arch = load_draft_config(config, target_arch)
+        path = Path(config.model).expanduser()
+        quant_config = resolve_quantization(path, arch.raw, None)
+        return cls(load_model(path, arch, dtype, device, load_format, quant_config), block_size, max_model_len)
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of the draft's K and V for one block of tokens (all its layers)."""
+        return kv_block_bytes(self.arch, self.block_size, self.dtype)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        allocate_kv_cache(self.model, num_blocks, self.block_size, self.dtype)
+        self.kv = DraftKVCache(num_blocks, self.block_size)
+
+    def capture_cuda_graphs(self, max_num_seqs: int) -> None:
+        """Decode graphs for the draft's one-guess-per-request forwards (after allocate_kv_cache)."""
+        max_blocks = -(-self.max_model_len // self.block_size)
+        self.graph_runner = CudaGraphRunner(self.model, max_num_seqs, max_blocks, self.max_model_len, self.device)
+        self.graph_runner.capture()
+
+    @torch.inference_mode()
+    def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
+        """Up to ks[i] guesses for each of `requests` (the running ones; ks[i] = 0: none for it)."""
+        self.kv.retain(r.request_id for r in requests)
+        jobs = [job for request, k in zip(requests, ks) if k > 0 and (job := self._job(request, k)) is not None]
+        drafts = {id(request): [] for request in requests}
+        if not jobs:
+            return list(drafts.values())
+        jobs.sort(key=lambda job: -job.k)  # the requests still guessing at step j are a prefix
+        columns = self._run(jobs)
+        flat = torch.cat(columns).tolist()
+        offset = 0
+        for column in columns:
+            for row in range(column.shape[0]):
+                drafts[id(jobs[row].request)].append(flat[offset + row])
+            offset += column.shape[0]
+        for job in jobs:
+            guesses = drafts[id(job.request)]
+            # Fed to the draft: the request's tokens, then every guess but the last.
+            self.kv.record(job.request.request_id, job.request.num_tokens, guesses[:-1])
+        return list(drafts.values())
+
+    def _job(self, request: Request, k: int) -> _Job | None:
+        num_tokens = request.num_tokens
+        # Guess i (1-based) is made from position num_tokens - 2 + i: the last guess's input stays in context.
+        k = min(k, self.max_model_len - num_tokens + 1)
+        if k < 1:
+            return None
+        block_ids = self.kv.reserve(request.request_id, num_tokens + k - 1)
+        if block_ids is None:  # the draft cache is full: this request decodes plainly this step
+            return None
+        # The last token is always fed: its logits make the first guess.
+        num_valid = min(self.kv.num_valid_tokens(request.request_id, request.all_token_ids), num_tokens - 1)
+        return _Job(request, k, num_valid, block_ids)
+
+    def _run(self, jobs: list[_Job]) -> list[torch.Tensor]:
+        """The k forwards; column j holds guess j + 1 of the jobs that make one (a prefix of `jobs`)."""
+        pin = self.device.type == "cuda"
+        chunks = []
+        for job in jobs:
+            tokens = job.request.all_token_ids[job.num_valid :]
+            chunks.append(SequenceChunk(tokens, job.num_valid, job.block_ids, [len(tokens) - 1]))
+        host = build_host_batch(chunks, self.block_size, pin=pin)
+        guesses = forward_logits(self.model, self.graph_runner, host, self.device).argmax(dim=-1)
+        columns = [guesses]
+        rows = torch.arange(len(jobs), device=self.device)
+        for step in range(1, jobs[0].k):
+            count = sum(job.k > step for job in jobs)
+            chunks = [SequenceChunk([0], job.request.num_tokens - 1 + step, job.block_ids, [0]) for job in jobs[:count]]
+            host = build_host_batch(chunks, self.block_size, pin=pin)
+            logits = forward_logits(self.model, self.graph_runner, host, self.device, rows[:count], guesses[:count])
+            guesses = logits.argmax(dim=-1)
+            columns.append(guesses)
+        return columns

@@ -1,0 +1,44 @@
+"""Which proposer a SpeculativeConfig asks for: checked before the target loads, built after it."""
+
+from __future__ import annotations
+
+import torch
+
+from forgellm.hf.config_types import ModelArchConfig
+from forgellm.spec_decode.config import SpeculativeConfig
+from forgellm.spec_decode.decoder import Proposer
+from forgellm.spec_decode.draft_model import DraftModelProposer, load_draft_config
+from forgellm.spec_decode.ngram import NgramProposer
+
+
+def check_proposer(config: SpeculativeConfig, target_arch: ModelArchConfig, max_model_len: int) -> None:
+    """Refuse, before any weights load, what cannot work: a k too long, a draft of another vocabulary."""
+    config.validate_for_model(max_model_len)
+    if config.method == "eagle3":
+        raise NotImplementedError("speculative decoding with eagle3 is not implemented yet; use ngram or draft_model")
+    if config.method == "draft_model":
+        load_draft_config(config, target_arch)
+
+
+def load_proposer(
+    config: SpeculativeConfig,
+    target_arch: ModelArchConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    block_size: int,
+    max_model_len: int,
+    load_format: str = "auto",
+) -> Proposer:
+    """The n-gram lookup, or the draft model loaded next to the target (its KV cache comes later)."""
+    if config.method == "ngram":
+        return NgramProposer.from_config(config)
+    if config.method == "draft_model":
+        return DraftModelProposer.load(config, target_arch, dtype, device, block_size, max_model_len, load_format)
+    raise NotImplementedError(f"speculative decoding with {config.method} is not implemented yet")
+
+
+def describe(config: SpeculativeConfig) -> str:
+    """A few words for the start-up log."""
+    if config.method == "ngram":
+        return f"ngram (k={config.num_speculative_tokens}, n-grams {config.prompt_lookup_min}..{config.prompt_lookup_max})"
+    return f"{config.method} {config.model} (k={config.num_speculative_tokens})"

@@ -1,0 +1,59 @@
+"""Speculative decoding on a GPU: the verify step (extend attention over the drafts, rejection sampling on the
+device) gives the tokens plain decoding gives, and every KV block comes back.
+
+On the CPU the same is checked with the reference kernels; here the drafts go through the Triton
+prefill/extend attention and the target's decode path runs the Triton decode kernel, so a greedy
+mismatch would show a kernel that treats a verify step's positions differently from decode.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from forgellm import SamplingParams
+from tests.gpu.helpers import completions, greedy
+
+pytestmark = pytest.mark.gpu
+
+from forgellm.engine.llm_engine import DEMO_MODEL_DIR
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
+DRAFT = {"method": "draft_model", "model": str(DEMO_MODEL_DIR.parent / "demo-draft"), "num_speculative_tokens": 4}
+METHODS = {"ngram": NGRAM, "draft_model": DRAFT}
+CODE = (
+    "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
+    "def mul(a, b):\n    return a * b\n\n\ndef div(a, b):\n    return a / b\n\n\ndef"
+)
+REPEATED_IDS = [[11, 12, 13, 14, 15] * 4, [30, 31, 32, 33] * 3 + [30, 31], list(range(40, 60)) + [40, 41, 42]]
+
+
+@pytest.mark.parametrize(
+    "model,dtype,method", [("llama", "float32", "ngram"), ("demo", "bfloat16", "ngram"), ("demo", "bfloat16", "draft_model")]
+)
+def test_greedy_equals_plain_decoding(engines, model: str, dtype: str, method: str) -> None:
+    plain = engines(model, dtype=dtype)
+    spec = engines(model, dtype=dtype, speculative_config=METHODS[method])
+    if model == "demo":
+        prompts = [CODE, CODE + " mod", "The cat sat on the mat. The cat sat on", CODE]
+    else:
+        prompts = [{"prompt_token_ids": ids} for ids in REPEATED_IDS]
+    params = [greedy(48) for _ in prompts]
+    params[-1] = greedy(40, presence_penalty=0.5)  # cannot speculate: decodes plainly in the same batches
+    before = spec.engine.stats()
+    expected = completions(plain.generate(prompts, params, use_tqdm=False))
+    got = completions(spec.generate(prompts, params, use_tqdm=False))
+    assert got == expected
+    stats = spec.engine.stats()
+    assert stats.num_accepted_tokens - before.num_accepted_tokens > 0
+    assert spec.engine.core.kv_cache.usage == 0.0
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_seeded_sampling_is_reproducible_and_releases_blocks(engines, method: str) -> None:
+    spec = engines("demo", speculative_config=METHODS[method])
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=40, n=2, ignore_eos=True)
+    first = completions(spec.generate([CODE, CODE], params, use_tqdm=False))
+    second = completions(spec.generate([CODE, CODE], params, use_tqdm=False))
+    assert first == second
+    assert all(len(tokens) == 40 for request in first for tokens in request)
+    assert spec.engine.core.kv_cache.usage == 0.0
