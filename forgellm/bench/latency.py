@@ -10,12 +10,13 @@ import argparse
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forgellm.bench import engine_setup, report
 from forgellm.bench.datasets import random_requests
 from forgellm.bench.progress import progress_bar
+from forgellm.bench.speculation import install_replay, speculation_summary, summary_rows
 from forgellm.bench.stats import Summary, ratio, summarize
 from forgellm.errors import ConfigError, ForgeLLMError
 
@@ -31,6 +32,7 @@ class BatchTiming:
 
     start: float
     token_times: list[list[float]]
+    token_ids: list[list[int]] = field(default_factory=list)  # each request's output
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class LatencyResult:
     e2e_s: Summary  # per iteration: batch start -> last token of the batch
     output_tok_s: float  # batch_size * output_len / mean end-to-end latency
     decode_tok_s: float  # batch_size / mean inter-token latency (prefill excluded)
+    speculation: dict[str, Any] | None = None  # acceptance figures (speculation.speculation_summary)
 
     @property
     def itl_p99_over_p50(self) -> float:
@@ -58,6 +61,7 @@ def run_batch(engine: LLMEngine, prompts: list[list[int]], params: Any, tag: str
     ids = [f"{tag}-{i}" for i in range(len(prompts))]
     counts = dict.fromkeys(ids, 0)
     times: dict[str, list[float]] = {rid: [] for rid in ids}
+    token_ids: dict[str, list[int]] = {}
     clock = time.perf_counter
     start = clock()
     for rid, prompt in zip(ids, prompts):
@@ -71,7 +75,8 @@ def run_batch(engine: LLMEngine, prompts: list[list[int]], params: Any, tag: str
             if new > 0:  # several tokens in one step (speculation) arrive together
                 times[out.request_id].extend([now] * new)
                 counts[out.request_id] = total
-    return BatchTiming(start, [times[rid] for rid in ids])
+                token_ids[out.request_id] = out.outputs[0].token_ids
+    return BatchTiming(start, [times[rid] for rid in ids], [list(token_ids[rid]) for rid in ids])
 
 
 def summarize_batches(batches: list[BatchTiming], batch_size: int, input_len: int, output_len: int) -> LatencyResult:
@@ -107,8 +112,13 @@ def measure_latency(
     temperature: float = 1.0,
     seed: int = 0,
     disable_tqdm: bool = False,
+    replay_acceptance: float | None = None,
 ) -> LatencyResult:
-    """Warm up, then time `num_iters` batches of `batch_size` random prompts."""
+    """Warm up, then time `num_iters` batches of `batch_size` random prompts.
+
+    With `replay_acceptance` a, every batch first runs unmeasured to record its greedy continuations, then
+    runs measured with speculation proposing them, each token corrupted with probability 1 - a.
+    """
     if batch_size > engine.config.max_num_seqs:
         raise ConfigError(
             f"batch size {batch_size} exceeds max_num_seqs {engine.config.max_num_seqs}: the batch would not "
@@ -116,19 +126,31 @@ def measure_latency(
         )
     params = engine_setup.bench_sampling_params(output_len, temperature)
     vocab = engine_setup.vocab_size(engine)
+    replay = None if replay_acceptance is None else install_replay(engine, replay_acceptance, seed)
     bar = progress_bar(num_warmup + num_iters, "latency", disable_tqdm)
-    measured = []
+    measured, measured_seconds, windows = [], 0.0, []
     try:
         for index in range(num_warmup + num_iters):
             # Fresh prompts every iteration: repeated ones would be served from the prefix cache.
             requests = random_requests(batch_size, input_len, output_len, vocab, seed=seed + index)
-            timing = run_batch(engine, [r.prompt_token_ids for r in requests], params, f"lat{index}")
+            prompts = [r.prompt_token_ids for r in requests]
+            if replay is not None:
+                reference = run_batch(engine, prompts, params, f"ref{index}")
+                for prompt, output in zip(prompts, reference.token_ids):
+                    replay.record(prompt, output)
+                engine.core.kv_cache.reset_prefix_cache()  # the measured run computes its prompts again
+            before = engine.stats()
+            timing = run_batch(engine, prompts, params, f"lat{index}")
             if index >= num_warmup:
                 measured.append(timing)
+                measured_seconds += max(t[-1] for t in timing.token_times) - timing.start
+                windows.append((before, engine.stats()))
             bar.update()
     finally:
         bar.close()
-    return summarize_batches(measured, batch_size, input_len, output_len)
+    result = summarize_batches(measured, batch_size, input_len, output_len)
+    speculation = speculation_summary(windows, measured_seconds)
+    return dataclasses.replace(result, speculation=speculation)
 
 
 def result_table(result: LatencyResult) -> str:
@@ -145,6 +167,8 @@ def result_table(result: LatencyResult) -> str:
     rows.append(["per-token p99/p50", report.fmt(result.itl_p99_over_p50, 3), "", "", ""])
     rows.append(["output tokens/s", report.fmt(result.output_tok_s, 1), "", "", ""])
     rows.append(["decode tokens/s", report.fmt(result.decode_tok_s, 1), "", "", ""])
+    if result.speculation is not None:
+        rows.extend([name, value, "", "", ""] for name, value in summary_rows(result.speculation))
     return report.format_table(header, rows)
 
 
@@ -163,6 +187,7 @@ def result_json(result: LatencyResult, facts: dict[str, Any]) -> dict[str, Any]:
         "itl_p99_over_p50": result.itl_p99_over_p50,
         "output_tok_s": result.output_tok_s,
         "decode_tok_s": result.decode_tok_s,
+        "speculation": result.speculation,
     }
 
 
@@ -175,6 +200,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-iters", type=int, default=10, help="measured batches (default: 10)")
     group.add_argument("--num-iters-warmup", type=int, default=2, help="unmeasured batches first (default: 2)")
     group.add_argument("--output", metavar="FILE.json", default=None, help="also write the results as JSON")
+    group.add_argument(
+        "--spec-replay-acceptance",
+        metavar="A",
+        type=float,
+        default=None,
+        help="with --speculative-config and --temperature 0: run the proposer but propose each batch's own greedy "
+        "continuation (recorded by an unmeasured first run), each token corrupted with probability 1 - A; "
+        "figures hold at acceptance A (for random weights, where real drafts agree with nothing)",
+    )
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -183,6 +217,15 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.num_iters_warmup < 0:
         raise ConfigError(f"--num-iters-warmup must be >= 0, got {args.num_iters_warmup}")
+    replay = args.spec_replay_acceptance
+    if replay is not None:
+        if not 0.0 <= replay <= 1.0:
+            raise ConfigError(f"--spec-replay-acceptance must be in [0, 1], got {replay}")
+        if args.temperature != 0.0:
+            raise ConfigError(
+                "--spec-replay-acceptance replays greedy continuations; add --temperature 0 "
+                f"(got --temperature {args.temperature})"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,12 +245,18 @@ def run(args: argparse.Namespace) -> int:
             args.temperature,
             config.seed,
             args.disable_tqdm,
+            args.spec_replay_acceptance,
         )
     except ForgeLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     shape = f"batch {args.batch_size}, input {args.input_len}, output {args.output_len}"
     header = {**facts, "requests": shape, "iterations": f"{args.num_iters} (+{args.num_iters_warmup} warm-up)"}
+    if config.speculative_config is not None:
+        header["speculation"] = config.speculative_config.describe()
+    if args.spec_replay_acceptance is not None:
+        header["speculation"] += f", replayed at acceptance {args.spec_replay_acceptance}"
+        facts["spec_replay_acceptance"] = args.spec_replay_acceptance
     print(report.format_header("forgellm bench latency", header))
     print(result_table(result))
     if args.output:

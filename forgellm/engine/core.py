@@ -58,6 +58,7 @@ class EngineStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     num_accepted_per_position: tuple[int, ...] = ()
+    spec_draft_seconds: float = 0.0  # host wall time spent proposing drafts
 
 
 class EngineCore:
@@ -212,6 +213,7 @@ class EngineCore:
             "num_draft_tokens": spec.num_draft_tokens,
             "num_accepted_tokens": spec.num_accepted_tokens,
             "num_accepted_per_position": tuple(spec.num_accepted_per_position),
+            "spec_draft_seconds": spec.draft_seconds,
         }
 
 

@@ -32,7 +32,6 @@ from forgellm.scheduling.scheduler import Scheduler
 from forgellm.spec_decode.decoder import SpeculativeDecoder
 from forgellm.spec_decode.draft_model import DraftModelProposer
 from forgellm.spec_decode.proposers import check_proposer, load_proposer
-from forgellm.spec_decode.proposers import describe as describe_speculation
 from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
@@ -172,6 +171,8 @@ class LLMEngine:
         if draft is not None:
             draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
+        if draft is not None:
+            draft.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens)
         if use_cuda_graphs(config, device):
             runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens)
             if draft is not None:
@@ -210,7 +211,7 @@ class LLMEngine:
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
         if spec_config is not None:
-            summary += f"; speculative decoding {describe_speculation(spec_config)} (asynchronous scheduling off)"
+            summary += f"; speculative decoding {spec_config.describe()} (asynchronous scheduling off)"
         logger.info("%s", summary)
 
     def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:

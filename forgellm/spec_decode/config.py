@@ -146,6 +146,12 @@ class SpeculativeConfig:
                 f"{fix} max_model_len to at least {k + 2}"
             )
 
+    def describe(self) -> str:
+        """A few words for logs and benchmark headers."""
+        if self.method == "ngram":
+            return f"ngram (k={self.num_speculative_tokens}, n-grams {self.prompt_lookup_min}..{self.prompt_lookup_max})"
+        return f"{self.method} {self.model} (k={self.num_speculative_tokens})"
+
     def should_speculate(self, num_running_requests: int) -> bool:
         """Whether a step with this many running requests speculates (off above disable_by_batch_size)."""
         return self.disable_by_batch_size is None or num_running_requests <= self.disable_by_batch_size

@@ -8,6 +8,7 @@ A proposer is anything with `propose_for(requests, ks)`: the n-gram lookup or a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -36,6 +37,7 @@ class SpeculativeDecoder:
 
     def reset_stats(self) -> None:
         """Zero the drafted and accepted counters (e.g. after a start-up warm-up)."""
+        self.draft_seconds = 0.0  # host wall time spent proposing (a draft model's forwards included)
         self.num_spec_steps = 0  # (request, step) pairs that verified drafts
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
@@ -71,7 +73,10 @@ class SpeculativeDecoder:
         """Set every running request's drafts for the next step (none when it may not speculate)."""
         speculate = self.config.should_speculate(len(running))
         ks = [self.max_drafts(r) if speculate and self.can_speculate(r) else 0 for r in running]
-        for request, drafts in zip(running, self.proposer.propose_for(running, ks)):
+        start = time.perf_counter()
+        proposals = self.proposer.propose_for(running, ks)
+        self.draft_seconds += time.perf_counter() - start
+        for request, drafts in zip(running, proposals):
             request.spec_token_ids = drafts
 
     def record(self, scheduler_output: SchedulerOutput, sampled_token_ids: Mapping[str, list[int]]) -> None:

@@ -26,8 +26,12 @@ from forgellm.spec_decode.config import SpeculativeConfig, check_draft_vocab
 from forgellm.spec_decode.draft_kv_cache import DraftKVCache
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward import forward_logits
-from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
+from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk, build_host_batch
 from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes, load_model
+from forgellm.worker.pinned_staging import PinnedStaging
+
+# After a step that accepted all k guesses the draft catches up two tokens (the last guess, the bonus).
+CATCH_UP_GRAPH_TOKENS = 16
 
 
 def load_draft_config(config: SpeculativeConfig, target_arch: ModelArchConfig) -> ModelArchConfig:
@@ -60,6 +64,7 @@ class DraftModelProposer:
         self.max_model_len = min(max_model_len, self.arch.max_position_embeddings)
         self.kv: DraftKVCache | None = None
         self.graph_runner: CudaGraphRunner | None = None
+        self.stagings: list[PinnedStaging] = []  # one per guess of a step, set by prepare_host_buffers on a GPU
 
     @classmethod
     def load(
@@ -87,10 +92,21 @@ class DraftModelProposer:
         allocate_kv_cache(self.model, num_blocks, self.block_size, self.dtype)
         self.kv = DraftKVCache(num_blocks, self.block_size)
 
+    def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, k: int) -> None:
+        """Pin the inputs of the k forwards of a step once (GPU only). Each forward has its own buffers, and
+        a step ends by copying its guesses to the host, so the next step may reuse them."""
+        if self.device.type == "cuda":
+            max_blocks = -(-self.max_model_len // self.block_size)
+            sizes = [max_num_batched_tokens] + [max_num_seqs] * (k - 1)
+            self.stagings = [PinnedStaging(size, max_num_seqs, max_blocks) for size in sizes]
+
     def capture_cuda_graphs(self, max_num_seqs: int) -> None:
-        """Decode graphs for the draft's one-guess-per-request forwards (after allocate_kv_cache)."""
+        """Graphs for the draft's one-guess-per-request forwards, and for a lone request's catch-up of a few
+        tokens (after a step that accepted every guess), after allocate_kv_cache."""
         max_blocks = -(-self.max_model_len // self.block_size)
-        self.graph_runner = CudaGraphRunner(self.model, max_num_seqs, max_blocks, self.max_model_len, self.device)
+        self.graph_runner = CudaGraphRunner(
+            self.model, max_num_seqs, max_blocks, self.max_model_len, self.device, CATCH_UP_GRAPH_TOKENS
+        )
         self.graph_runner.capture()
 
     @torch.inference_mode()
@@ -128,21 +144,24 @@ class DraftModelProposer:
         num_valid = min(self.kv.num_valid_tokens(request.request_id, request.all_token_ids), num_tokens - 1)
         return _Job(request, k, num_valid, block_ids)
 
+    def _host_batch(self, chunks: list[SequenceChunk], step: int) -> ForwardBatch:
+        staging = self.stagings[step] if step < len(self.stagings) else None
+        return build_host_batch(chunks, self.block_size, pin=self.device.type == "cuda", staging=staging)
+
     def _run(self, jobs: list[_Job]) -> list[torch.Tensor]:
         """The k forwards; column j holds guess j + 1 of the jobs that make one (a prefix of `jobs`)."""
-        pin = self.device.type == "cuda"
         chunks = []
         for job in jobs:
             tokens = job.request.all_token_ids[job.num_valid :]
             chunks.append(SequenceChunk(tokens, job.num_valid, job.block_ids, [len(tokens) - 1]))
-        host = build_host_batch(chunks, self.block_size, pin=pin)
+        host = self._host_batch(chunks, 0)
         guesses = forward_logits(self.model, self.graph_runner, host, self.device).argmax(dim=-1)
         columns = [guesses]
         rows = torch.arange(len(jobs), device=self.device)
         for step in range(1, jobs[0].k):
             count = sum(job.k > step for job in jobs)
             chunks = [SequenceChunk([0], job.request.num_tokens - 1 + step, job.block_ids, [0]) for job in jobs[:count]]
-            host = build_host_batch(chunks, self.block_size, pin=pin)
+            host = self._host_batch(chunks, step)
             logits = forward_logits(self.model, self.graph_runner, host, self.device, rows[:count], guesses[:count])
             guesses = logits.argmax(dim=-1)
             columns.append(guesses)

@@ -36,9 +36,3 @@ def load_proposer(
         return DraftModelProposer.load(config, target_arch, dtype, device, block_size, max_model_len, load_format)
     raise NotImplementedError(f"speculative decoding with {config.method} is not implemented yet")
 
-
-def describe(config: SpeculativeConfig) -> str:
-    """A few words for the start-up log."""
-    if config.method == "ngram":
-        return f"ngram (k={config.num_speculative_tokens}, n-grams {config.prompt_lookup_min}..{config.prompt_lookup_max})"
-    return f"{config.method} {config.model} (k={config.num_speculative_tokens})"

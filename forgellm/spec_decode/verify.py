@@ -52,11 +52,24 @@ def verify_drafts(
         index.extend([first + count - 1] * (width - count))
         first += count
     rows = logits.index_select(0, torch.tensor(index, device=device))
+    draft_ids = torch.tensor([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=torch.int64, device=device)
+    if all(r.sampling_params.is_greedy for r in requests):
+        return greedy_verify(rows.view(len(requests), width, vocab_size), draft_ids)
     repeated = [request for request in requests for _ in range(width)]
     meta = SamplingMetadata.from_requests(repeated, [None] * len(repeated), vocab_size, device)
     probs = target_probs(rows, meta).view(len(requests), width, vocab_size)
-    draft_ids = torch.tensor([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=torch.int64, device=device)
     greedy = torch.tensor([r.sampling_params.is_greedy for r in requests], dtype=torch.bool, device=device)
     num_drafts = torch.tensor([len(d) for d in drafts], dtype=torch.int64, device=device)
     result = rejection_sample(probs, draft_ids, None, greedy, generators, num_drafts, default_generator)
     return result.token_ids
+
+
+def greedy_verify(logits: torch.Tensor, draft_ids: torch.Tensor) -> torch.Tensor:
+    """[B, k + 1] tokens of all-greedy rows: the target's argmax at each position up to the first draft it
+    disagrees with (inclusive); -1 after. The same tokens as rejection sampling on one-hot rows, in a few ops."""
+    choices = logits.argmax(dim=-1)  # [B, k + 1]; ties: the lowest id, as plain greedy decoding
+    k = draft_ids.shape[1]
+    agree = (draft_ids == choices[:, :k]).int().cumprod(dim=1)  # padding (-1) never agrees
+    num_accepted = agree.sum(dim=1, keepdim=True)
+    positions = torch.arange(k + 1, device=logits.device)
+    return torch.where(positions <= num_accepted, choices, -1)

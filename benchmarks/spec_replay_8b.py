@@ -1,0 +1,92 @@
+"""Speculation at the Llama-3.1-8B shape (random weights) with replayed drafts at acceptance a.
+
+For each weight format, a plain engine and a speculating one (a draft model of one 8B-width decoder
+layer with the full vocabulary, as costly as an EAGLE-3 head or more) run the same latency batches
+at batch sizes 1, 8 and 32; the speculating engine proposes each batch's recorded greedy continuation
+with every token corrupted at rate 1 - a. Figures hold "at acceptance a".
+
+    python benchmarks/spec_replay_8b.py --out results.json [--acceptance 0.8] [--k 5] [--formats bf16,fp8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[0] = str(REPO)
+
+import torch  # noqa: E402
+
+from forgellm.bench.latency import measure_latency  # noqa: E402
+from forgellm.config import EngineConfig  # noqa: E402
+from forgellm.engine.llm_engine import LLMEngine  # noqa: E402
+from forgellm.models.presets import preset_dir  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--acceptance", type=float, default=0.8)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--formats", default="bf16,fp8")
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--draft", default=str(preset_dir("llama-3.1-8b-1layer")))
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rows = []
+    for fmt in args.formats.split(","):
+        for spec in (None, {"method": "draft_model", "model": args.draft, "num_speculative_tokens": args.k}):
+            start = time.perf_counter()
+            config = EngineConfig(
+                model=str(preset_dir("llama-3.1-8b")),
+                load_format="dummy",
+                quantization=None if fmt == "bf16" else fmt,
+                max_model_len=4096,
+                max_num_seqs=max(batch_sizes),
+                speculative_config=spec,
+            )
+            engine = LLMEngine(config)
+            built = time.perf_counter() - start
+            for batch in batch_sizes:
+                result = measure_latency(
+                    engine, batch, args.input_len, args.output_len, num_iters=2 if batch == 1 else 1,
+                    num_warmup=1, temperature=0.0, disable_tqdm=True,
+                    replay_acceptance=None if spec is None else args.acceptance,
+                )
+                row = {
+                    "format": fmt,
+                    "speculation": "off" if spec is None else f"draft 1-layer k={args.k} at acceptance {args.acceptance}",
+                    "batch": batch,
+                    "output_tok_s": round(result.output_tok_s, 1),
+                    "tpot_ms": round(result.itl_s.mean * 1e3, 3),
+                    "ttft_ms": round(result.ttft_s.mean * 1e3, 2),
+                    "speculation_stats": result.speculation,
+                    "engine_build_s": round(built, 1),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del engine
+            gc.collect()
+            torch.cuda.empty_cache()
+    plain = {(r["format"], r["batch"]): r["output_tok_s"] for r in rows if r["speculation"] == "off"}
+    for r in rows:
+        r["speedup"] = round(r["output_tok_s"] / plain[(r["format"], r["batch"])], 3)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+    print(f"{'format':<6} {'batch':>5} {'speculation':<40} {'tok/s':>9} {'speedup':>8} {'tok/step':>8} {'draft%':>7}")
+    for r in rows:
+        s = r["speculation_stats"] or {}
+        print(
+            f"{r['format']:<6} {r['batch']:>5} {r['speculation']:<40} {r['output_tok_s']:>9} {r['speedup']:>8} "
+            f"{s.get('tokens_per_verify_step', 0):>8.2f} {100 * s.get('draft_time_share', 0):>6.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()
