@@ -28,6 +28,37 @@ from forgellm.engine.llm_engine import LLMEngine  # noqa: E402
 from forgellm.models.presets import preset_dir  # noqa: E402
 
 
+def profile_batch(engine: LLMEngine, batch: int, args: argparse.Namespace, out: Path, replay: bool) -> None:
+    """One short batch under cProfile (host time by function) and torch.profiler (time by CUDA kernel)."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    def run() -> None:
+        measure_latency(
+            engine, batch, args.input_len, 48, num_iters=1, num_warmup=0, temperature=0.0, disable_tqdm=True,
+            replay_acceptance=args.acceptance if replay else None,
+        )
+
+    if replay:  # the engine's proposer is a ReplayProposer already: unwrap it before wrapping again
+        engine.core.spec_decoder.proposer = engine.core.spec_decoder.proposer.inner
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    if replay:
+        engine.core.spec_decoder.proposer = engine.core.spec_decoder.proposer.inner
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+    text.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
+    out.write_text(text.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -38,6 +69,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--draft", default=str(preset_dir("llama-3.1-8b-1layer")))
+    parser.add_argument("--profile-batches", default="", help="also profile one batch of each size (host and CUDA)")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
@@ -72,6 +104,9 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            for batch in [int(b) for b in args.profile_batches.split(",") if b]:
+                label = f"{fmt}_{'plain' if spec is None else 'spec'}_b{batch}"
+                profile_batch(engine, batch, args, Path(args.out).parent / f"profile_{label}.txt", spec is not None)
             del engine
             gc.collect()
             torch.cuda.empty_cache()

@@ -7,6 +7,10 @@ a first run of the same prompt, with each token replaced by a wrong one with pro
 verification accepts a token exactly when it was left intact, so every draft position is accepted
 with probability a, independently, and the output is the recorded continuation again. Figures
 measured this way hold "at acceptance a", not for any real draft model.
+
+The recording run speculates too, with k random tokens per step (almost never accepted): random
+weights give nearly flat logits whose argmax flips with the last bit, so the continuation must come
+from the same computation as the measured run (a verify step's k + 1 positions), not from plain decoding.
 """
 
 from __future__ import annotations
@@ -36,16 +40,17 @@ class ReplayProposer:
         self.continuations[tuple(prompt_token_ids)] = list(output_token_ids)
 
     def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
-        """The inner proposer's work, then the recorded continuation (corrupted) for requests that have one."""
-        known = [tuple(r.prompt_token_ids) in self.continuations for r in requests]
-        ks = [k if is_known else 0 for k, is_known in zip(ks, known)]  # a recording run proposes nothing
+        """The inner proposer's work, then the recorded continuation (corrupted) for requests that have one,
+        and k random tokens for requests being recorded."""
         self.inner.propose_for(requests, ks)
         return [self._replay(request, k) for request, k in zip(requests, ks)]
 
     def _replay(self, request: Request, k: int) -> list[int]:
-        continuation = self.continuations.get(tuple(request.prompt_token_ids))
-        if continuation is None or k < 1:
+        if k < 1:
             return []
+        continuation = self.continuations.get(tuple(request.prompt_token_ids))
+        if continuation is None:
+            return [self.rng.randrange(self.vocab_size) for _ in range(k)]
         done = request.num_output_tokens
         return [self._corrupt(token) for token in continuation[done : done + k]]
 

@@ -42,8 +42,11 @@ def test_replays_the_recorded_continuation_from_where_the_request_is():
     replay = ReplayProposer(inner, acceptance=1.0, vocab_size=50)
     replay.record([1, 2], [10, 11, 12, 13, 14])
     known, unknown = request_with_outputs([1, 2], [10, 11]), request_with_outputs([3], [])
-    assert replay.propose_for([known, unknown], [2, 2]) == [[12, 13], []]
-    assert inner.calls == [[2, 0]]  # the real proposer runs for requests being replayed only
+    replayed, recording = replay.propose_for([known, unknown], [2, 3])
+    assert replayed == [12, 13]
+    # Being recorded: k random tokens, so the recording run verifies k + 1 positions as the measured one will.
+    assert len(recording) == 3 and all(0 <= t < 50 for t in recording)
+    assert inner.calls == [[2, 3]]  # the real proposer always runs
 
 
 def test_every_token_survives_with_probability_acceptance():
