@@ -1,9 +1,9 @@
-"""Speculation at the Llama-3.1-8B shape (random weights) with replayed drafts at acceptance a.
+"""Speculation at the Llama-3.1-8B shape (random weights) at a forced per-position acceptance a.
 
 For each weight format, a plain engine and a speculating one (a draft model of one 8B-width decoder
 layer with the full vocabulary, as costly as an EAGLE-3 head or more) run the same latency batches
-at batch sizes 1, 8 and 32; the speculating engine proposes each batch's recorded greedy continuation
-with every token corrupted at rate 1 - a. Figures hold "at acceptance a".
+at batch sizes 1, 8 and 32; the speculating engine drafts and verifies for real, then accepts each
+draft position with probability a (spec_decode/forced_acceptance.py). Figures hold "at acceptance a".
 
     python benchmarks/spec_replay_8b.py --out results.json [--acceptance 0.8] [--k 5] [--formats bf16,fp8]
 """
@@ -39,11 +39,9 @@ def profile_batch(engine: LLMEngine, batch: int, args: argparse.Namespace, out: 
     def run() -> None:
         measure_latency(
             engine, batch, args.input_len, 48, num_iters=1, num_warmup=0, temperature=0.0, disable_tqdm=True,
-            replay_acceptance=args.acceptance if replay else None,
+            forced_acceptance=args.acceptance if replay else None,
         )
 
-    if replay:  # the engine's proposer is a ReplayProposer already: unwrap it before wrapping again
-        engine.core.spec_decoder.proposer = engine.core.spec_decoder.proposer.inner
     profiler = cProfile.Profile()
     profiler.enable()
     run()
@@ -51,8 +49,6 @@ def profile_batch(engine: LLMEngine, batch: int, args: argparse.Namespace, out: 
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
-    if replay:
-        engine.core.spec_decoder.proposer = engine.core.spec_decoder.proposer.inner
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         run()
     text.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
@@ -90,7 +86,7 @@ def main() -> None:
                 result = measure_latency(
                     engine, batch, args.input_len, args.output_len, num_iters=2 if batch == 1 else 1,
                     num_warmup=1, temperature=0.0, disable_tqdm=True,
-                    replay_acceptance=None if spec is None else args.acceptance,
+                    forced_acceptance=None if spec is None else args.acceptance,
                 )
                 row = {
                     "format": fmt,

@@ -10,13 +10,13 @@ import argparse
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forgellm.bench import engine_setup, report
 from forgellm.bench.datasets import random_requests
 from forgellm.bench.progress import progress_bar
-from forgellm.bench.speculation import install_replay, speculation_summary, summary_rows
+from forgellm.bench.speculation import force_acceptance, speculation_summary, summary_rows
 from forgellm.bench.stats import Summary, ratio, summarize
 from forgellm.errors import ConfigError, ForgeLLMError
 
@@ -32,7 +32,6 @@ class BatchTiming:
 
     start: float
     token_times: list[list[float]]
-    token_ids: list[list[int]] = field(default_factory=list)  # each request's output
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ def run_batch(engine: LLMEngine, prompts: list[list[int]], params: Any, tag: str
     ids = [f"{tag}-{i}" for i in range(len(prompts))]
     counts = dict.fromkeys(ids, 0)
     times: dict[str, list[float]] = {rid: [] for rid in ids}
-    token_ids: dict[str, list[int]] = {}
     clock = time.perf_counter
     start = clock()
     for rid, prompt in zip(ids, prompts):
@@ -75,8 +73,7 @@ def run_batch(engine: LLMEngine, prompts: list[list[int]], params: Any, tag: str
             if new > 0:  # several tokens in one step (speculation) arrive together
                 times[out.request_id].extend([now] * new)
                 counts[out.request_id] = total
-                token_ids[out.request_id] = out.outputs[0].token_ids
-    return BatchTiming(start, [times[rid] for rid in ids], [list(token_ids[rid]) for rid in ids])
+    return BatchTiming(start, [times[rid] for rid in ids])
 
 
 def summarize_batches(batches: list[BatchTiming], batch_size: int, input_len: int, output_len: int) -> LatencyResult:
@@ -112,12 +109,12 @@ def measure_latency(
     temperature: float = 1.0,
     seed: int = 0,
     disable_tqdm: bool = False,
-    replay_acceptance: float | None = None,
+    forced_acceptance: float | None = None,
 ) -> LatencyResult:
     """Warm up, then time `num_iters` batches of `batch_size` random prompts.
 
-    With `replay_acceptance` a, every batch first runs unmeasured to record its greedy continuations, then
-    runs measured with speculation proposing them, each token corrupted with probability 1 - a.
+    With `forced_acceptance` a, verify steps accept each draft position with probability a
+    (spec_decode/forced_acceptance.py): speculation measured on random weights.
     """
     if batch_size > engine.config.max_num_seqs:
         raise ConfigError(
@@ -126,7 +123,8 @@ def measure_latency(
         )
     params = engine_setup.bench_sampling_params(output_len, temperature)
     vocab = engine_setup.vocab_size(engine)
-    replay = None if replay_acceptance is None else install_replay(engine, replay_acceptance, seed)
+    if forced_acceptance is not None:
+        force_acceptance(engine, forced_acceptance, seed)
     bar = progress_bar(num_warmup + num_iters, "latency", disable_tqdm)
     measured, measured_seconds, windows = [], 0.0, []
     try:
@@ -134,11 +132,6 @@ def measure_latency(
             # Fresh prompts every iteration: repeated ones would be served from the prefix cache.
             requests = random_requests(batch_size, input_len, output_len, vocab, seed=seed + index)
             prompts = [r.prompt_token_ids for r in requests]
-            if replay is not None:
-                reference = run_batch(engine, prompts, params, f"ref{index}")
-                for prompt, output in zip(prompts, reference.token_ids):
-                    replay.record(prompt, output)
-                engine.core.kv_cache.reset_prefix_cache()  # the measured run computes its prompts again
             before = engine.stats()
             timing = run_batch(engine, prompts, params, f"lat{index}")
             if index >= num_warmup:
@@ -201,13 +194,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-iters-warmup", type=int, default=2, help="unmeasured batches first (default: 2)")
     group.add_argument("--output", metavar="FILE.json", default=None, help="also write the results as JSON")
     group.add_argument(
-        "--spec-replay-acceptance",
+        "--spec-acceptance",
         metavar="A",
         type=float,
         default=None,
-        help="with --speculative-config and --temperature 0: run the proposer but propose each batch's own greedy "
-        "continuation (recorded by an unmeasured first run), each token corrupted with probability 1 - A; "
-        "figures hold at acceptance A (for random weights, where real drafts agree with nothing)",
+        help="with --speculative-config: the proposer and the verification run for real, then each draft "
+        "position is accepted with probability A; figures hold at acceptance A (for random weights, where "
+        "real drafts agree with nothing; the generated text is meaningless)",
     )
 
 
@@ -217,15 +210,9 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.num_iters_warmup < 0:
         raise ConfigError(f"--num-iters-warmup must be >= 0, got {args.num_iters_warmup}")
-    replay = args.spec_replay_acceptance
-    if replay is not None:
-        if not 0.0 <= replay <= 1.0:
-            raise ConfigError(f"--spec-replay-acceptance must be in [0, 1], got {replay}")
-        if args.temperature != 0.0:
-            raise ConfigError(
-                "--spec-replay-acceptance replays greedy continuations; add --temperature 0 "
-                f"(got --temperature {args.temperature})"
-            )
+    acceptance = args.spec_acceptance
+    if acceptance is not None and not 0.0 <= acceptance <= 1.0:
+        raise ConfigError(f"--spec-acceptance must be in [0, 1], got {acceptance}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
             args.temperature,
             config.seed,
             args.disable_tqdm,
-            args.spec_replay_acceptance,
+            args.spec_acceptance,
         )
     except ForgeLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -254,9 +241,9 @@ def run(args: argparse.Namespace) -> int:
     header = {**facts, "requests": shape, "iterations": f"{args.num_iters} (+{args.num_iters_warmup} warm-up)"}
     if config.speculative_config is not None:
         header["speculation"] = config.speculative_config.describe()
-    if args.spec_replay_acceptance is not None:
-        header["speculation"] += f", replayed at acceptance {args.spec_replay_acceptance}"
-        facts["spec_replay_acceptance"] = args.spec_replay_acceptance
+    if args.spec_acceptance is not None:
+        header["speculation"] += f", forced acceptance {args.spec_acceptance}"
+        facts["spec_forced_acceptance"] = args.spec_acceptance
     print(report.format_header("forgellm bench latency", header))
     print(result_table(result))
     if args.output:

@@ -1,4 +1,4 @@
-"""Speculative decoding in benchmark reports: acceptance figures, and the replay mode for random weights."""
+"""Speculative decoding in benchmark reports: acceptance figures, and forced acceptance for random weights."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ from forgellm.errors import ConfigError
 if TYPE_CHECKING:
     from forgellm.engine.core import EngineStats
     from forgellm.engine.llm_engine import LLMEngine
-    from forgellm.spec_decode.replay import ReplayProposer
 
 
-def install_replay(engine: LLMEngine, acceptance: float, seed: int = 0) -> ReplayProposer:
-    """Make the engine's proposer replay recorded greedy continuations at per-token `acceptance`."""
-    from forgellm.spec_decode.replay import ReplayProposer
+def force_acceptance(engine: LLMEngine, acceptance: float, seed: int = 0) -> None:
+    """Make the engine's verify steps accept each draft position with probability `acceptance` (costs stay real)."""
+    from forgellm.spec_decode.forced_acceptance import ForcedAcceptance
 
-    decoder = engine.core.spec_decoder
-    if decoder is None:
-        raise ConfigError("--spec-replay-acceptance needs --speculative-config (the proposer whose cost is measured)")
-    replay = ReplayProposer(decoder.proposer, acceptance, engine.arch.vocab_size, seed)
-    decoder.proposer = replay
-    return replay
+    if engine.core.spec_decoder is None:
+        raise ConfigError("--spec-acceptance needs --speculative-config (the proposer whose cost is measured)")
+    engine.core.runner.verify_drafts = ForcedAcceptance(acceptance, seed)
 
 
 def speculation_summary(windows: list[tuple[EngineStats, EngineStats]], seconds: float) -> dict[str, Any] | None:

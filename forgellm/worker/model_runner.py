@@ -134,6 +134,8 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_logprobs_done: dict[str, int] = {}
         self.graph_runner: CudaGraphRunner | None = None
+        # The verify step's rule (benchmarks of random weights swap in spec_decode.forced_acceptance).
+        self.verify_drafts = verify_drafts
         self.stagings: list[PinnedStaging] = []  # two, set by prepare_host_buffers on a GPU
         self._staging_index = 0
 
@@ -348,7 +350,7 @@ class ModelRunner:
         requests = [request for request, _, _ in verifiers]
         generators = [self._generator(request) for request in requests]
         step.verify_requests = requests
-        step.verified = verify_drafts(
+        step.verified = self.verify_drafts(
             logits[self._to_device(rows)], requests, [d for _, _, d in verifiers], generators, self.default_generator
         )
 
