@@ -174,7 +174,11 @@ class LLMEngine:
         if draft is not None:
             draft.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens)
         if use_cuda_graphs(config, device):
-            runner.capture_cuda_graphs(min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens)
+            # Verify steps with k drafts for every request compute k + 1 tokens each: a uniform batch.
+            verify_len = 0 if spec_config is None else spec_config.num_speculative_tokens + 1
+            runner.capture_cuda_graphs(
+                min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens, verify_len
+            )
             if draft is not None:
                 draft.capture_cuda_graphs(min(config.max_num_seqs, 512))
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)

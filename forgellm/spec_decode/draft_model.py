@@ -30,8 +30,10 @@ from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk, build_hos
 from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes, load_model
 from forgellm.worker.pinned_staging import PinnedStaging
 
-# After a step that accepted all k guesses the draft catches up two tokens (the last guess, the bonus).
-CATCH_UP_GRAPH_TOKENS = 16
+# Each step the draft first feeds a request's two last tokens: after a step that accepted all k guesses
+# it lacks both (the last guess, the bonus), otherwise one, and recomputing the other (same K/V) keeps
+# the batch uniform, so a CUDA graph of two tokens per request serves it.
+CATCH_UP_TOKENS = 2
 
 
 def load_draft_config(config: SpeculativeConfig, target_arch: ModelArchConfig) -> ModelArchConfig:
@@ -101,11 +103,11 @@ class DraftModelProposer:
             self.stagings = [PinnedStaging(size, max_num_seqs, max_blocks) for size in sizes]
 
     def capture_cuda_graphs(self, max_num_seqs: int) -> None:
-        """Graphs for the draft's one-guess-per-request forwards, and for a lone request's catch-up of a few
-        tokens (after a step that accepted every guess), after allocate_kv_cache."""
+        """Graphs for the draft's one-guess-per-request forwards and its two-token catch-ups (after
+        allocate_kv_cache)."""
         max_blocks = -(-self.max_model_len // self.block_size)
         self.graph_runner = CudaGraphRunner(
-            self.model, max_num_seqs, max_blocks, self.max_model_len, self.device, CATCH_UP_GRAPH_TOKENS
+            self.model, max_num_seqs, max_blocks, self.max_model_len, self.device, verify_len=CATCH_UP_TOKENS
         )
         self.graph_runner.capture()
 
@@ -140,8 +142,9 @@ class DraftModelProposer:
         block_ids = self.kv.reserve(request.request_id, num_tokens + k - 1)
         if block_ids is None:  # the draft cache is full: this request decodes plainly this step
             return None
-        # The last token is always fed: its logits make the first guess.
-        num_valid = min(self.kv.num_valid_tokens(request.request_id, request.all_token_ids), num_tokens - 1)
+        # At least the last two tokens are fed: the last one's logits make the first guess.
+        valid = self.kv.num_valid_tokens(request.request_id, request.all_token_ids)
+        num_valid = max(0, min(valid, num_tokens - CATCH_UP_TOKENS))
         return _Job(request, k, num_valid, block_ids)
 
     def _host_batch(self, chunks: list[SequenceChunk], step: int) -> ForwardBatch:
@@ -150,12 +153,17 @@ class DraftModelProposer:
 
     def _run(self, jobs: list[_Job]) -> list[torch.Tensor]:
         """The k forwards; column j holds guess j + 1 of the jobs that make one (a prefix of `jobs`)."""
-        chunks = []
+        chunks, last_rows = [], []
         for job in jobs:
             tokens = job.request.all_token_ids[job.num_valid :]
-            chunks.append(SequenceChunk(tokens, job.num_valid, job.block_ids, [len(tokens) - 1]))
+            # Logits at both tokens of a catch-up (the uniform graph computes them), at the last of a longer one.
+            rows = list(range(len(tokens))) if len(tokens) == CATCH_UP_TOKENS else [len(tokens) - 1]
+            chunks.append(SequenceChunk(tokens, job.num_valid, job.block_ids, rows))
+            last_rows.append(len(rows) + (last_rows[-1] if last_rows else 0))
         host = self._host_batch(chunks, 0)
         guesses = forward_logits(self.model, self.graph_runner, host, self.device).argmax(dim=-1)
+        if last_rows[-1] != len(jobs):  # some chunks had logits at more than their last token
+            guesses = guesses[torch.tensor(last_rows, device=self.device) - 1]
         columns = [guesses]
         rows = torch.arange(len(jobs), device=self.device)
         for step in range(1, jobs[0].k):

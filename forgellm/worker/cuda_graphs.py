@@ -7,6 +7,9 @@ buffers, keyed by (kind, size):
 - ("decode", B): B requests computing one token each, for B on a ladder 1, 2, 4, 8, 16, 24, ...;
   a step is padded to the next size with rows of seq_len 0 and slot -1 (attention and the KV
   write skip them).
+- ("verify", B): B requests computing q tokens each (speculative decoding: the last token and
+  q - 1 drafts, logits at every one), on the decode ladder; padding requests have seq_len 0, so
+  their queries sit at negative positions and attend to nothing.
 - ("prefill", T): one request computing 2..T tokens (a prompt chunk, or a verify step's last token and
   drafts), for T in 16, 32, ..., 512; the padding tokens lie past the request's query range (the
   attention kernel skips them) and have slot -1. Their rows of the hidden states are garbage, which
@@ -59,18 +62,24 @@ class CudaGraphRunner:
         max_seq_len: int,
         device: torch.device,
         max_prefill_tokens: int = 0,
+        verify_len: int = 0,
     ) -> None:
         self.model = model
         self.sizes = capture_sizes(max_num_seqs)
         self.prefill_sizes = prefill_capture_sizes(max_prefill_tokens)
+        # Tokens per request of the uniform batches: 1 for decode, verify_len for verify graphs (none if < 2).
+        self.query_lens = {"decode": 1} | ({"verify": verify_len} if verify_len > 1 else {})
         self.max_seq_len = max_seq_len
         n = self.sizes[-1]
-        num_tokens = max([n, *self.prefill_sizes])
+        num_tokens = max([n * max(self.query_lens.values()), *self.prefill_sizes])
         self.input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
         self.positions = torch.zeros(num_tokens, dtype=torch.int64, device=device)
         self.slot_mapping = torch.full((num_tokens,), -1, dtype=torch.int64, device=device)
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
-        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # one token per request
+        # Uniform batches: request i's queries start at i * q.
+        self.uniform_query_start_loc = {
+            kind: torch.arange(0, (n + 1) * q, q, dtype=torch.int32, device=device) for kind, q in self.query_lens.items()
+        }
         self.prefill_query_start_loc = torch.zeros(2, dtype=torch.int32, device=device)  # [0, T]
         self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(num_tokens, dtype=torch.int64, device=device)
@@ -80,20 +89,23 @@ class CudaGraphRunner:
         self.hidden: dict[tuple[str, int], torch.Tensor] = {}
 
     def _batch(self, kind: str, size: int) -> ForwardBatch:
-        decode = kind == "decode"
-        num_seqs = size if decode else 1
+        if kind == "prefill":
+            num_seqs, num_tokens, query_len, query_start_loc = 1, size, size, self.prefill_query_start_loc
+        else:
+            num_seqs, query_len = size, self.query_lens[kind]
+            num_tokens, query_start_loc = size * query_len, self.uniform_query_start_loc[kind][: size + 1]
         return ForwardBatch(
-            input_ids=self.input_ids[:size],
-            positions=self.positions[:size],
-            query_start_loc=self.query_start_loc[: size + 1] if decode else self.prefill_query_start_loc,
+            input_ids=self.input_ids[:num_tokens],
+            positions=self.positions[:num_tokens],
+            query_start_loc=query_start_loc,
             seq_lens=self.seq_lens[:num_seqs],
-            max_query_len=1 if decode else size,
+            max_query_len=query_len,
             max_seq_len=self.max_seq_len,
             block_tables=self.block_tables[:num_seqs],
-            slot_mapping=self.slot_mapping[:size],
+            slot_mapping=self.slot_mapping[:num_tokens],
             logits_indices=self.logits_indices[:num_seqs],
-            num_prefills=0 if decode else 1,
-            num_decodes=size if decode else 0,
+            num_prefills=0 if query_len == 1 else num_seqs,
+            num_decodes=num_seqs if query_len == 1 else 0,
         )
 
     @torch.inference_mode()
@@ -101,8 +113,9 @@ class CudaGraphRunner:
         """Capture one graph per shape, largest first so smaller ones reuse its pool."""
         start = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
-        keys = [("decode", s) for s in self.sizes] + [("prefill", s) for s in self.prefill_sizes]
-        for key in sorted(keys, key=lambda k: -k[1]):
+        keys = [(kind, s) for kind in self.query_lens for s in self.sizes]
+        keys += [("prefill", s) for s in self.prefill_sizes]
+        for key in sorted(keys, key=lambda k: -self._batch(*k).num_tokens):
             warmup = self._batch(*key)
             self.model(warmup.input_ids, warmup.positions, warmup)  # autotuning, lazy init
             torch.cuda.synchronize()
@@ -113,8 +126,9 @@ class CudaGraphRunner:
             self.graphs[key] = graph
         torch.cuda.synchronize()
         logger.info(
-            "captured %d CUDA graphs (decode batch %s, prefill tokens %s) in %.1f s",
+            "captured %d CUDA graphs (%s batch %s, prefill tokens %s) in %.1f s",
             len(keys),
+            " and ".join(self.query_lens),
             self.sizes,
             self.prefill_sizes,
             time.perf_counter() - start,
@@ -126,9 +140,12 @@ class CudaGraphRunner:
         if host.block_tables.shape[1] > self.block_tables.shape[1]:
             return None
         n, num_tokens = host.num_requests, host.num_tokens
+        for kind, query_len in self.query_lens.items():
+            # Uniform: every request computes query_len tokens, each with logits (decode: one per request).
+            uniform = host.max_query_len == query_len and num_tokens == n * query_len
+            if uniform and n <= self.sizes[-1] and host.logits_indices.shape[0] == num_tokens:
+                return kind, self.sizes[bisect.bisect_left(self.sizes, n)]
         if host.max_query_len == 1:
-            if n <= self.sizes[-1] and host.logits_indices.shape[0] == n:
-                return "decode", self.sizes[bisect.bisect_left(self.sizes, n)]
             return None
         if n == 1 and self.prefill_sizes and num_tokens <= self.prefill_sizes[-1] and host.logits_indices.numel():
             return "prefill", self.prefill_sizes[bisect.bisect_left(self.prefill_sizes, num_tokens)]
@@ -147,14 +164,15 @@ class CudaGraphRunner:
             self.prefill_query_start_loc.copy_(host.query_start_loc, non_blocking=True)
             rows = host.logits_indices.shape[0]
             self.prefill_logits_rows[:rows].copy_(host.logits_indices, non_blocking=True)
-        if size > num_tokens:  # padding: attend to nothing, write nothing
-            self.slot_mapping[num_tokens:size].fill_(-1)
-            if kind == "decode":
+        padded_tokens = size if kind == "prefill" else size * self.query_lens[kind]
+        if padded_tokens > num_tokens:  # padding: attend to nothing, write nothing
+            self.slot_mapping[num_tokens:padded_tokens].fill_(-1)
+            if kind != "prefill":
                 self.seq_lens[n:size].fill_(0)
 
     def replay(self, key: tuple[str, int], host: ForwardBatch) -> torch.Tensor:
         """Replay the graph `key` over the loaded buffers; return the hidden states of the logits rows."""
         self.graphs[key].replay()
-        if key[0] == "decode":
-            return self.hidden[key][: host.num_requests]
+        if key[0] != "prefill":
+            return self.hidden[key][: host.num_tokens]
         return self.hidden[key].index_select(0, self.prefill_logits_rows[: host.logits_indices.shape[0]])

@@ -168,14 +168,17 @@ class ModelRunner:
             max_blocks = -(-max_model_len // self.block_size)
             self.stagings = [PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks) for _ in range(2)]
 
-    def capture_cuda_graphs(self, max_num_seqs: int, max_model_len: int, max_prefill_tokens: int = 0) -> None:
-        """Capture decode graphs for batch sizes up to max_num_seqs and single-request prefill graphs up to
-        max_prefill_tokens (needs graph-safe GPU kernels)."""
+    def capture_cuda_graphs(
+        self, max_num_seqs: int, max_model_len: int, max_prefill_tokens: int = 0, verify_len: int = 0
+    ) -> None:
+        """Capture decode graphs for batch sizes up to max_num_seqs, single-request prefill graphs up to
+        max_prefill_tokens and, with speculation, verify graphs of verify_len tokens per request (needs
+        graph-safe GPU kernels)."""
         max_blocks = -(-max_model_len // self.block_size)
         if self.arch.rope.type == "dynamic":  # its per-token lengths cannot cover padding tokens
-            max_prefill_tokens = 0
+            max_prefill_tokens = verify_len = 0
         self.graph_runner = CudaGraphRunner(
-            self.model, max_num_seqs, max_blocks, max_model_len, self.device, max_prefill_tokens
+            self.model, max_num_seqs, max_blocks, max_model_len, self.device, max_prefill_tokens, verify_len
         )
         self.graph_runner.capture()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from forgellm import SamplingParams
-from tests.gpu.helpers import completions, greedy
+from tests.gpu.helpers import completions, count_calls, greedy
 
 pytestmark = pytest.mark.gpu
 
@@ -56,4 +56,20 @@ def test_seeded_sampling_is_reproducible_and_releases_blocks(engines, method: st
     second = completions(spec.generate([CODE, CODE], params, use_tqdm=False))
     assert first == second
     assert all(len(tokens) == 40 for request in first for tokens in request)
+    assert spec.engine.core.kv_cache.usage == 0.0
+
+
+def test_uniform_verify_steps_replay_verify_graphs(engines, monkeypatch) -> None:
+    """Four requests drafting k tokens each: their verify steps and the draft's catch-ups replay graphs."""
+    plain = engines("demo")
+    spec = engines("demo", speculative_config=DRAFT)
+    runner, draft = spec.engine.core.runner.graph_runner, spec.engine.core.spec_decoder.proposer.graph_runner
+    target_keys = count_calls(monkeypatch, runner, "replay", key=lambda key, host: key[0])
+    draft_keys = count_calls(monkeypatch, draft, "replay", key=lambda key, host: key[0])
+    prompts = [CODE, "import os\nimport sys\n", "class Point:\n", "The cat sat on the mat."]
+    params = greedy(64)
+    assert completions(spec.generate(prompts, params, use_tqdm=False)) == completions(
+        plain.generate(prompts, params, use_tqdm=False)
+    )
+    assert target_keys["verify"] > 0 and draft_keys["verify"] > 0 and draft_keys["decode"] > 0
     assert spec.engine.core.kv_cache.usage == 0.0

@@ -44,3 +44,24 @@ def test_single_request_prefills_with_logits_use_prefill_graphs():
     assert graphs.key_for(host(two)) is None
     # A block table wider than the graphs' buffers:
     assert graphs.key_for(host([SequenceChunk(list(range(20)), 0, list(range(9)), [19])])) is None
+
+
+def test_uniform_verify_steps_use_verify_graphs():
+    graphs = CudaGraphRunner(None, 32, 8, 128, torch.device("cpu"), verify_len=4)
+    verify = [SequenceChunk([5, 6, 7, 8], 10 + i, [i], [0, 1, 2, 3]) for i in range(3)]
+    assert graphs.key_for(host(verify)) == ("verify", 4)
+    assert graphs.key_for(host(verify[:1])) == ("verify", 1)
+    assert graphs.key_for(host(verify * 11)) is None  # 33 requests: more than the largest graph
+    # One request with fewer drafts, or a plain decode in the same step: not uniform.
+    assert graphs.key_for(host([*verify, SequenceChunk([5, 6], 10, [3], [0, 1])])) is None
+    assert graphs.key_for(host([*verify, SequenceChunk([5], 10, [3], [0])])) is None
+    # Decode steps still use decode graphs; without verify_len there are no verify graphs.
+    assert graphs.key_for(host([SequenceChunk([5], 10, [3], [0])])) == ("decode", 1)
+    assert runner().key_for(host(verify)) is None
+
+
+def test_verify_graph_buffers_hold_the_largest_batch():
+    graphs = CudaGraphRunner(None, 32, 8, 128, torch.device("cpu"), verify_len=6)
+    batch = graphs._batch("verify", 32)
+    assert batch.num_tokens == 192 and batch.max_query_len == 6 and batch.num_prefills == 32
+    assert batch.query_start_loc.tolist() == list(range(0, 193, 6))
