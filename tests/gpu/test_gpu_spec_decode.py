@@ -27,8 +27,11 @@ CODE = (
 REPEATED_IDS = [[11, 12, 13, 14, 15] * 4, [30, 31, 32, 33] * 3 + [30, 31], list(range(40, 60)) + [40, 41, 42]]
 
 
+# float32: in bfloat16 a verify step's logits (other GEMM shapes, the prefill kernel) round differently from
+# plain decoding's, and the demo has exact top-2 ties in bfloat16 that then break the other way (measured by
+# benchmarks/profile_spec_decode.py: every bfloat16 divergence sat at a top-2 margin of 0 or one ulp).
 @pytest.mark.parametrize(
-    "model,dtype,method", [("llama", "float32", "ngram"), ("demo", "bfloat16", "ngram"), ("demo", "bfloat16", "draft_model")]
+    "model,dtype,method", [("llama", "float32", "ngram"), ("demo", "float32", "ngram"), ("demo", "float32", "draft_model")]
 )
 def test_greedy_equals_plain_decoding(engines, model: str, dtype: str, method: str) -> None:
     plain = engines(model, dtype=dtype)
@@ -61,8 +64,8 @@ def test_seeded_sampling_is_reproducible_and_releases_blocks(engines, method: st
 
 def test_uniform_verify_steps_replay_verify_graphs(engines, monkeypatch) -> None:
     """Four requests drafting k tokens each: their verify steps and the draft's catch-ups replay graphs."""
-    plain = engines("demo")
-    spec = engines("demo", speculative_config=DRAFT)
+    plain = engines("demo", dtype="float32")
+    spec = engines("demo", dtype="float32", speculative_config=DRAFT)
     runner, draft = spec.engine.core.runner.graph_runner, spec.engine.core.spec_decoder.proposer.graph_runner
     target_keys = count_calls(monkeypatch, runner, "replay", key=lambda key, host: key[0])
     draft_keys = count_calls(monkeypatch, draft, "replay", key=lambda key, host: key[0])
