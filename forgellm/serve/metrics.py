@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from forgellm.engine.async_engine import AsyncLLM
+from forgellm.engine.core import EngineStats
 from forgellm.errors import RequestFailedError
 from forgellm.outputs import RequestOutput
 
@@ -54,6 +55,28 @@ class EngineStatsCollector(Collector):
         )
         for name, documentation, value in counters:
             yield CounterMetricFamily(name, documentation, value=value)
+        if stats.num_accepted_per_position:  # speculative decoding is on
+            yield from _speculation_metrics(stats)
+
+
+def _speculation_metrics(stats: EngineStats) -> Iterator[Metric]:
+    """Counters of drafted and accepted tokens, per draft position too (acceptance = accepted / verify steps)."""
+    counters = (
+        ("forgellm_spec_decode_num_verify_steps", "Request steps that verified drafts", stats.num_spec_steps),
+        ("forgellm_spec_decode_num_draft_tokens", "Draft tokens verified", stats.num_draft_tokens),
+        ("forgellm_spec_decode_num_accepted_tokens", "Draft tokens accepted", stats.num_accepted_tokens),
+        ("forgellm_spec_decode_draft_seconds", "Host wall time spent proposing drafts", stats.spec_draft_seconds),
+    )
+    for name, documentation, value in counters:
+        yield CounterMetricFamily(name, documentation, value=value)
+    per_position = CounterMetricFamily(
+        "forgellm_spec_decode_num_accepted_tokens_per_pos",
+        "Drafts accepted at each draft position (position 0 first)",
+        labels=["position"],
+    )
+    for position, count in enumerate(stats.num_accepted_per_position):
+        per_position.add_metric([str(position)], count)
+    yield per_position
 
 
 class ServerMetrics:
