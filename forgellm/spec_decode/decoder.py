@@ -46,22 +46,9 @@ class SpeculativeDecoder:
 
     @staticmethod
     def can_speculate(request: Request) -> bool:
-        """Whether a request may verify drafts: it is decoding, and its sampling does not change per position.
-
-        Penalties and min_tokens depend on the tokens before each position, and logprobs would need one entry
-        per verified position; such requests decode one token a step (in the same batches).
-        """
-        params = request.sampling_params
-        return (
-            request.num_computed_tokens == request.num_tokens - 1
-            and request.num_pending_tokens == 0
-            and params.presence_penalty == 0
-            and params.frequency_penalty == 0
-            and params.repetition_penalty == 1.0
-            and params.logprobs is None
-            and params.prompt_logprobs is None
-            and request.num_output_tokens >= params.min_tokens
-        )
+        """Whether a request may verify drafts: it is decoding (its tokens but the last are computed and none
+        is in flight). Its sampling settings do not matter: the verify step applies all of them per position."""
+        return request.num_computed_tokens == request.num_tokens - 1 and request.num_pending_tokens == 0
 
     def max_drafts(self, request: Request) -> int:
         """Drafts that keep the verify step's emitted tokens within max_model_len and max_tokens."""

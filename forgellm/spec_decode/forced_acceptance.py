@@ -23,7 +23,7 @@ import torch
 
 from forgellm.engine.request import Request
 from forgellm.errors import ConfigError
-from forgellm.spec_decode.verify import verify_drafts
+from forgellm.spec_decode.verify import VerifyOutput, verify_drafts
 
 
 class ForcedAcceptance:
@@ -42,9 +42,9 @@ class ForcedAcceptance:
         drafts: Sequence[list[int]],
         generators: Sequence[torch.Generator | None],
         default_generator: torch.Generator | None,
-    ) -> torch.Tensor:
+    ) -> VerifyOutput:
         """[B, k + 1] emitted tokens (-1 padded): accepted drafts, then the target's argmax at the next position."""
-        verify_drafts(logits, requests, drafts, generators, default_generator)  # the real work, set aside
+        real = verify_drafts(logits, requests, drafts, generators, default_generator)  # the real work
         width = 1 + max(len(d) for d in drafts)
         rows, emitted = [], []
         first = 0
@@ -57,4 +57,5 @@ class ForcedAcceptance:
             first += 1 + len(draft)
         choices = logits[torch.tensor(rows, device=logits.device)].argmax(dim=-1).tolist()
         tokens = [e + [c] + [-1] * (width - 1 - len(e)) for e, c in zip(emitted, choices)]
-        return torch.tensor(tokens, dtype=torch.int64, device=logits.device)
+        # The real logprobs rows stay: they score the real result's tokens, a cost kept, not a figure reported.
+        return VerifyOutput(torch.tensor(tokens, dtype=torch.int64, device=logits.device), real.logprobs)

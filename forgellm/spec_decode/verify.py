@@ -1,23 +1,35 @@
 """The verify step's sampling: the target's distribution at every draft position, then rejection sampling.
 
-Each verified request contributes 1 + d rows of logits (its last token and its d drafts). They are
-processed exactly as the normal sampler processes one row (temperature, top-k, top-p, min-p), with the
-request's settings repeated per position, so `rejection_sample` emits tokens distributed as plain
-decoding would. Greedy requests get one-hot rows at the argmax of their logits, so their acceptance is
-bit-exact agreement with `logits.argmax`, as in plain greedy decoding. Penalties, logprobs and an unmet
-min_tokens change per position; requests with them do not speculate (SpeculativeDecoder.can_speculate).
+Each verified request contributes 1 + d rows of logits (its last token and its d drafts). Row j is
+processed exactly as the normal sampler would process the logits of that position had the drafts
+before it been emitted one by one: min_tokens counts j more outputs, the penalties count drafts
+1..j as outputs, then temperature, top-k, top-p and min-p; so `rejection_sample` emits tokens
+distributed as plain decoding would. Greedy requests get one-hot rows at the argmax of their
+processed logits, so their acceptance is bit-exact agreement with plain greedy decoding. Logprobs
+(of the raw distribution, as the sampler reports them) come for every row; the caller keeps those
+of the emitted tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from forgellm.engine.request import Request
+from forgellm.sampling.penalties import apply_min_tokens, apply_penalties
 from forgellm.sampling.rejection_sampler import rejection_sample
-from forgellm.sampling.sampler import sampling_probs
+from forgellm.sampling.sampler import LogprobsTensors, gather_logprobs, sampling_probs
 from forgellm.sampling.sampling_metadata import SamplingMetadata
+
+
+@dataclass
+class VerifyOutput:
+    """Tokens each verified request emits, and their logprobs when a request asked for them."""
+
+    token_ids: torch.Tensor  # [B, k + 1] int64, -1 after the last emitted token
+    logprobs: LogprobsTensors | None  # one row per (request, position), B * (k + 1) rows, or None
 
 
 def target_probs(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
@@ -39,8 +51,8 @@ def verify_drafts(
     drafts: Sequence[list[int]],
     generators: Sequence[torch.Generator | None],
     default_generator: torch.Generator | None,
-) -> torch.Tensor:
-    """[B, k + 1] tokens each request emits (-1 padded), from its 1 + len(drafts[i]) consecutive rows of `logits`."""
+) -> VerifyOutput:
+    """What each request emits, from its 1 + len(drafts[i]) consecutive rows of `logits`."""
     device, vocab_size = logits.device, logits.shape[-1]
     counts = [1 + len(d) for d in drafts]
     width = max(counts)
@@ -51,17 +63,41 @@ def verify_drafts(
         index.extend(range(first, first + count))
         index.extend([first + count - 1] * (width - count))
         first += count
-    rows = logits.index_select(0, torch.tensor(index, device=device))
+    rows = logits.index_select(0, torch.tensor(index, device=device)).float()
     draft_ids = torch.tensor([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=torch.int64, device=device)
-    if all(r.sampling_params.is_greedy for r in requests):
-        return greedy_verify(rows.view(len(requests), width, vocab_size), draft_ids)
     repeated = [request for request in requests for _ in range(width)]
-    meta = SamplingMetadata.from_requests(repeated, [None] * len(repeated), vocab_size, device)
-    probs = target_probs(rows, meta).view(len(requests), width, vocab_size)
-    greedy = torch.tensor([r.sampling_params.is_greedy for r in requests], dtype=torch.bool, device=device)
-    num_drafts = torch.tensor([len(d) for d in drafts], dtype=torch.int64, device=device)
-    result = rejection_sample(probs, draft_ids, None, greedy, generators, num_drafts, default_generator)
-    return result.token_ids
+    prior = [request.num_output_tokens + j for request in requests for j in range(width)]
+    meta = SamplingMetadata.from_requests(repeated, [None] * len(repeated), vocab_size, device, prior)
+    _count_drafts_as_outputs(meta, drafts, width)
+    raw_logprobs = None if meta.max_num_logprobs is None else rows.log_softmax(dim=-1)
+    rows = apply_penalties(apply_min_tokens(rows, meta), meta)
+    if meta.all_greedy:
+        tokens = greedy_verify(rows.view(len(requests), width, vocab_size), draft_ids)
+    else:
+        probs = target_probs(rows, meta).view(len(requests), width, vocab_size)
+        greedy = torch.tensor([r.sampling_params.is_greedy for r in requests], dtype=torch.bool, device=device)
+        num_drafts = torch.tensor([len(d) for d in drafts], dtype=torch.int64, device=device)
+        tokens = rejection_sample(probs, draft_ids, None, greedy, generators, num_drafts, default_generator).token_ids
+    logprobs = None
+    if raw_logprobs is not None:  # padding (-1) reads token 0; the caller keeps the emitted positions only
+        logprobs = gather_logprobs(raw_logprobs, tokens.clamp_min(0).view(-1), meta.max_num_logprobs)
+    return VerifyOutput(tokens, logprobs)
+
+
+def _count_drafts_as_outputs(meta: SamplingMetadata, drafts: Sequence[list[int]], width: int) -> None:
+    """Row j of a request sees drafts 1..j among its outputs (for the presence/frequency/repetition penalties)."""
+    if meta.output_token_counts is None:
+        return
+    rows, token_ids = [], []
+    for i, draft in enumerate(drafts):
+        for j in range(1, width):
+            for token in draft[: min(j, len(draft))]:
+                rows.append(i * width + j)
+                token_ids.append(token)
+    if rows:
+        counts = meta.output_token_counts
+        where = (torch.tensor(rows, device=counts.device), torch.tensor(token_ids, device=counts.device))
+        counts.index_put_(where, torch.ones(len(rows), dtype=counts.dtype, device=counts.device), accumulate=True)
 
 
 def greedy_verify(logits: torch.Tensor, draft_ids: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ class InFlightStep:
     # Speculative decoding: row i of `verified` holds verify_requests[i]'s emitted tokens, -1 after the last.
     verify_requests: list[Request] = field(default_factory=list)
     verified: torch.Tensor | None = None  # [M, k + 1] int64, on the device, then on the host after copy_to_host
+    verify_logprobs: LogprobsTensors | None = None  # row i * (k + 1) + j: request i's position j
 
     def __post_init__(self) -> None:
         self.sample_rows = {request.request_id: row for row, request in enumerate(self.sample_requests)}
@@ -56,6 +57,8 @@ class InFlightStep:
                 self.sampled_host = self.sampled.to("cpu", non_blocking=True)
         if self.logprobs is not None:
             self.logprobs = _to_host(self.logprobs)
+        if self.verify_logprobs is not None:
+            self.verify_logprobs = _to_host(self.verify_logprobs)
         self.prompt_logprobs = [(r, first, k, _to_host(t)) for r, first, k, t in self.prompt_logprobs]
         self.done = torch.cuda.Event()
         self.done.record()

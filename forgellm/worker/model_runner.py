@@ -279,8 +279,15 @@ class ModelRunner:
         for request, token in zip(step.sample_requests, sampled):
             output.sampled_token_ids[request.request_id] = [token]
         if step.verified is not None:
-            for request, tokens in zip(step.verify_requests, step.verified.tolist()):
-                output.sampled_token_ids[request.request_id] = [t for t in tokens if t >= 0]
+            width = step.verified.shape[1]
+            entries = None if step.verify_logprobs is None else _to_token_logprobs(step.verify_logprobs)
+            for i, (request, tokens) in enumerate(zip(step.verify_requests, step.verified.tolist())):
+                emitted = [t for t in tokens if t >= 0]
+                output.sampled_token_ids[request.request_id] = emitted
+                k = request.sampling_params.logprobs
+                if k is not None and entries is not None:
+                    rows = entries[i * width : i * width + len(emitted)]
+                    output.logprobs[request.request_id] = [_first(entry, k) for entry in rows]
         if step.logprobs is not None:
             entries = _to_token_logprobs(step.logprobs)
             for request, entry in zip(step.sample_requests, entries):
@@ -353,9 +360,10 @@ class ModelRunner:
         requests = [request for request, _, _ in verifiers]
         generators = [self._generator(request) for request in requests]
         step.verify_requests = requests
-        step.verified = self.verify_drafts(
+        result = self.verify_drafts(
             logits[self._to_device(rows)], requests, [d for _, _, d in verifiers], generators, self.default_generator
         )
+        step.verified, step.verify_logprobs = result.token_ids, result.logprobs
 
     def _score_prompt(self, logits: torch.Tensor, request: Request, positions: range, step: InFlightStep) -> None:
         k = request.sampling_params.prompt_logprobs

@@ -174,3 +174,30 @@ class TestDraftKVCache:
         assert kv.num_free_blocks == 3 and list(kv.sequences) == ["b"]
         kv.retain([])
         assert kv.num_free_blocks == 4
+
+
+def test_penalties_min_tokens_and_logprobs_speculate_and_match_plain_decoding():
+    """The verify step applies each position's penalties (drafts count as outputs) and min_tokens, and reports
+    the emitted tokens' logprobs: the same tokens and logprobs as decoding one token at a time (float32, so
+    the two computations' roundings stay far below the tolerance)."""
+    plain = LLM(device="cpu", block_size=4, dtype="float32")
+    spec = LLM(device="cpu", block_size=4, dtype="float32", speculative_config=draft_spec(DEMO_DRAFT, 4))
+    code = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n"
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=40, presence_penalty=0.4, frequency_penalty=0.3),
+        SamplingParams(temperature=0.0, max_tokens=40, repetition_penalty=1.15),
+        SamplingParams(temperature=0.0, max_tokens=30, min_tokens=20, logprobs=3),
+    ]
+    before = spec.engine.stats()
+    expected = plain.generate([code] * 3, params, use_tqdm=False)
+    got = spec.generate([code] * 3, params, use_tqdm=False)
+    for want, have in zip(expected, got, strict=True):
+        assert have.outputs[0].token_ids == want.outputs[0].token_ids
+    assert spec.engine.stats().num_accepted_tokens > before.num_accepted_tokens  # these requests speculated
+    want_lp, have_lp = expected[2].outputs[0].logprobs, got[2].outputs[0].logprobs
+    assert len(have_lp) == len(want_lp) == 30
+    for want_pos, have_pos in zip(want_lp, have_lp, strict=True):
+        assert sorted(have_pos) == sorted(want_pos)  # the chosen token and the same top 3
+        for token, entry in want_pos.items():
+            assert have_pos[token].logprob == pytest.approx(entry.logprob, abs=1e-4)
+            assert have_pos[token].rank == entry.rank

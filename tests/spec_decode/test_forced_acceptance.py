@@ -29,7 +29,7 @@ def test_accepts_each_position_with_the_given_probability():
     logits[:, 3:7] = -10.0  # the target never agrees with a draft: only forcing accepts one
     drafts = [[3, 4, 5, 6] for _ in range(batch)]
     requests = [Request(f"r{i}", [1], SamplingParams(temperature=0.0), 10) for i in range(batch)]
-    tokens = force(logits, requests, drafts, [None] * batch, None).tolist()
+    tokens = force(logits, requests, drafts, [None] * batch, None).token_ids.tolist()
     accepted = [next((i for i, (t, d) in enumerate(zip(row, [3, 4, 5, 6])) if t != d), k) for row in tokens]
     assert abs(sum(a >= 1 for a in accepted) / batch - 0.7) < 0.09  # position 1: 4.4 sigma
     assert abs(sum(a >= 2 for a in accepted) / batch - 0.49) < 0.1
