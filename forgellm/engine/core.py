@@ -165,7 +165,7 @@ class EngineCore:
         updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
         if self.spec_decoder is not None:
             self.spec_decoder.record(scheduler_output, result.sampled_token_ids)
-            self.spec_decoder.propose(self.scheduler.running)
+            self.spec_decoder.propose(self.scheduler.running, result.hidden_states)
         outputs: dict[str, EngineCoreOutput] = {}
         for request in updated:
             out = self._output_for(request)

@@ -31,7 +31,9 @@ from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
 from forgellm.spec_decode.decoder import SpeculativeDecoder
 from forgellm.spec_decode.draft_model import DraftModelProposer
+from forgellm.spec_decode.eagle3 import Eagle3Proposer
 from forgellm.spec_decode.proposers import check_proposer, load_proposer
+from forgellm.worker.cuda_graphs import MAX_PREFILL_GRAPH_TOKENS
 from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
@@ -121,6 +123,13 @@ def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int,
     return blocks
 
 
+def max_step_tokens(config: EngineConfig) -> int:
+    """The most tokens one forward pass can hold: a step's budget, or a captured graph's padded size."""
+    seqs = min(config.max_num_seqs, 512)
+    k = 0 if config.speculative_config is None else config.speculative_config.num_speculative_tokens
+    return max(config.max_num_batched_tokens, seqs * (k + 1), MAX_PREFILL_GRAPH_TOKENS)
+
+
 def use_cuda_graphs(config: EngineConfig, device: torch.device) -> bool:
     """Graphs need a GPU, graph-safe (Triton) attention, and enforce_eager off."""
     if device.type != "cuda" or config.enforce_eager:
@@ -160,10 +169,12 @@ class LLMEngine:
         spec_decoder, draft = None, None
         if spec_config is not None:  # loaded before the memory profile, which then counts its weights
             proposer = load_proposer(
-                spec_config, arch, dtype, device, config.block_size, self.max_model_len, config.load_format
+                spec_config, model, dtype, device, config.block_size, self.max_model_len, config.load_format
             )
             spec_decoder = SpeculativeDecoder(spec_config, self.max_model_len, proposer)
-            draft = proposer if isinstance(proposer, DraftModelProposer) else None
+            draft = proposer if isinstance(proposer, (DraftModelProposer, Eagle3Proposer)) else None
+            if isinstance(proposer, Eagle3Proposer):  # the head reads these layers' inputs after every step
+                model.capture_aux_hidden_states(proposer.aux_layers, max_step_tokens(config))
         runner = ModelRunner(model, config.block_size, config.seed, kv_cache_dtype)
         # A draft model gets as many blocks as the target: it holds K/V for the same tokens, and a few guesses.
         blocks = num_kv_blocks(config, runner, self.max_model_len, draft.block_bytes if draft else 0)
@@ -171,7 +182,7 @@ class LLMEngine:
         if draft is not None:
             draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
-        if draft is not None:
+        if isinstance(draft, DraftModelProposer):
             draft.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens)
         if use_cuda_graphs(config, device):
             # Verify steps with k drafts for every request compute k + 1 tokens each: a uniform batch.
@@ -179,7 +190,7 @@ class LLMEngine:
             runner.capture_cuda_graphs(
                 min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens, verify_len
             )
-            if draft is not None:
+            if isinstance(draft, DraftModelProposer):  # the EAGLE-3 head runs eagerly so far
                 draft.capture_cuda_graphs(min(config.max_num_seqs, 512))
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(

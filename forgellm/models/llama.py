@@ -35,14 +35,16 @@ class LlamaAttention(nn.Module):
         parallel: ParallelContext,
         quant_config: QuantizationConfig | None,
         prefix: str,
+        input_size: int | None = None,
     ) -> None:
+        """`input_size`: width of the layer's input when it is not hidden_size (the EAGLE-3 head's 2 x hidden)."""
         super().__init__()
         d = config.head_dim
         self.num_heads = config.num_attention_heads // parallel.tp_size
         self.num_kv_heads = config.num_key_value_heads // parallel.tp_size
         self.head_dim = d
         self.qkv_proj = QKVParallelLinear(
-            config.hidden_size,
+            input_size or config.hidden_size,
             d,
             config.num_attention_heads,
             config.num_key_value_heads,
@@ -180,13 +182,30 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = ParallelLMHead(
                 config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel, quant_config=quant_config
             )
+        # EAGLE-3 reads the residual stream entering a few layers: copied into aux_hidden by every forward.
+        self.aux_hidden_layers: tuple[int, ...] = ()
+        self.aux_hidden: torch.Tensor | None = None
+
+    def capture_aux_hidden_states(self, layers: tuple[int, ...], max_tokens: int) -> None:
+        """Make every forward write the residual stream entering `layers` to `aux_hidden` [T, len(layers) * H]
+        (a fixed buffer, so CUDA graphs capture the copies too)."""
+        if any(not 0 <= i < len(self.layers) for i in layers):
+            raise ValueError(f"aux hidden-state layers {layers} outside the model's {len(self.layers)} layers")
+        self.aux_hidden_layers = tuple(layers)
+        weight = self.embed_tokens.weight
+        self.aux_hidden = weight.new_empty(max_tokens, len(layers) * self.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
         token_seq_lens = batch.token_seq_lens if self.config.rope.type == "dynamic" else None
         rope = self.rotary.cos_sin(positions, token_seq_lens)
         residual = None
-        for layer in self.layers:
+        size, num_tokens = self.config.hidden_size, input_ids.shape[0]
+        for index, layer in enumerate(self.layers):
+            if index in self.aux_hidden_layers:
+                slot = self.aux_hidden_layers.index(index)
+                stream = hidden if residual is None else hidden + residual
+                self.aux_hidden[:num_tokens, slot * size : (slot + 1) * size].copy_(stream)
             hidden, residual = layer(rope, hidden, residual, batch)
         hidden, _ = self.norm(hidden, residual)
         return hidden

@@ -16,11 +16,15 @@ from forgellm.engine.request import Request
 from forgellm.scheduling.scheduler_output import SchedulerOutput
 from forgellm.spec_decode.config import SpeculativeConfig
 from forgellm.spec_decode.ngram import NgramProposer
+from forgellm.worker.in_flight import StepHiddenStates
 
 
 class Proposer(Protocol):
-    def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
-        """Up to ks[i] drafts for each running request (ks[i] = 0: none)."""
+    def propose_for(
+        self, requests: Sequence[Request], ks: Sequence[int], hidden_states: StepHiddenStates | None = None
+    ) -> list[list[int]]:
+        """Up to ks[i] drafts for each running request (ks[i] = 0: none); `hidden_states`: the target's
+        features from the step just finished (EAGLE-3 reads them)."""
 
 
 class SpeculativeDecoder:
@@ -56,12 +60,12 @@ class SpeculativeDecoder:
         room = min(self.max_model_len - request.num_tokens, request.max_tokens - request.num_output_tokens) - 1
         return min(self.config.num_speculative_tokens, room)
 
-    def propose(self, running: Sequence[Request]) -> None:
+    def propose(self, running: Sequence[Request], hidden_states: StepHiddenStates | None = None) -> None:
         """Set every running request's drafts for the next step (none when it may not speculate)."""
         speculate = self.config.should_speculate(len(running))
         ks = [self.max_drafts(r) if speculate and self.can_speculate(r) else 0 for r in running]
         start = time.perf_counter()
-        proposals = self.proposer.propose_for(running, ks)
+        proposals = self.proposer.propose_for(running, ks, hidden_states)
         self.draft_seconds += time.perf_counter() - start
         for request, drafts in zip(running, proposals):
             request.spec_token_ids = drafts

@@ -43,6 +43,18 @@ def load_draft_config(config: SpeculativeConfig, target_arch: ModelArchConfig) -
     return arch
 
 
+def columns_to_drafts(columns: list[torch.Tensor]) -> list[list[int]]:
+    """Per job, its guesses: column j holds guess j + 1 of the first len(column j) jobs (one copy to the host)."""
+    flat = torch.cat(columns).tolist()
+    drafts: list[list[int]] = [[] for _ in range(columns[0].shape[0])]
+    offset = 0
+    for column in columns:
+        for row in range(column.shape[0]):
+            drafts[row].append(flat[offset + row])
+        offset += column.shape[0]
+    return drafts
+
+
 @dataclass
 class _Job:
     """One request's proposal in this step."""
@@ -112,7 +124,9 @@ class DraftModelProposer:
         self.graph_runner.capture()
 
     @torch.inference_mode()
-    def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
+    def propose_for(
+        self, requests: Sequence[Request], ks: Sequence[int], hidden_states: object = None
+    ) -> list[list[int]]:
         """Up to ks[i] guesses for each of `requests` (the running ones; ks[i] = 0: none for it)."""
         self.kv.retain(r.request_id for r in requests)
         jobs = [job for request, k in zip(requests, ks) if k > 0 and (job := self._job(request, k)) is not None]
@@ -120,13 +134,8 @@ class DraftModelProposer:
         if not jobs:
             return list(drafts.values())
         jobs.sort(key=lambda job: -job.k)  # the requests still guessing at step j are a prefix
-        columns = self._run(jobs)
-        flat = torch.cat(columns).tolist()
-        offset = 0
-        for column in columns:
-            for row in range(column.shape[0]):
-                drafts[id(jobs[row].request)].append(flat[offset + row])
-            offset += column.shape[0]
+        for job, guesses in zip(jobs, columns_to_drafts(self._run(jobs))):
+            drafts[id(job.request)] = guesses
         for job in jobs:
             guesses = drafts[id(job.request)]
             # Fed to the draft: the request's tokens, then every guess but the last.

@@ -102,6 +102,8 @@ class NgramProposer:
             raise ValueError(f"propose_batch got {len(sequences)} sequences but {len(ks)} draft lengths")
         return [self.propose(tokens, k) for tokens, k in zip(sequences, ks)]
 
-    def propose_for(self, requests: Sequence[Request], ks: Sequence[int]) -> list[list[int]]:
+    def propose_for(
+        self, requests: Sequence[Request], ks: Sequence[int], hidden_states: object = None
+    ) -> list[list[int]]:
         """Drafts for the engine's running requests; ks[i] = 0 proposes nothing for request i."""
         return [self.propose(request.all_token_ids, k) if k > 0 else [] for request, k in zip(requests, ks)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.spec_decode.config import SpeculativeConfig
 from forgellm.spec_decode.decoder import Proposer
 from forgellm.spec_decode.draft_model import DraftModelProposer, load_draft_config
+from forgellm.spec_decode.eagle3 import Eagle3Proposer, check_eagle3_head
 from forgellm.spec_decode.ngram import NgramProposer
 
 
@@ -15,24 +17,24 @@ def check_proposer(config: SpeculativeConfig, target_arch: ModelArchConfig, max_
     """Refuse, before any weights load, what cannot work: a k too long, a draft of another vocabulary."""
     config.validate_for_model(max_model_len)
     if config.method == "eagle3":
-        raise NotImplementedError("speculative decoding with eagle3 is not implemented yet; use ngram or draft_model")
+        check_eagle3_head(config, target_arch)
     if config.method == "draft_model":
         load_draft_config(config, target_arch)
 
 
 def load_proposer(
     config: SpeculativeConfig,
-    target_arch: ModelArchConfig,
+    target: nn.Module,
     dtype: torch.dtype,
     device: torch.device,
     block_size: int,
     max_model_len: int,
     load_format: str = "auto",
 ) -> Proposer:
-    """The n-gram lookup, or the draft model loaded next to the target (its KV cache comes later)."""
+    """The n-gram lookup, or the draft model or EAGLE-3 head loaded next to the target (their KV caches come later)."""
     if config.method == "ngram":
         return NgramProposer.from_config(config)
     if config.method == "draft_model":
-        return DraftModelProposer.load(config, target_arch, dtype, device, block_size, max_model_len, load_format)
-    raise NotImplementedError(f"speculative decoding with {config.method} is not implemented yet")
+        return DraftModelProposer.load(config, target.config, dtype, device, block_size, max_model_len, load_format)
+    return Eagle3Proposer.load(config, target, dtype, device, block_size, max_model_len, load_format)
 

@@ -17,6 +17,14 @@ from forgellm.scheduling.scheduler_output import SchedulerOutput
 
 
 @dataclass
+class StepHiddenStates:
+    """The target's features of one step, for an EAGLE-3 proposer: rows of `features` per request."""
+
+    features: torch.Tensor  # [>= T, F] on the device: the model's aux buffer, valid until its next forward
+    chunks: list[tuple[Request, int, int, int]]  # (request, first position, first row, number of tokens)
+
+
+@dataclass
 class InFlightStep:
     """A launched step: its device results, their host copies and the event that says they landed."""
 
@@ -33,6 +41,7 @@ class InFlightStep:
     verify_requests: list[Request] = field(default_factory=list)
     verified: torch.Tensor | None = None  # [M, k + 1] int64, on the device, then on the host after copy_to_host
     verify_logprobs: LogprobsTensors | None = None  # row i * (k + 1) + j: request i's position j
+    hidden_states: StepHiddenStates | None = None  # when the model captures features (EAGLE-3)
 
     def __post_init__(self) -> None:
         self.sample_rows = {request.request_id: row for row, request in enumerate(self.sample_requests)}

@@ -27,7 +27,7 @@ from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
-from forgellm.worker.in_flight import InFlightStep
+from forgellm.worker.in_flight import InFlightStep, StepHiddenStates
 from forgellm.worker.pinned_staging import PinnedStaging
 
 
@@ -49,6 +49,7 @@ class ModelRunnerOutput:
     logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)  # one entry per emitted token
     # Prompt logprobs computed this step: (index of the first prompt token they score, entries).
     prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
+    hidden_states: StepHiddenStates | None = None  # the target's features, when an EAGLE-3 head reads them
 
 
 def load_model(
@@ -231,6 +232,9 @@ class ModelRunner:
             pending_ids = in_flight.sampled.index_select(0, sources)
         logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])
+        features = getattr(self.model, "aux_hidden", None)
+        if features is not None:
+            step.hidden_states = _hidden_states(features, scheduler_output, chunks)
         if samplers:
             self._sample(logits, samplers, step, [request for request, _, _ in placeholders], pending_ids)
         if verifiers:
@@ -274,7 +278,7 @@ class ModelRunner:
     def collect(self, step: InFlightStep) -> ModelRunnerOutput:
         """Wait for a launched step and turn its results into host values."""
         step.wait()
-        output = ModelRunnerOutput()
+        output = ModelRunnerOutput(hidden_states=step.hidden_states)
         sampled = step.sampled_host.tolist() if step.sampled_host is not None else []
         for request, token in zip(step.sample_requests, sampled):
             output.sampled_token_ids[request.request_id] = [token]
@@ -370,6 +374,14 @@ class ModelRunner:
         targets = self._to_device(request.prompt_token_ids[positions.start + 1 : positions.stop + 1])
         step.prompt_logprobs.append((request, positions.start + 1, k, compute_prompt_logprobs(logits, targets, k)))
         self.prompt_logprobs_done[request.request_id] = positions.stop
+
+
+def _hidden_states(features: torch.Tensor, output: SchedulerOutput, chunks: list[SequenceChunk]) -> StepHiddenStates:
+    layout, row = [], 0
+    for scheduled, chunk in zip(output.scheduled, chunks, strict=True):
+        layout.append((scheduled.request, chunk.start, row, len(chunk.token_ids)))
+        row += len(chunk.token_ids)
+    return StepHiddenStates(features, layout)
 
 
 def _first(entry: TokenLogprobs, k: int) -> TokenLogprobs:
