@@ -149,13 +149,6 @@ def test_drafts_never_pass_max_model_len(tiny_model_dir):
     assert_no_blocks_held(llm)
 
 
-@pytest.mark.parametrize("method", ["eagle3"])
-def test_unimplemented_methods_fail_at_engine_start(tiny_model_dir, method: str):
-    spec = {"method": method, "model": str(tiny_model_dir("llama"))}
-    with pytest.raises(NotImplementedError, match=f"speculative decoding with {method} is not implemented yet"):
-        LLM(str(tiny_model_dir("llama")), dtype="float32", device="cpu", speculative_config=spec)
-
-
 def test_k_too_large_for_the_context_is_a_config_error(tiny_model_dir):
     spec = {"method": "ngram", "num_speculative_tokens": 10}
     with pytest.raises(ConfigError, match="num_speculative_tokens is 10 but max_model_len is 8"):

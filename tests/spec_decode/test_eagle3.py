@@ -1,0 +1,94 @@
+"""EAGLE-3 heads in the published layout: loaded, drafting from the target's features, never changing outputs.
+
+The heads here have random weights (tests/fixtures/make_eagle3_head.py), so they rarely guess right; what
+is checked is that speculation with them gives plain decoding's tokens, that their KV blocks come back,
+and that a head that does not fit the target is refused at start-up with a typed error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from forgellm import LLM
+from forgellm.errors import ConfigError, ModelLoadError
+from forgellm.sampling_params import SamplingParams
+from tests.fixtures.make_eagle3_head import make_eagle3_head
+
+PROMPT_IDS = [[11, 12, 13, 14, 15] * 3, [30, 31, 32, 33, 34, 35], list(range(40, 70))]
+
+
+def eagle(path, k: int = 3) -> dict:  # noqa: ANN001
+    return {"method": "eagle3", "model": str(path), "num_speculative_tokens": k}
+
+
+def token_ids(llm: LLM, prompts: list, params) -> list[list[list[int]]]:
+    return [[s.token_ids for s in out.outputs] for out in llm.generate(prompts, params, use_tqdm=False)]
+
+
+@pytest.fixture(scope="module")
+def target(tiny_model_dir):  # noqa: ANN201
+    return tiny_model_dir("llama")
+
+
+@pytest.mark.parametrize("own_embedding", [False, True])
+def test_greedy_outputs_equal_plain_decoding(target, tmp_path, own_embedding: bool):
+    vocab = json.loads((target / "config.json").read_text())["vocab_size"]
+    head = make_eagle3_head(target, tmp_path / "head", draft_vocab_size=vocab // 2, own_embedding=own_embedding)
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    prompts = [{"prompt_token_ids": ids} for ids in PROMPT_IDS]
+    plain = token_ids(LLM(str(target), dtype="float32", device="cpu", block_size=4), prompts, params)
+    llm = LLM(str(target), dtype="float32", device="cpu", block_size=4, speculative_config=eagle(head))
+    assert token_ids(llm, prompts, params) == plain
+    stats = llm.engine.stats()
+    assert stats.num_spec_steps > 0 and stats.num_draft_tokens >= 3 * stats.num_spec_steps - 3 * len(prompts)
+    proposer = llm.engine.core.spec_decoder.proposer
+    assert llm.engine.core.kv_cache.usage == 0.0 and proposer.kv.num_free_blocks == proposer.kv.pool.num_blocks
+    assert proposer.num_requests_without_features == 0
+
+
+def test_sampling_penalties_and_a_prefix_cache_hit(target, tmp_path):
+    """n = 2 shares the prompt through the prefix cache: the second sample has no features for it and decodes
+    without drafts; both get plain decoding's tokens, seeded sampling reproduces."""
+    head = make_eagle3_head(target, tmp_path / "head")
+    plain = LLM(str(target), dtype="float32", device="cpu", block_size=4)
+    llm = LLM(str(target), dtype="float32", device="cpu", block_size=4, speculative_config=eagle(head, 4))
+    prompts = [{"prompt_token_ids": PROMPT_IDS[2]}]
+    greedy = SamplingParams(temperature=0.0, max_tokens=20, n=2, ignore_eos=True, presence_penalty=0.5)
+    assert token_ids(llm, prompts, greedy) == token_ids(plain, prompts, greedy)
+    assert llm.engine.core.spec_decoder.proposer.num_requests_without_features >= 1
+    sampled = SamplingParams(temperature=1.0, top_p=0.9, seed=5, max_tokens=20, ignore_eos=True)
+    assert token_ids(llm, prompts, sampled) == token_ids(llm, prompts, sampled)
+
+
+def test_a_head_for_another_hidden_size_is_refused(target, tmp_path, tiny_model_dir):
+    other = tiny_model_dir("llama-128")  # a target of hidden size 128
+    head = make_eagle3_head(other, tmp_path / "head")
+    with pytest.raises(ConfigError, match="hidden size 128 but the target model's is 64"):
+        LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(head))
+
+
+def test_not_an_eagle3_checkpoint_or_wrong_layers_are_refused(target, tmp_path):
+    with pytest.raises(ModelLoadError, match="is not an EAGLE-3 head"):
+        LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(target))
+    head = make_eagle3_head(target, tmp_path / "head")
+    config = json.loads((head / "config.json").read_text())
+    config["eagle_aux_hidden_state_layer_ids"] = [1, 15, 29]
+    (head / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"reads target layers \[1, 15, 29\] but the target has 2 layers"):
+        LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(head))
+
+
+def test_a_missing_tensor_is_named(target, tmp_path):
+    head = make_eagle3_head(target, tmp_path / "head")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(head / "model.safetensors"))
+    del tensors["midlayer.hidden_norm.weight"]
+    broken = tmp_path / "broken"
+    shutil.copytree(head, broken)
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="midlayer.hidden_norm.weight"):
+        LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(broken))
