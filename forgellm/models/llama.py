@@ -193,7 +193,7 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"aux hidden-state layers {layers} outside the model's {len(self.layers)} layers")
         self.aux_hidden_layers = tuple(layers)
         weight = self.embed_tokens.weight
-        self.aux_hidden = weight.new_empty(max_tokens, len(layers) * self.config.hidden_size)
+        self.aux_hidden = weight.new_zeros(max_tokens, len(layers) * self.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
@@ -203,9 +203,10 @@ class LlamaForCausalLM(nn.Module):
         size, num_tokens = self.config.hidden_size, input_ids.shape[0]
         for index, layer in enumerate(self.layers):
             if index in self.aux_hidden_layers:
-                slot = self.aux_hidden_layers.index(index)
                 stream = hidden if residual is None else hidden + residual
-                self.aux_hidden[:num_tokens, slot * size : (slot + 1) * size].copy_(stream)
+                for slot, layer_index in enumerate(self.aux_hidden_layers):  # a small target may repeat a layer
+                    if layer_index == index:
+                        self.aux_hidden[:num_tokens, slot * size : (slot + 1) * size].copy_(stream)
             hidden, residual = layer(rope, hidden, residual, batch)
         hidden, _ = self.norm(hidden, residual)
         return hidden
