@@ -5,7 +5,7 @@ Prompts come from the demo's held-out files (never trained on): chat questions a
 (the first lines of each held-out module). Every request runs alone (batch 1), greedy and at
 temperature 0.8, plain and with each proposer; greedy outputs must equal plain decoding's.
 
-    python benchmarks/spec_decode_demo.py --out results.json [--methods ngram,draft_model] [--k 3,5]
+    python benchmarks/spec_decode_demo.py --out results.json [--methods ngram,draft_model,eagle3] [--k 3,5]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from forgellm.engine.llm_engine import DEMO_MODEL_DIR  # noqa: E402
 
 HELDOUT = REPO / "forgellm" / "assets" / "calibration" / "heldout_eval_sample.jsonl.gz"
 DRAFT = DEMO_MODEL_DIR.parent / "demo-draft"
+EAGLE3 = DEMO_MODEL_DIR.parent / "demo-eagle3"
 
 
 def heldout_prompts(num_chat: int, num_code: int, code_chars: int = 600) -> tuple[list, list[str]]:
@@ -62,11 +63,12 @@ def run_one(llm: LLM, prompts: list, params: SamplingParams, chat: bool) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", default="ngram,draft_model")
+    parser.add_argument("--methods", default="ngram,draft_model,eagle3")
     parser.add_argument("--k", default="3,5")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default=None, help="default: the checkpoint's (bfloat16)")
     args = parser.parse_args()
     chats, codes = heldout_prompts(args.num_prompts, args.num_prompts)
     sets = {"chat": (chats, True), "code": (codes, False)}
@@ -76,12 +78,12 @@ def main() -> None:
     for method in args.methods.split(","):
         for k in (int(k) for k in args.k.split(",")):
             spec = {"method": method, "num_speculative_tokens": k}
-            if method == "draft_model":
-                spec["model"] = str(DRAFT)
+            if method in ("draft_model", "eagle3"):
+                spec["model"] = str(DRAFT if method == "draft_model" else EAGLE3)
             configs.append((f"{method} k={k}", spec))
     rows, reference = [], {}
     for label, spec in configs:
-        llm = LLM(device=args.device, max_model_len=2048, speculative_config=spec)
+        llm = LLM(device=args.device, max_model_len=2048, speculative_config=spec, **({"dtype": args.dtype} if args.dtype else {}))
         run_one(llm, chats[:2], temps["greedy"], True)  # warm-up past start-up's own
         for set_name, (prompts, chat) in sets.items():
             for temp_name, params in temps.items():

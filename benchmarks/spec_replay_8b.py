@@ -1,7 +1,8 @@
 """Speculation at the Llama-3.1-8B shape (random weights) at a forced per-position acceptance a.
 
-For each weight format, a plain engine and a speculating one (a draft model of one 8B-width decoder
-layer with the full vocabulary, as costly as an EAGLE-3 head or more) run the same latency batches
+For each weight format, a plain engine and a speculating one (`--method eagle3`: an EAGLE-3 head of the
+published Llama-3.1-8B layout, random weights; `draft_model`: one 8B-width decoder layer with the full
+vocabulary, costlier than an EAGLE-3 head) run the same latency batches
 at batch sizes 1, 8 and 32; the speculating engine drafts and verifies for real, then accepts each
 draft position with probability a (spec_decode/forced_acceptance.py). Figures hold "at acceptance a".
 
@@ -64,13 +65,18 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=256)
-    parser.add_argument("--draft", default=str(preset_dir("llama-3.1-8b-1layer")))
+    parser.add_argument("--method", default="draft_model", choices=["draft_model", "eagle3"])
+    parser.add_argument("--draft", default=None, help="default: preset llama-3.1-8b-1layer, or heads/llama-3.1-8b-eagle3")
     parser.add_argument("--profile-batches", default="", help="also profile one batch of each size (host and CUDA)")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.draft is None:
+        heads = Path(preset_dir("llama-3.1-8b")).parent / "heads" / "llama-3.1-8b-eagle3"
+        args.draft = str(heads if args.method == "eagle3" else preset_dir("llama-3.1-8b-1layer"))
+    label = "EAGLE-3 head (8B shape)" if args.method == "eagle3" else "draft 1-layer"
     rows = []
     for fmt in args.formats.split(","):
-        for spec in (None, {"method": "draft_model", "model": args.draft, "num_speculative_tokens": args.k}):
+        for spec in (None, {"method": args.method, "model": args.draft, "num_speculative_tokens": args.k}):
             start = time.perf_counter()
             config = EngineConfig(
                 model=str(preset_dir("llama-3.1-8b")),
@@ -90,7 +96,7 @@ def main() -> None:
                 )
                 row = {
                     "format": fmt,
-                    "speculation": "off" if spec is None else f"draft 1-layer k={args.k} at acceptance {args.acceptance}",
+                    "speculation": "off" if spec is None else f"{label} k={args.k} at acceptance {args.acceptance}",
                     "batch": batch,
                     "output_tok_s": round(result.output_tok_s, 1),
                     "tpot_ms": round(result.itl_s.mean * 1e3, 3),

@@ -32,6 +32,7 @@ from forgellm.scheduling.scheduler import Scheduler
 from forgellm.spec_decode.decoder import SpeculativeDecoder
 from forgellm.spec_decode.draft_model import DraftModelProposer
 from forgellm.spec_decode.eagle3 import Eagle3Proposer
+from forgellm.spec_decode.config import ProposerSetup
 from forgellm.spec_decode.proposers import check_proposer, load_proposer
 from forgellm.worker.cuda_graphs import MAX_PREFILL_GRAPH_TOKENS
 from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
@@ -168,9 +169,8 @@ class LLMEngine:
         )
         spec_decoder, draft = None, None
         if spec_config is not None:  # loaded before the memory profile, which then counts its weights
-            proposer = load_proposer(
-                spec_config, model, dtype, device, config.block_size, self.max_model_len, config.load_format
-            )
+            setup = ProposerSetup(model, dtype, device, config.block_size, self.max_model_len, config.load_format)
+            proposer = load_proposer(spec_config, setup)
             spec_decoder = SpeculativeDecoder(spec_config, self.max_model_len, proposer)
             draft = proposer if isinstance(proposer, (DraftModelProposer, Eagle3Proposer)) else None
             if isinstance(proposer, Eagle3Proposer):  # the head reads these layers' inputs after every step
@@ -200,6 +200,8 @@ class LLMEngine:
             self.max_model_len,
             config.enable_chunked_prefill,
             config.scheduling_policy,
+            # An EAGLE-3 head writes its guesses' K/V into the request's blocks, past its tokens.
+            spec_config.num_speculative_tokens if isinstance(draft, Eagle3Proposer) else 0,
         )
         mode = config.async_scheduling
         # A verify step's accepted tokens must reach the host before the next step is scheduled.

@@ -33,7 +33,10 @@ class Scheduler:
         max_model_len: int,
         enable_chunked_prefill: bool = True,
         policy: str = "fcfs",
+        num_lookahead_tokens: int = 0,
     ) -> None:
+        """`num_lookahead_tokens`: slots to hold past each scheduled request's new tokens when blocks allow
+        (an EAGLE-3 head writes its guesses' K/V there between steps)."""
         for name, value in (
             ("max_num_seqs", max_num_seqs),
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -47,6 +50,7 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.enable_chunked_prefill = enable_chunked_prefill
         self.policy = policy
+        self.num_lookahead_tokens = num_lookahead_tokens
         self.waiting = make_request_queue(policy)
         self.running: list[Request] = []
         self._requests: dict[str, Request] = {}
@@ -209,10 +213,19 @@ class Scheduler:
                 preempted = True
                 if victim is request:
                     return budget, preempted
+            self._reserve_lookahead(request, num_new)
             self._add_scheduled(scheduled, request, num_new, drafts)
             budget -= num_new
             index += 1
         return budget, preempted
+
+    def _reserve_lookahead(self, request: Request, num_new: int) -> None:
+        """Best effort: blocks for num_lookahead_tokens past this step's tokens (within the context), never
+        preempting for them."""
+        room = self.max_model_len - request.num_computed_tokens - num_new
+        extra = min(self.num_lookahead_tokens, room)
+        if extra > 0:
+            self.kv_cache_manager.allocate_slots(request, num_new + extra)
 
     def _fit_drafts(self, request: Request, num_new: int, budget: int) -> list[int]:
         """The request's proposed drafts that this step can verify: it decodes, and they fit the budget and blocks."""
@@ -247,6 +260,7 @@ class Scheduler:
                 break
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_cached
+            self._reserve_lookahead(request, num_new)
             request.status = _RUNNING
             self.running.append(request)
             self._add_scheduled(scheduled, request, num_new)

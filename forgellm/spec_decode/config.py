@@ -12,9 +12,13 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from forgellm.errors import ConfigError
+
+if TYPE_CHECKING:  # this module stays importable without torch (CLI argument parsing)
+    import torch
+    from torch import nn
 
 SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle3")
 # Methods whose drafts come from a checkpoint of their own (`model`); ngram looks up the sequence itself.
@@ -174,3 +178,15 @@ def check_eagle3_hidden_size(target_hidden: int, head_hidden: int, path: str | P
             f"EAGLE-3 head {str(path)!r} has hidden size {head_hidden} but the target model's is {target_hidden}; "
             f"{_PREFIX}.model must be an EAGLE-3 head trained for this target model"
         )
+
+
+@dataclass(frozen=True)
+class ProposerSetup:
+    """What a model-based proposer needs from the engine to load next to the target."""
+
+    target: nn.Module
+    dtype: torch.dtype
+    device: torch.device
+    block_size: int
+    max_model_len: int
+    load_format: str = "auto"

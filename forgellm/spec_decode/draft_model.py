@@ -22,7 +22,7 @@ from forgellm.engine.request import Request
 from forgellm.hf.config import load_model_config
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.quantization.resolve import resolve_quantization
-from forgellm.spec_decode.config import SpeculativeConfig, check_draft_vocab
+from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab
 from forgellm.spec_decode.draft_kv_cache import DraftKVCache
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward import forward_logits
@@ -81,21 +81,13 @@ class DraftModelProposer:
         self.stagings: list[PinnedStaging] = []  # one per guess of a step, set by prepare_host_buffers on a GPU
 
     @classmethod
-    def load(
-        cls,
-        config: SpeculativeConfig,
-        target_arch: ModelArchConfig,
-        dtype: torch.dtype,
-        device: torch.device,
-        block_size: int,
-        max_model_len: int,
-        load_format: str = "auto",
-    ) -> DraftModelProposer:
+    def load(cls, config: SpeculativeConfig, setup: ProposerSetup) -> DraftModelProposer:
         """Load `config.model` (same vocabulary as the target) on the target's device, in its dtype."""
-        arch = load_draft_config(config, target_arch)
+        arch = load_draft_config(config, setup.target.config)
         path = Path(config.model).expanduser()
         quant_config = resolve_quantization(path, arch.raw, None)
-        return cls(load_model(path, arch, dtype, device, load_format, quant_config), block_size, max_model_len)
+        model = load_model(path, arch, setup.dtype, setup.device, setup.load_format, quant_config)
+        return cls(model, setup.block_size, setup.max_model_len)
 
     @property
     def block_bytes(self) -> int:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from forgellm.hf.config_types import ModelArchConfig
-from forgellm.spec_decode.config import SpeculativeConfig
+from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig
 from forgellm.spec_decode.decoder import Proposer
 from forgellm.spec_decode.draft_model import DraftModelProposer, load_draft_config
 from forgellm.spec_decode.eagle3 import Eagle3Proposer, check_eagle3_head
@@ -22,19 +19,10 @@ def check_proposer(config: SpeculativeConfig, target_arch: ModelArchConfig, max_
         load_draft_config(config, target_arch)
 
 
-def load_proposer(
-    config: SpeculativeConfig,
-    target: nn.Module,
-    dtype: torch.dtype,
-    device: torch.device,
-    block_size: int,
-    max_model_len: int,
-    load_format: str = "auto",
-) -> Proposer:
+def load_proposer(config: SpeculativeConfig, setup: ProposerSetup) -> Proposer:
     """The n-gram lookup, or the draft model or EAGLE-3 head loaded next to the target (their KV caches come later)."""
     if config.method == "ngram":
         return NgramProposer.from_config(config)
     if config.method == "draft_model":
-        return DraftModelProposer.load(config, target.config, dtype, device, block_size, max_model_len, load_format)
-    return Eagle3Proposer.load(config, target, dtype, device, block_size, max_model_len, load_format)
-
+        return DraftModelProposer.load(config, setup)
+    return Eagle3Proposer.load(config, setup)

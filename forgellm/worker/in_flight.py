@@ -21,7 +21,8 @@ class StepHiddenStates:
     """The target's features of one step, for an EAGLE-3 proposer: rows of `features` per request."""
 
     features: torch.Tensor  # [>= T, F] on the device: the model's aux buffer, valid until its next forward
-    chunks: list[tuple[Request, int, int, int]]  # (request, first position, first row, number of tokens)
+    # (request, first position, first row, number of tokens, the request's block table)
+    chunks: list[tuple[Request, int, int, int, list[int]]]
 
 
 @dataclass

@@ -379,7 +379,7 @@ class ModelRunner:
 def _hidden_states(features: torch.Tensor, output: SchedulerOutput, chunks: list[SequenceChunk]) -> StepHiddenStates:
     layout, row = [], 0
     for scheduled, chunk in zip(output.scheduled, chunks, strict=True):
-        layout.append((scheduled.request, chunk.start, row, len(chunk.token_ids)))
+        layout.append((scheduled.request, chunk.start, row, len(chunk.token_ids), scheduled.block_ids))
         row += len(chunk.token_ids)
     return StepHiddenStates(features, layout)
 

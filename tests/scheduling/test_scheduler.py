@@ -251,3 +251,28 @@ def test_wait_for_sibling_shares_the_prompt_through_the_prefix_cache():
     kv = scheduler.kv_cache_manager
     assert kv.get_block_ids("s1")[0] == kv.get_block_ids("s0")[0]
     assert kv.prefix_cache_hit_rate > 0
+
+
+def test_lookahead_slots_are_held_past_each_step_when_blocks_allow():
+    kv = KVCacheManager(6, 4)
+    scheduler = Scheduler(kv, 8, 64, 1024, True, "fcfs", num_lookahead_tokens=3)
+    request = make_request("a", 7)
+    scheduler.add_request(request)
+    step(scheduler)  # 7 prompt tokens + 3 lookahead: 10 slots, 3 blocks
+    assert len(kv.get_block_ids("a")) == 3
+    step(scheduler)  # the 8th token + 3: 11 slots, still 3 blocks
+    assert len(kv.get_block_ids("a")) == 3
+    # A second request takes the remaining blocks; lookahead never preempts anyone for itself.
+    other = make_request("b", 11)
+    scheduler.add_request(other)
+    step(scheduler)
+    assert other.status is RequestStatus.RUNNING and scheduler.num_preemptions == 0
+    assert len(kv.get_block_ids("b")) == 3 and kv.num_free_blocks == 0
+
+
+def test_lookahead_stops_at_the_context_length():
+    kv = KVCacheManager(16, 4)
+    scheduler = Scheduler(kv, 8, 64, 9, True, "fcfs", num_lookahead_tokens=8)
+    scheduler.add_request(make_request("a", 7, max_tokens=2))
+    step(scheduler)
+    assert len(kv.get_block_ids("a")) == 3  # 9 slots (the context), not 7 + 8

@@ -44,21 +44,19 @@ def test_greedy_outputs_equal_plain_decoding(target, tmp_path, own_embedding: bo
     assert token_ids(llm, prompts, params) == plain
     stats = llm.engine.stats()
     assert stats.num_spec_steps > 0 and stats.num_draft_tokens >= 3 * stats.num_spec_steps - 3 * len(prompts)
-    proposer = llm.engine.core.spec_decoder.proposer
-    assert llm.engine.core.kv_cache.usage == 0.0 and proposer.kv.num_free_blocks == proposer.kv.pool.num_blocks
-    assert proposer.num_requests_without_features == 0
+    assert llm.engine.core.kv_cache.usage == 0.0
 
 
 def test_sampling_penalties_and_a_prefix_cache_hit(target, tmp_path):
-    """n = 2 shares the prompt through the prefix cache: the second sample has no features for it and decodes
-    without drafts; both get plain decoding's tokens, seeded sampling reproduces."""
+    """n = 2 shares the prompt through the prefix cache: the second sample finds the head's K/V of the prompt
+    in the shared blocks and drafts too; both get plain decoding's tokens, seeded sampling reproduces."""
     head = make_eagle3_head(target, tmp_path / "head")
     plain = LLM(str(target), dtype="float32", device="cpu", block_size=4)
     llm = LLM(str(target), dtype="float32", device="cpu", block_size=4, speculative_config=eagle(head, 4))
     prompts = [{"prompt_token_ids": PROMPT_IDS[2]}]
     greedy = SamplingParams(temperature=0.0, max_tokens=20, n=2, ignore_eos=True, presence_penalty=0.5)
     assert token_ids(llm, prompts, greedy) == token_ids(plain, prompts, greedy)
-    assert llm.engine.core.spec_decoder.proposer.num_requests_without_features >= 1
+    assert llm.engine.stats().num_spec_steps >= 2 * 15  # both samples verified drafts at (nearly) every step
     sampled = SamplingParams(temperature=1.0, top_p=0.9, seed=5, max_tokens=20, ignore_eos=True)
     assert token_ids(llm, prompts, sampled) == token_ids(llm, prompts, sampled)
 
