@@ -43,6 +43,21 @@ from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch  # 
 from forgellm.worker.model_runner import allocate_kv_cache, load_model  # noqa: E402
 
 CALIBRATION = REPO / "forgellm" / "assets" / "calibration" / "calibration_sample.jsonl.gz"
+CORPUS = REPO / "forgellm" / "assets" / "demo" / "corpus.json"
+
+
+def stdlib_texts(limit: int, seed: int) -> list[str]:
+    """Up to `limit` stdlib modules of the demo's training split (corpus.json), read from this Python's stdlib,
+    which must be the corpus's version (the demo trained on exactly these files; none is held out)."""
+    import sysconfig
+
+    corpus = json.loads(CORPUS.read_text())
+    if sys.version.split()[0] != corpus["python_version"]:
+        raise SystemExit(f"--stdlib-files needs Python {corpus['python_version']} (the corpus's stdlib)")
+    names = list(corpus["train_files"]["stdlib"])
+    random.Random(seed).shuffle(names)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [(root / name).read_text(encoding="utf-8", errors="replace") for name in names[:limit]]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -157,17 +172,28 @@ def chat_questions(limit: int, seed: int) -> list[str]:
     return questions[:limit]
 
 
-def training_sequences(llm: LLM, seq_len: int, num_chats: int, seed: int) -> list[list[int]]:
-    """Calibration-text windows of seq_len tokens, and chat conversations completed by the target (greedy)."""
+def training_sequences(
+    llm: LLM, seq_len: int, num_chats: int, num_continuations: int, num_stdlib: int, seed: int
+) -> list[list[int]]:
+    """Calibration-text windows of seq_len tokens (and of `num_stdlib` more training-split modules); chat
+    conversations completed by the target (greedy); and the target's greedy continuations of window
+    openings (its own code, as drafting will meet it)."""
     tokenizer = llm.get_tokenizer()
-    sequences = []
-    for line in gzip.open(CALIBRATION, "rt"):
-        ids = tokenizer.encode(json.loads(line)["text"])
-        sequences += [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len // 4, seq_len)]
+    texts = [json.loads(line)["text"] for line in gzip.open(CALIBRATION, "rt")]
+    texts += stdlib_texts(num_stdlib, seed) if num_stdlib else []
+    windows = []
+    for text in texts:
+        ids = tokenizer.encode(text)
+        windows += [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len // 4, seq_len)]
     params = SamplingParams(temperature=0.0, max_tokens=96)
     conversations = [[{"role": "user", "content": q}] for q in chat_questions(num_chats, seed)]
+    sequences = list(windows)
     for conversation, out in zip(conversations, llm.chat(conversations, params, use_tqdm=False)):
         sequences.append(llm.render_chat(conversation) + list(out.outputs[0].token_ids))
+    openings = [w[: seq_len // 4] for w in random.Random(seed).sample(windows, min(num_continuations, len(windows)))]
+    continued = SamplingParams(temperature=0.0, max_tokens=seq_len - seq_len // 4)
+    for opening, out in zip(openings, llm.generate(openings, continued, use_tqdm=False)):
+        sequences.append(opening + list(out.outputs[0].token_ids))
     return [s for s in sequences if len(s) >= 8]
 
 
@@ -189,6 +215,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--num-chats", type=int, default=600)
+    parser.add_argument("--num-continuations", type=int, default=0, help="greedy continuations of text openings")
+    parser.add_argument("--stdlib-files", type=int, default=0, help="training-split stdlib modules to add (local)")
     parser.add_argument("--draft-vocab", type=int, default=2048)
     parser.add_argument("--ttt-steps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
@@ -202,11 +230,16 @@ def main() -> None:
     arch = load_model_config(args.target)
     layers = default_aux_layers(arch.num_hidden_layers)
     llm = LLM(args.target, device=args.device, dtype="float32", seed=args.seed)
-    sequences = training_sequences(llm, args.seq_len, args.num_chats, args.seed)
+    sequences = training_sequences(
+        llm, args.seq_len, args.num_chats, args.num_continuations, args.stdlib_files, args.seed
+    )
     del llm
     model = load_model(Path(args.target), arch, torch.float32, device)
     model.capture_aux_hidden_states(layers, max(len(s) for s in sequences))
-    data = [(torch.tensor(s), *target_features(model, s, device)) for s in sequences]
+    data = []
+    for sequence in sequences:  # features kept in bfloat16: a few hundred thousand tokens x 3 H
+        features, labels = target_features(model, sequence, device)
+        data.append((torch.tensor(sequence), features.to(torch.bfloat16), labels))
     embedding = model.embed_tokens.weight.detach()
     labels_all = torch.cat([labels for _, _, labels in data])
     draft_ids = labels_all.bincount(minlength=arch.vocab_size).argsort(descending=True)[: args.draft_vocab].sort().values
@@ -243,7 +276,7 @@ def train_step(head: TrainableEagle3, batch: list, embedding: torch.Tensor, to_d
     length = max(len(tokens) for tokens, _, _ in batch)
     device = embedding.device
     tokens = torch.stack([F.pad(t, (0, length - len(t)), value=0) for t, _, _ in batch]).to(device)
-    features = torch.stack([F.pad(f, (0, 0, 0, length - len(f))) for _, f, _ in batch]).to(device)
+    features = torch.stack([F.pad(f, (0, 0, 0, length - len(f))) for _, f, _ in batch]).to(device).float()
     argmax = torch.stack([F.pad(a, (0, length - len(a)), value=-1) for _, _, a in batch]).to(device)
     valid = torch.stack([torch.arange(length) < len(t) for t, _, _ in batch]).to(device)
     embeds, targets = [], []
