@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from forgellm.bench import engine_setup, report
 from forgellm.bench.datasets import BenchRequest, load_sharegpt, parse_range, random_requests
 from forgellm.bench.progress import progress_bar
+from forgellm.bench.speculation import speculation_summary, summary_rows
 from forgellm.bench.stats import Summary, ratio, summarize
 from forgellm.errors import ConfigError, ForgeLLMError
 
@@ -34,6 +35,7 @@ class ThroughputResult:
     output_tokens: int
     ttft_s: Summary  # arrival -> first token, per finished request (queueing included)
     complete: bool = True
+    speculation: dict[str, Any] | None = None  # acceptance figures (speculation.speculation_summary)
 
     @property
     def requests_per_s(self) -> float:
@@ -85,6 +87,7 @@ def measure_throughput(
     complete = True
     bar = progress_bar(len(ids), "throughput", disable_tqdm)
     clock = time.perf_counter
+    before = engine.stats()
     start = clock()
     deadline = start + time_limit_s if time_limit_s is not None else None
     try:
@@ -110,7 +113,10 @@ def measure_throughput(
         if engine.has_unfinished_requests():  # a time limit or an error: leave the engine empty
             for rid in ids:
                 engine.abort_request(rid)
-    return ThroughputResult(len(ids), finished, elapsed, prompt_tokens, output_tokens, summarize(ttfts), complete)
+    speculation = speculation_summary([(before, engine.stats())], elapsed)
+    return ThroughputResult(
+        len(ids), finished, elapsed, prompt_tokens, output_tokens, summarize(ttfts), complete, speculation
+    )
 
 
 def result_table(result: ThroughputResult) -> str:
@@ -125,6 +131,8 @@ def result_table(result: ThroughputResult) -> str:
         ["output tokens", report.fmt(result.output_tokens)],
         ["mean TTFT (ms)", report.fmt(result.ttft_s.mean * 1e3)],
     ]
+    if result.speculation is not None:
+        rows.extend(summary_rows(result.speculation))
     return report.format_table(["metric", "value"], rows)
 
 
@@ -143,6 +151,7 @@ def result_json(result: ThroughputResult, facts: dict[str, Any]) -> dict[str, An
         "output_tok_s": result.output_tok_s,
         "total_tok_s": result.total_tok_s,
         "ttft_ms": result.ttft_s.scaled(1e3).as_dict(),
+        "speculation": result.speculation,
     }
 
 
