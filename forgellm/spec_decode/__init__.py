@@ -1,9 +1,11 @@
 """Speculative decoding (issue 13): a cheap proposer drafts k tokens, one target forward checks them all.
 
-The options (`SpeculativeConfig`) and the n-gram proposer need no model or engine. `decoder.SpeculativeDecoder`
-is what the engine core calls between steps (proposals, acceptance counters) and `verify.verify_drafts` the
-model runner's verify step. So far: n-gram drafts in the synchronous engine; draft-model and EAGLE-3
-proposers, asynchronous scheduling and CUDA graphs with speculation are still to come.
+Proposers: `ngram.NgramProposer` (prompt lookup), `draft_model.DraftModelProposer` (a smaller model of the
+same vocabulary, its own paged KV cache) and `eagle3.Eagle3Proposer` (an EAGLE-3 head over the target's
+features, its K/V in the target's blocks). `decoder.SpeculativeDecoder` is what the engine core calls
+between steps (proposals, acceptance counters); `verify.verify_drafts` is the model runner's verify step
+(per-position penalties, rejection sampling, logprobs). `forced_acceptance` serves benchmarks of random
+weights. Speculation runs in the synchronous engine only.
 """
 
 from forgellm.spec_decode.config import SPECULATIVE_METHODS, SpeculativeConfig
