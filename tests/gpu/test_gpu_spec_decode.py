@@ -19,7 +19,8 @@ from forgellm.engine.llm_engine import DEMO_MODEL_DIR
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
 DRAFT = {"method": "draft_model", "model": str(DEMO_MODEL_DIR.parent / "demo-draft"), "num_speculative_tokens": 4}
-METHODS = {"ngram": NGRAM, "draft_model": DRAFT}
+EAGLE3 = {"method": "eagle3", "model": str(DEMO_MODEL_DIR.parent / "demo-eagle3"), "num_speculative_tokens": 4}
+METHODS = {"ngram": NGRAM, "draft_model": DRAFT, "eagle3": EAGLE3}
 CODE = (
     "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
     "def mul(a, b):\n    return a * b\n\n\ndef div(a, b):\n    return a / b\n\n\ndef"
@@ -31,7 +32,9 @@ REPEATED_IDS = [[11, 12, 13, 14, 15] * 4, [30, 31, 32, 33] * 3 + [30, 31], list(
 # plain decoding's, and the demo has exact top-2 ties in bfloat16 that then break the other way (measured by
 # benchmarks/profile_spec_decode.py: every bfloat16 divergence sat at a top-2 margin of 0 or one ulp).
 @pytest.mark.parametrize(
-    "model,dtype,method", [("llama", "float32", "ngram"), ("demo", "float32", "ngram"), ("demo", "float32", "draft_model")]
+    "model,dtype,method",
+    [("llama", "float32", "ngram"), ("demo", "float32", "ngram"), ("demo", "float32", "draft_model"),
+     ("demo", "float32", "eagle3")],  # fmt: skip
 )
 def test_greedy_equals_plain_decoding(engines, model: str, dtype: str, method: str) -> None:
     plain = engines(model, dtype=dtype)
@@ -51,7 +54,7 @@ def test_greedy_equals_plain_decoding(engines, model: str, dtype: str, method: s
     assert spec.engine.core.kv_cache.usage == 0.0
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle3"])
 def test_seeded_sampling_is_reproducible_and_releases_blocks(engines, method: str) -> None:
     spec = engines("demo", speculative_config=METHODS[method])
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=40, n=2, ignore_eos=True)
