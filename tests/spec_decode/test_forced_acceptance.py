@@ -89,3 +89,16 @@ def test_latency_cli_refuses_forced_acceptance_without_what_it_needs(extra, mess
     argv += ["--disable-tqdm", "--num-iters", "1", "--output-len", "4", *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_latency_cli_with_a_random_eagle3_head(capsys: pytest.CaptureFixture[str]):
+    """What the 8B benchmark runs (an EAGLE-3 head preset with random weights, forced acceptance), at tiny size."""
+    head = preset_dir("tiny-llama").parent / "heads" / "tiny-llama-eagle3"
+    spec = {"method": "eagle3", "model": str(head), "num_speculative_tokens": 4}
+    argv = ["bench", "latency", "--model-config", "tiny-llama", "--random-weights", "--device", "cpu"]
+    argv += ["--disable-tqdm", "--batch-size", "2", "--input-len", "6", "--output-len", "16", "--num-iters", "1"]
+    argv += ["--temperature", "0", "--speculative-config", json.dumps(spec), "--spec-acceptance", "1"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["speculation", "eagle3"] for line in lines if line.strip())
+    assert [line.split()[-1] for line in lines if line.startswith("draft acceptance rate")] == ["1.000"]
