@@ -31,18 +31,31 @@ def divergences(dtype: str, spec: dict, prompts: list, chat: bool) -> list:
     plain_params = params
     spec_params = SamplingParams(temperature=0.0, max_tokens=96)
     found = []
+
+    def run(llm: LLM, prompt: object, params: SamplingParams) -> list:
+        return llm.chat(prompt, params, use_tqdm=False) if chat else llm.generate([prompt], params, use_tqdm=False)
+
     for i, prompt in enumerate(prompts):
-        run = (lambda llm, p: llm.chat(prompt, p, use_tqdm=False)) if chat else (lambda llm, p: llm.generate([prompt], p, use_tqdm=False))
-        a = run(plain, plain_params)[0].outputs[0]
-        b = run(fast, spec_params)[0].outputs[0]
+        a = run(plain, prompt, plain_params)[0].outputs[0]
+        b = run(fast, prompt, spec_params)[0].outputs[0]
         if list(a.token_ids) == list(b.token_ids):
             continue
-        pos = next((j for j, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y), min(len(a.token_ids), len(b.token_ids)))
+        pos = next(
+            (j for j, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
+            min(len(a.token_ids), len(b.token_ids)),
+        )
         entry = a.logprobs[pos] if pos < len(a.logprobs) else {}
         top = sorted(((v.logprob if hasattr(v, "logprob") else v) for v in entry.values()), reverse=True)
         margin = top[0] - top[1] if len(top) > 1 else None
-        found.append({"prompt": i, "position": pos, "plain": a.token_ids[pos] if pos < len(a.token_ids) else None,
-                      "spec": b.token_ids[pos] if pos < len(b.token_ids) else None, "plain_logprob_margin": margin})
+        found.append(
+            {
+                "prompt": i,
+                "position": pos,
+                "plain": a.token_ids[pos] if pos < len(a.token_ids) else None,
+                "spec": b.token_ids[pos] if pos < len(b.token_ids) else None,
+                "plain_logprob_margin": margin,
+            }
+        )
     del plain, fast
     torch.cuda.empty_cache()
     return found
@@ -65,8 +78,13 @@ def profile(label: str, spec: dict | None, prompts: list, out: Path) -> dict:
     pstats.Stats(profiler, stream=stream2).sort_stats("tottime").print_stats(30)
     (out / f"profile_{label}.txt").write_text(stream.getvalue() + "\n\n" + stream2.getvalue())
     stats = llm.engine.stats()
-    return {"label": label, "seconds": seconds, "tokens": 96 * len(prompts), "spec_steps": stats.num_spec_steps,
-            "accepted": stats.num_accepted_tokens}
+    return {
+        "label": label,
+        "seconds": seconds,
+        "tokens": 96 * len(prompts),
+        "spec_steps": stats.num_spec_steps,
+        "accepted": stats.num_accepted_tokens,
+    }
 
 
 def main() -> None:
@@ -77,8 +95,13 @@ def main() -> None:
     chats, codes = heldout_prompts(6, 6)
     ngram = {"method": "ngram", "num_speculative_tokens": 3}
     draft = {"method": "draft_model", "model": str(DRAFT), "num_speculative_tokens": 3}
-    results = {"profiles": [profile("plain", None, codes[:3], out), profile("ngram", ngram, codes[:3], out),
-                            profile("draft", draft, codes[:3], out)]}
+    results = {
+        "profiles": [
+            profile("plain", None, codes[:3], out),
+            profile("ngram", ngram, codes[:3], out),
+            profile("draft", draft, codes[:3], out),
+        ]
+    }
     print(json.dumps(results["profiles"]), flush=True)
     for dtype in ("float32", "bfloat16"):
         for name, prompts, chat in (("chat", chats, True), ("code", codes, False)):

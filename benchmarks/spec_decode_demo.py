@@ -83,7 +83,12 @@ def main() -> None:
             configs.append((f"{method} k={k}", spec))
     rows, reference = [], {}
     for label, spec in configs:
-        llm = LLM(device=args.device, max_model_len=2048, speculative_config=spec, **({"dtype": args.dtype} if args.dtype else {}))
+        llm = LLM(
+            device=args.device,
+            max_model_len=2048,
+            speculative_config=spec,
+            **({"dtype": args.dtype} if args.dtype else {}),
+        )
         run_one(llm, chats[:2], temps["greedy"], True)  # warm-up past start-up's own
         for set_name, (prompts, chat) in sets.items():
             for temp_name, params in temps.items():

@@ -39,7 +39,14 @@ def profile_batch(engine: LLMEngine, batch: int, args: argparse.Namespace, out: 
 
     def run() -> None:
         measure_latency(
-            engine, batch, args.input_len, 48, num_iters=1, num_warmup=0, temperature=0.0, disable_tqdm=True,
+            engine,
+            batch,
+            args.input_len,
+            48,
+            num_iters=1,
+            num_warmup=0,
+            temperature=0.0,
+            disable_tqdm=True,
             forced_acceptance=args.acceptance if replay else None,
         )
 
@@ -66,7 +73,9 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--method", default="draft_model", choices=["draft_model", "eagle3"])
-    parser.add_argument("--draft", default=None, help="default: preset llama-3.1-8b-1layer, or heads/llama-3.1-8b-eagle3")
+    parser.add_argument(
+        "--draft", default=None, help="default: preset llama-3.1-8b-1layer, or heads/llama-3.1-8b-eagle3"
+    )
     parser.add_argument("--profile-batches", default="", help="also profile one batch of each size (host and CUDA)")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -90,8 +99,14 @@ def main() -> None:
             built = time.perf_counter() - start
             for batch in batch_sizes:
                 result = measure_latency(
-                    engine, batch, args.input_len, args.output_len, num_iters=2 if batch == 1 else 1,
-                    num_warmup=1, temperature=0.0, disable_tqdm=True,
+                    engine,
+                    batch,
+                    args.input_len,
+                    args.output_len,
+                    num_iters=2 if batch == 1 else 1,
+                    num_warmup=1,
+                    temperature=0.0,
+                    disable_tqdm=True,
                     forced_acceptance=None if spec is None else args.acceptance,
                 )
                 row = {

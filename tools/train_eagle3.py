@@ -90,11 +90,15 @@ class TrainableEagle3(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-        self.norms = nn.ParameterDict({n: nn.Parameter(torch.ones(hidden)) for n in ("input", "hidden", "post", "final")})
+        self.norms = nn.ParameterDict(
+            {n: nn.Parameter(torch.ones(hidden)) for n in ("input", "hidden", "post", "final")}
+        )
         self.lm_head = nn.Linear(hidden, draft_vocab, bias=False)
 
     def _qkv(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = torch.cat([rms_norm(embeds, self.norms["input"], self.eps), rms_norm(hidden, self.norms["hidden"], self.eps)], -1)
+        x = torch.cat(
+            [rms_norm(embeds, self.norms["input"], self.eps), rms_norm(hidden, self.norms["hidden"], self.eps)], -1
+        )
         b, length = x.shape[:2]
         q = self.q_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -145,7 +149,11 @@ class TrainableEagle3(nn.Module):
             "lm_head.weight": self.lm_head,
         }  # fmt: skip
         tensors = {name: module.weight.detach().to(dtype).cpu().contiguous() for name, module in names.items()}
-        for name, key in (("input_layernorm", "input"), ("hidden_norm", "hidden"), ("post_attention_layernorm", "post")):
+        for name, key in (
+            ("input_layernorm", "input"),
+            ("hidden_norm", "hidden"),
+            ("post_attention_layernorm", "post"),
+        ):
             tensors[f"midlayer.{name}.weight"] = self.norms[key].detach().to(dtype).cpu()
         tensors["norm.weight"] = self.norms["final"].detach().to(dtype).cpu()
         tensors["d2t"] = (draft_ids - torch.arange(len(draft_ids))).to(torch.int64)
@@ -253,7 +261,9 @@ def main() -> None:
         offset += len(sequence)
     embedding = model.embed_tokens.weight.detach()
     labels_all = torch.cat([labels for _, _, labels in data])
-    draft_ids = labels_all.bincount(minlength=arch.vocab_size).argsort(descending=True)[: args.draft_vocab].sort().values
+    draft_ids = (
+        labels_all.bincount(minlength=arch.vocab_size).argsort(descending=True)[: args.draft_vocab].sort().values
+    )
     to_draft = torch.full((arch.vocab_size,), -100, dtype=torch.long)
     to_draft[draft_ids] = torch.arange(len(draft_ids))
     covered = (to_draft[labels_all] >= 0).float().mean().item()

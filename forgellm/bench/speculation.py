@@ -51,7 +51,10 @@ def speculation_summary(windows: list[tuple[EngineStats, EngineStats]], seconds:
 def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
     """Table rows (metric, value) for a report."""
     if not summary["verify_steps"]:
-        return [["verify steps", "0 (nothing was drafted)"], ["share of time drafting", f"{summary['draft_time_share']:.3f}"]]
+        return [
+            ["verify steps", "0 (nothing was drafted)"],
+            ["share of time drafting", f"{summary['draft_time_share']:.3f}"],
+        ]
     per_position = " ".join(f"{x:.2f}" for x in summary["accepted_per_position"])
     return [
         ["verify steps", f"{summary['verify_steps']:,}"],

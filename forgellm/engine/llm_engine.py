@@ -29,10 +29,10 @@ from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quanti
 from forgellm.sampling_params import SamplingParams
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
+from forgellm.spec_decode.config import ProposerSetup
 from forgellm.spec_decode.decoder import SpeculativeDecoder
 from forgellm.spec_decode.draft_model import DraftModelProposer
 from forgellm.spec_decode.eagle3 import Eagle3Proposer
-from forgellm.spec_decode.config import ProposerSetup
 from forgellm.spec_decode.proposers import check_proposer, load_proposer
 from forgellm.worker.cuda_graphs import MAX_PREFILL_GRAPH_TOKENS
 from forgellm.worker.model_runner import ModelRunner, kv_block_bytes, load_model, model_weight_bytes
@@ -183,7 +183,9 @@ class LLMEngine:
             draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
         if isinstance(draft, DraftModelProposer):
-            draft.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens)
+            draft.prepare_host_buffers(
+                config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens
+            )
         if use_cuda_graphs(config, device):
             # Verify steps with k drafts for every request compute k + 1 tokens each: a uniform batch.
             verify_len = 0 if spec_config is None else spec_config.num_speculative_tokens + 1

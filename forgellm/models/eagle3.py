@@ -152,4 +152,3 @@ def load_eagle3_head(
     else:
         load_weights(head.weight_map(), tensors.items())
     return head.eval()
-

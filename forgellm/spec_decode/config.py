@@ -153,7 +153,9 @@ class SpeculativeConfig:
     def describe(self) -> str:
         """A few words for logs and benchmark headers."""
         if self.method == "ngram":
-            return f"ngram (k={self.num_speculative_tokens}, n-grams {self.prompt_lookup_min}..{self.prompt_lookup_max})"
+            return (
+                f"ngram (k={self.num_speculative_tokens}, n-grams {self.prompt_lookup_min}..{self.prompt_lookup_max})"
+            )
         return f"{self.method} {self.model} (k={self.num_speculative_tokens})"
 
     def should_speculate(self, num_running_requests: int) -> bool:

@@ -35,7 +35,9 @@ from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes
 def check_eagle3_head(config: SpeculativeConfig, target: ModelArchConfig) -> ModelArchConfig:
     """The head's config, refused (typed errors) unless it is an EAGLE-3 head for this target."""
     head = load_eagle3_config(Path(config.model).expanduser())
-    check_eagle3_hidden_size(target.hidden_size, int(head.raw.get("target_hidden_size", head.hidden_size)), config.model)
+    check_eagle3_hidden_size(
+        target.hidden_size, int(head.raw.get("target_hidden_size", head.hidden_size)), config.model
+    )
     check_draft_vocab(target.vocab_size, head.vocab_size, config.model)
     aux_layers(head, target)
     return head

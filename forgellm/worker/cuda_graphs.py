@@ -78,7 +78,8 @@ class CudaGraphRunner:
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=device)
         # Uniform batches: request i's queries start at i * q.
         self.uniform_query_start_loc = {
-            kind: torch.arange(0, (n + 1) * q, q, dtype=torch.int32, device=device) for kind, q in self.query_lens.items()
+            kind: torch.arange(0, (n + 1) * q, q, dtype=torch.int32, device=device)
+            for kind, q in self.query_lens.items()
         }
         self.prefill_query_start_loc = torch.zeros(2, dtype=torch.int32, device=device)  # [0, T]
         self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=device)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 
 from forgellm import SamplingParams
+from forgellm.engine.llm_engine import DEMO_MODEL_DIR
 from tests.gpu.helpers import completions, count_calls, greedy
 
 pytestmark = pytest.mark.gpu
-
-from forgellm.engine.llm_engine import DEMO_MODEL_DIR
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
 DRAFT = {"method": "draft_model", "model": str(DEMO_MODEL_DIR.parent / "demo-draft"), "num_speculative_tokens": 4}
@@ -33,8 +32,12 @@ REPEATED_IDS = [[11, 12, 13, 14, 15] * 4, [30, 31, 32, 33] * 3 + [30, 31], list(
 # benchmarks/profile_spec_decode.py: every bfloat16 divergence sat at a top-2 margin of 0 or one ulp).
 @pytest.mark.parametrize(
     "model,dtype,method",
-    [("llama", "float32", "ngram"), ("demo", "float32", "ngram"), ("demo", "float32", "draft_model"),
-     ("demo", "float32", "eagle3")],  # fmt: skip
+    [
+        ("llama", "float32", "ngram"),
+        ("demo", "float32", "ngram"),
+        ("demo", "float32", "draft_model"),
+        ("demo", "float32", "eagle3"),
+    ],  # fmt: skip
 )
 def test_greedy_equals_plain_decoding(engines, model: str, dtype: str, method: str) -> None:
     plain = engines(model, dtype=dtype)

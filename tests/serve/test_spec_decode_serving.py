@@ -21,8 +21,12 @@ def test_speculating_server_matches_plain_and_reports_acceptance(server_factory,
     got = spec.client().completions.create(**kwargs)
     assert got.choices[0].text == want and got.usage.completion_tokens == 24
     stream = spec.client().chat.completions.create(
-        model="forgellm-demo", messages=[{"role": "user", "content": "What does os.path.join do?"}],
-        max_tokens=16, temperature=0.8, seed=3, stream=True,
+        model="forgellm-demo",
+        messages=[{"role": "user", "content": "What does os.path.join do?"}],
+        max_tokens=16,
+        temperature=0.8,
+        seed=3,
+        stream=True,
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     after = spec.metrics()

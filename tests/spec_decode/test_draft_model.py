@@ -49,7 +49,9 @@ def test_tiny_greedy_outputs_equal_plain_decoding(tiny_model_dir, draft: str, k:
     params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
     prompts = [{"prompt_token_ids": ids} for ids in PROMPT_IDS]
     plain = token_ids(LLM(target, dtype="float32", device="cpu", block_size=4), prompts, params)
-    llm = LLM(target, dtype="float32", device="cpu", block_size=4, speculative_config=draft_spec(tiny_model_dir(draft), k))
+    llm = LLM(
+        target, dtype="float32", device="cpu", block_size=4, speculative_config=draft_spec(tiny_model_dir(draft), k)
+    )
     assert token_ids(llm, prompts, params) == plain
     stats = llm.engine.stats()
     assert stats.num_draft_tokens > 0
@@ -61,7 +63,9 @@ def test_tiny_greedy_outputs_equal_plain_decoding(tiny_model_dir, draft: str, k:
 
 @pytest.fixture(scope="module")
 def demo_pair() -> tuple[LLM, LLM]:
-    return LLM(device="cpu", block_size=4), LLM(device="cpu", block_size=4, speculative_config=draft_spec(DEMO_DRAFT, 4))
+    return LLM(device="cpu", block_size=4), LLM(
+        device="cpu", block_size=4, speculative_config=draft_spec(DEMO_DRAFT, 4)
+    )
 
 
 def test_demo_draft_greedy_batch_with_plain_requests_equals_plain_decoding(demo_pair):

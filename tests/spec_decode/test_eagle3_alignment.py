@@ -45,8 +45,8 @@ def test_inference_guesses_equal_the_training_forward(tiny_model_dir, tmp_path, 
         for param in head.parameters():
             param.mul_(3.0)
     tool.write_head(head, draft_ids, arch, layers, tmp_path / "head", torch.float32)
-    llm = LLM(str(target_dir), dtype="float32", device="cpu", block_size=4,
-              speculative_config={"method": "eagle3", "model": str(tmp_path / "head"), "num_speculative_tokens": 3})  # fmt: skip
+    spec = {"method": "eagle3", "model": str(tmp_path / "head"), "num_speculative_tokens": 3}
+    llm = LLM(str(target_dir), dtype="float32", device="cpu", block_size=4, speculative_config=spec)
     proposer = llm.engine.core.spec_decoder.proposer
     calls = []
     original = proposer.propose_for

@@ -46,16 +46,21 @@ def test_acceptance_outside_0_1_is_refused():
 
 @pytest.fixture(scope="module")
 def spec_engine():
-    config = EngineConfig(
-        model=TINY, load_format="dummy", device="cpu", max_num_seqs=4, speculative_config=SELF_DRAFT
-    )
+    config = EngineConfig(model=TINY, load_format="dummy", device="cpu", max_num_seqs=4, speculative_config=SELF_DRAFT)
     return engine_setup.build_engine(config)
 
 
 @pytest.mark.parametrize(("acceptance", "rate"), [(1.0, 1.0), (0.0, 0.0)])
 def test_measured_acceptance_is_the_replayed_one(spec_engine, acceptance: float, rate: float):
     result = measure_latency(
-        spec_engine, 2, 6, 20, num_iters=2, num_warmup=1, temperature=0.0, disable_tqdm=True,
+        spec_engine,
+        2,
+        6,
+        20,
+        num_iters=2,
+        num_warmup=1,
+        temperature=0.0,
+        disable_tqdm=True,
         forced_acceptance=acceptance,
     )
     spec = result.speculation
