@@ -182,7 +182,7 @@ class LLMEngine:
         if draft is not None:
             draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
-        if isinstance(draft, DraftModelProposer):
+        if draft is not None:
             draft.prepare_host_buffers(
                 config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens
             )

@@ -24,11 +24,11 @@ from forgellm.hf.config_types import ModelArchConfig
 from forgellm.quantization.resolve import resolve_quantization
 from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab
 from forgellm.spec_decode.draft_kv_cache import DraftKVCache
+from forgellm.spec_decode.guess_inputs import GuessInputs
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward import forward_logits
-from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk, build_host_batch
+from forgellm.worker.forward_batch import SequenceChunk
 from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes, load_model
-from forgellm.worker.pinned_staging import PinnedStaging
 
 # Each step the draft first feeds a request's two last tokens: after a step that accepted all k guesses
 # it lacks both (the last guess, the bonus), otherwise one, and recomputing the other (same K/V) keeps
@@ -78,7 +78,7 @@ class DraftModelProposer:
         self.max_model_len = min(max_model_len, self.arch.max_position_embeddings)
         self.kv: DraftKVCache | None = None
         self.graph_runner: CudaGraphRunner | None = None
-        self.stagings: list[PinnedStaging] = []  # one per guess of a step, set by prepare_host_buffers on a GPU
+        self.inputs = GuessInputs(block_size, self.device)
 
     @classmethod
     def load(cls, config: SpeculativeConfig, setup: ProposerSetup) -> DraftModelProposer:
@@ -99,12 +99,9 @@ class DraftModelProposer:
         self.kv = DraftKVCache(num_blocks, self.block_size)
 
     def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, k: int) -> None:
-        """Pin the inputs of the k forwards of a step once (GPU only). Each forward has its own buffers, and
-        a step ends by copying its guesses to the host, so the next step may reuse them."""
-        if self.device.type == "cuda":
-            max_blocks = -(-self.max_model_len // self.block_size)
-            sizes = [max_num_batched_tokens] + [max_num_seqs] * (k - 1)
-            self.stagings = [PinnedStaging(size, max_num_seqs, max_blocks) for size in sizes]
+        """Pin the inputs of the k forwards of a step once (GPU only)."""
+        max_blocks = -(-self.max_model_len // self.block_size)
+        self.inputs.prepare(max_num_batched_tokens, max_num_seqs, max_blocks, k)
 
     def capture_cuda_graphs(self, max_num_seqs: int) -> None:
         """Graphs for the draft's one-guess-per-request forwards and its two-token catch-ups (after
@@ -148,10 +145,6 @@ class DraftModelProposer:
         num_valid = max(0, min(valid, num_tokens - CATCH_UP_TOKENS))
         return _Job(request, k, num_valid, block_ids)
 
-    def _host_batch(self, chunks: list[SequenceChunk], step: int) -> ForwardBatch:
-        staging = self.stagings[step] if step < len(self.stagings) else None
-        return build_host_batch(chunks, self.block_size, pin=self.device.type == "cuda", staging=staging)
-
     def _run(self, jobs: list[_Job]) -> list[torch.Tensor]:
         """The k forwards; column j holds guess j + 1 of the jobs that make one (a prefix of `jobs`)."""
         chunks, last_rows = [], []
@@ -161,7 +154,7 @@ class DraftModelProposer:
             rows = list(range(len(tokens))) if len(tokens) == CATCH_UP_TOKENS else [len(tokens) - 1]
             chunks.append(SequenceChunk(tokens, job.num_valid, job.block_ids, rows))
             last_rows.append(len(rows) + (last_rows[-1] if last_rows else 0))
-        host = self._host_batch(chunks, 0)
+        host = self.inputs.batch(chunks, 0)
         guesses = forward_logits(self.model, self.graph_runner, host, self.device).argmax(dim=-1)
         if last_rows[-1] != len(jobs):  # some chunks had logits at more than their last token
             guesses = guesses[torch.tensor(last_rows, device=self.device) - 1]
@@ -170,7 +163,7 @@ class DraftModelProposer:
         for step in range(1, jobs[0].k):
             count = sum(job.k > step for job in jobs)
             chunks = [SequenceChunk([0], job.request.num_tokens - 1 + step, job.block_ids, [0]) for job in jobs[:count]]
-            host = self._host_batch(chunks, step)
+            host = self.inputs.batch(chunks, step)
             logits = forward_logits(self.model, self.graph_runner, host, self.device, rows[:count], guesses[:count])
             guesses = logits.argmax(dim=-1)
             columns.append(guesses)

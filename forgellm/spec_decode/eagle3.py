@@ -27,7 +27,8 @@ from forgellm.hf.config_types import ModelArchConfig
 from forgellm.models.eagle3 import Eagle3Head, default_aux_layers, load_eagle3_config, load_eagle3_head
 from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab, check_eagle3_hidden_size
 from forgellm.spec_decode.draft_model import columns_to_drafts
-from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
+from forgellm.spec_decode.guess_inputs import GuessInputs
+from forgellm.worker.forward_batch import SequenceChunk
 from forgellm.worker.in_flight import StepHiddenStates
 from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes
 
@@ -77,6 +78,7 @@ class Eagle3Proposer:
         param = next(head.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.max_model_len = min(max_model_len, head.config.max_position_embeddings)
+        self.inputs = GuessInputs(block_size, self.device)
 
     @classmethod
     def load(cls, config: SpeculativeConfig, setup: ProposerSetup) -> Eagle3Proposer:
@@ -92,6 +94,11 @@ class Eagle3Proposer:
     @property
     def block_bytes(self) -> int:
         return kv_block_bytes(self.head.config, self.block_size, self.dtype)
+
+    def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, k: int) -> None:
+        """Pin the inputs of the catch-up and the k - 1 guess forwards of a step once (GPU only)."""
+        max_blocks = -(-self.max_model_len // self.block_size)
+        self.inputs.prepare(max_num_batched_tokens, max_num_seqs, max_blocks, k)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """The head's K/V for as many blocks as the target has: it is indexed by the target's block tables."""
@@ -130,8 +137,7 @@ class Eagle3Proposer:
 
     def _run(self, entries: list, jobs: list[_Job], features: torch.Tensor) -> list[list[int]]:
         """The catch-up forward (first guesses), then one decode forward per further guess."""
-        pin = self.device.type == "cuda"
-        batch = build_host_batch([chunk for chunk, _, _ in entries], self.block_size, pin=pin).to(self.device)
+        batch = self.inputs.batch([chunk for chunk, _, _ in entries], 0).to(self.device)
         rows = torch.tensor([row for _, feature_rows, _ in entries for row in feature_rows], device=features.device)
         outputs = self.head(batch.input_ids, batch.positions, features.index_select(0, rows).to(self.dtype), batch)
         if not jobs:
@@ -142,7 +148,7 @@ class Eagle3Proposer:
         for step in range(1, jobs[0].k):
             count = sum(job.k > step for job in jobs)
             chunks = [SequenceChunk([0], job.request.num_tokens - 2 + step, job.block_ids, [0]) for job in jobs[:count]]
-            batch = build_host_batch(chunks, self.block_size, pin=pin).to(self.device)
+            batch = self.inputs.batch(chunks, step).to(self.device)
             batch.input_ids.copy_(guesses[:count])
             hidden = self.head(batch.input_ids, batch.positions, hidden[:count], batch)
             guesses = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))

@@ -13,6 +13,7 @@ import random
 import shutil
 
 import pytest
+import torch
 
 from forgellm import LLM
 from forgellm.engine.llm_engine import DEMO_MODEL_DIR
@@ -205,3 +206,16 @@ def test_penalties_min_tokens_and_logprobs_speculate_and_match_plain_decoding():
         for token, entry in want_pos.items():
             assert have_pos[token].logprob == pytest.approx(entry.logprob, abs=1e-4)
             assert have_pos[token].rank == entry.rank
+
+
+def test_guess_inputs_build_the_same_batches_with_or_without_staging():
+    from forgellm.spec_decode.guess_inputs import GuessInputs
+    from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
+
+    inputs = GuessInputs(block_size=4, device=torch.device("cpu"))  # a CPU stages nothing
+    inputs.prepare(64, 8, 16, k=3)
+    chunks = [SequenceChunk([5, 6], 10, [0, 1, 2, 3], [0, 1]), SequenceChunk([7], 3, [4], [0])]
+    got, want = inputs.batch(chunks, 1), build_host_batch(chunks, 4)
+    assert inputs.stagings == []
+    for name in ("input_ids", "positions", "slot_mapping", "seq_lens", "query_start_loc", "block_tables"):
+        assert torch.equal(getattr(got, name), getattr(want, name))
