@@ -15,9 +15,12 @@ import torch
 class PinnedStaging:
     """One pinned buffer per ForwardBatch field, each as large as the largest step needs."""
 
-    def __init__(self, max_tokens: int, max_seqs: int, max_blocks_per_seq: int) -> None:
+    def __init__(self, max_tokens: int, max_seqs: int, max_blocks_per_seq: int, pin: bool = True) -> None:
+        """`pin=False` keeps plain host buffers (tests on a machine without CUDA)."""
+
         def pinned(n: int, dtype: torch.dtype) -> torch.Tensor:
-            return torch.empty(n, dtype=dtype).pin_memory()
+            buffer = torch.empty(n, dtype=dtype)
+            return buffer.pin_memory() if pin else buffer
 
         self.buffers = {
             "input_ids": pinned(max_tokens, torch.int64),

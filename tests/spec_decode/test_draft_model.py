@@ -211,11 +211,18 @@ def test_penalties_min_tokens_and_logprobs_speculate_and_match_plain_decoding():
 def test_guess_inputs_build_the_same_batches_with_or_without_staging():
     from forgellm.spec_decode.guess_inputs import GuessInputs
     from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
+    from forgellm.worker.pinned_staging import PinnedStaging
 
-    inputs = GuessInputs(block_size=4, device=torch.device("cpu"))  # a CPU stages nothing
+    inputs = GuessInputs(block_size=4, device=torch.device("cpu"))  # a CPU stages nothing by itself
     inputs.prepare(64, 8, 16, k=3)
-    chunks = [SequenceChunk([5, 6], 10, [0, 1, 2, 3], [0, 1]), SequenceChunk([7], 3, [4], [0])]
-    got, want = inputs.batch(chunks, 1), build_host_batch(chunks, 4)
     assert inputs.stagings == []
-    for name in ("input_ids", "positions", "slot_mapping", "seq_lens", "query_start_loc", "block_tables"):
-        assert torch.equal(getattr(got, name), getattr(want, name))
+    # Staged the way a GPU stages (unpinned buffers here): every step's batch equals one built afresh, also
+    # when a later, smaller step reuses buffers that an earlier, larger one filled.
+    inputs.stagings = [PinnedStaging(64, 8, 16, pin=False) for _ in range(3)]
+    big = [SequenceChunk(list(range(9)), 0, [0, 1, 2], list(range(9))), SequenceChunk([5, 6], 10, [3, 4, 5], [1])]
+    small = [SequenceChunk([7], 3, [4], [0])]
+    for index, chunks in ((0, big), (0, small), (2, big)):
+        got, want = inputs.batch(chunks, index), build_host_batch(chunks, 4)
+        for name in ("input_ids", "positions", "slot_mapping", "seq_lens", "query_start_loc", "block_tables"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (index, name)
+        assert got.input_ids.data_ptr() == inputs.stagings[index].buffers["input_ids"].data_ptr()

@@ -11,6 +11,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from forgellm import LLM
 from forgellm.errors import ConfigError, ModelLoadError
@@ -90,3 +91,39 @@ def test_a_missing_tensor_is_named(target, tmp_path):
     save_file(tensors, str(broken / "model.safetensors"))
     with pytest.raises(ModelLoadError, match="midlayer.hidden_norm.weight"):
         LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(broken))
+
+
+def test_a_narrower_head_needs_an_embedding_of_its_own(target, tmp_path):
+    """A head narrower than the target (hidden 32 over 3 x 64 features) cannot share the 64-wide embedding;
+    with its own it drafts, and outputs stay plain decoding's."""
+    shared = make_eagle3_head(target, tmp_path / "shared", hidden_size=32)
+    with pytest.raises(
+        ModelLoadError, match="hidden size 32 and no embedding of its own, but the target's embedding is 64"
+    ):
+        LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(shared))
+    own = make_eagle3_head(target, tmp_path / "own", hidden_size=32, own_embedding=True)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [{"prompt_token_ids": PROMPT_IDS[1]}]
+    plain = token_ids(LLM(str(target), dtype="float32", device="cpu", block_size=4), prompts, params)
+    llm = LLM(str(target), dtype="float32", device="cpu", block_size=4, speculative_config=eagle(own))
+    assert token_ids(llm, prompts, params) == plain and llm.engine.stats().num_draft_tokens > 0
+
+
+def test_a_d2t_of_the_wrong_size_is_named(target, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    head = make_eagle3_head(target, tmp_path / "head", draft_vocab_size=1024)
+    tensors = load_file(str(head / "model.safetensors"))
+    tensors["d2t"] = tensors["d2t"][:1000]
+    save_file(tensors, str(head / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"'d2t' has shape \(1000,\), expected \(1024,\)"):
+        LLM(str(target), dtype="float32", device="cpu", speculative_config=eagle(head))
+
+
+def test_the_target_refuses_feature_layers_it_does_not_have(target):
+    from forgellm.hf.config import load_model_config
+    from forgellm.worker.model_runner import load_model
+
+    model = load_model(target, load_model_config(target), torch.float32, torch.device("cpu"), "dummy")
+    with pytest.raises(ValueError, match=r"aux hidden-state layers \(0, 1, 2\) outside the model's 2 layers"):
+        model.capture_aux_hidden_states((0, 1, 2), 16)
