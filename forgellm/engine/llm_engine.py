@@ -192,8 +192,8 @@ class LLMEngine:
             runner.capture_cuda_graphs(
                 min(config.max_num_seqs, 512), self.max_model_len, config.max_num_batched_tokens, verify_len
             )
-            if isinstance(draft, DraftModelProposer):  # the EAGLE-3 head runs eagerly so far
-                draft.capture_cuda_graphs(min(config.max_num_seqs, 512))
+            if draft is not None:
+                draft.capture_cuda_graphs(min(config.max_num_seqs, 512), config.max_num_batched_tokens)
         kv_cache = KVCacheManager(blocks, config.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(
             kv_cache,

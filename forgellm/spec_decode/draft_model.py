@@ -103,12 +103,12 @@ class DraftModelProposer:
         max_blocks = -(-self.max_model_len // self.block_size)
         self.inputs.prepare(max_num_batched_tokens, max_num_seqs, max_blocks, k)
 
-    def capture_cuda_graphs(self, max_num_seqs: int) -> None:
-        """Graphs for the draft's one-guess-per-request forwards and its two-token catch-ups (after
-        allocate_kv_cache)."""
+    def capture_cuda_graphs(self, max_num_seqs: int, max_prefill_tokens: int) -> None:
+        """Graphs for the draft's one-guess-per-request forwards, its two-token catch-ups and one request's
+        longer catch-ups (after allocate_kv_cache)."""
         max_blocks = -(-self.max_model_len // self.block_size)
         self.graph_runner = CudaGraphRunner(
-            self.model, max_num_seqs, max_blocks, self.max_model_len, self.device, verify_len=CATCH_UP_TOKENS
+            self.model, max_num_seqs, max_blocks, self.max_model_len, self.device, max_prefill_tokens, CATCH_UP_TOKENS
         )
         self.graph_runner.capture()
 

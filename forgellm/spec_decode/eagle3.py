@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from forgellm.engine.request import Request
 from forgellm.errors import ConfigError
@@ -28,7 +29,8 @@ from forgellm.models.eagle3 import Eagle3Head, default_aux_layers, load_eagle3_c
 from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab, check_eagle3_hidden_size
 from forgellm.spec_decode.draft_model import columns_to_drafts
 from forgellm.spec_decode.guess_inputs import GuessInputs
-from forgellm.worker.forward_batch import SequenceChunk
+from forgellm.worker.cuda_graphs import CudaGraphRunner
+from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk
 from forgellm.worker.in_flight import StepHiddenStates
 from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes
 
@@ -61,24 +63,49 @@ def aux_layers(head: ModelArchConfig, target: ModelArchConfig) -> tuple[int, ...
 
 @dataclass
 class _Job:
-    """A request that drafts this step."""
+    """A request that drafts this step, from row `row` of the catch-up's logits rows."""
 
     request: Request
     k: int
     block_ids: list[int]
+    row: int = 0
+
+
+class _HeadOverFeatures(nn.Module):
+    """The head as a CudaGraphRunner drives a model, forward(input_ids, positions, batch): its features come
+    from a static buffer filled before each forward (a graph reads the buffer captured)."""
+
+    def __init__(self, head: Eagle3Head, width: int) -> None:
+        super().__init__()
+        self.head = head
+        self.width = width
+        self.features = torch.empty(0)
+
+    def allocate(self, rows: int) -> None:
+        param = next(self.head.parameters())
+        self.features = torch.zeros(rows, self.width, dtype=param.dtype, device=param.device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self.head(input_ids, positions, self.features[: input_ids.shape[0]], batch)
 
 
 class Eagle3Proposer:
     """Drafts up to k tokens per request with an EAGLE-3 head over the target's features."""
 
-    def __init__(self, head: Eagle3Head, block_size: int, max_model_len: int, layers: tuple[int, ...]) -> None:
+    def __init__(self, head: Eagle3Head, block_size: int, max_model_len: int, layers: tuple[int, ...], k: int) -> None:
         self.head = head
         self.aux_layers = layers
         self.block_size = block_size
+        self.k = k
         param = next(head.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.max_model_len = min(max_model_len, head.config.max_position_embeddings)
         self.inputs = GuessInputs(block_size, self.device)
+        # Graph runners (GPU, after capture_cuda_graphs): the catch-up reads the target's 3 H_t wide features,
+        # the guesses the head's own H wide outputs.
+        self.catch_up = _HeadOverFeatures(head, int(head.fc.weight.shape[-1]))
+        self.guess = _HeadOverFeatures(head, head.config.hidden_size)
+        self.runners: dict[str, CudaGraphRunner] = {}
 
     @classmethod
     def load(cls, config: SpeculativeConfig, setup: ProposerSetup) -> Eagle3Proposer:
@@ -89,7 +116,8 @@ class Eagle3Proposer:
         head = load_eagle3_head(path, target.config, setup.dtype, setup.device, setup.load_format == "dummy")
         if head.embed_tokens is None:
             head.share_embedding(target.embed_tokens)
-        return cls(head, setup.block_size, setup.max_model_len, aux_layers(arch, target.config))
+        layers = aux_layers(arch, target.config)
+        return cls(head, setup.block_size, setup.max_model_len, layers, config.num_speculative_tokens)
 
     @property
     def block_bytes(self) -> int:
@@ -103,6 +131,20 @@ class Eagle3Proposer:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """The head's K/V for as many blocks as the target has: it is indexed by the target's block tables."""
         allocate_kv_cache(self.head, num_blocks, self.block_size, self.dtype)
+
+    def capture_cuda_graphs(self, max_num_seqs: int, max_prefill_tokens: int) -> None:
+        """Graphs for the catch-ups of uniform steps (k + 1 tokens per request after verifying k drafts, one
+        after plain decoding, one request's prefill) and for the guesses (after allocate_kv_cache)."""
+        max_blocks = -(-self.max_model_len // self.block_size)
+        shapes = {"catch_up": (max_prefill_tokens, self.k + 1), "guess": (0, 0)}
+        for name, (prefill_tokens, verify_len) in shapes.items():
+            model = getattr(self, name)
+            runner = CudaGraphRunner(
+                model, max_num_seqs, max_blocks, self.max_model_len, self.device, prefill_tokens, verify_len
+            )
+            model.allocate(runner.input_ids.shape[0])
+            runner.capture()
+            self.runners[name] = runner
 
     @torch.inference_mode()
     def propose_for(
@@ -120,37 +162,74 @@ class Eagle3Proposer:
         return [drafts[r.request_id] for r in requests]
 
     def _catch_up_entries(self, hidden_states: StepHiddenStates, wanted: dict[str, int]) -> list:
-        """(chunk, feature rows, job or None) for every request the target computed positions of."""
+        """(chunk, feature rows, job or None) for every request the target computed positions of.
+
+        A chunk covers every position the target computed, also those past the request's tokens (rejected
+        drafts, the last token): fed a filler token, they write K/V that the guesses overwrite before any
+        forward reads it (a guess writes its position, then attends). So after verifying k drafts every
+        request's catch-up is k + 1 tokens long, a uniform batch that a CUDA graph serves.
+        """
         entries = []
         for request, start, row, count, block_ids in hidden_states.chunks:
             num_tokens = request.num_tokens
-            end = min(start + count, num_tokens - 1)  # positions whose next token is known
-            if end <= start:
-                continue
-            k = wanted.get(request.request_id, 0) if end == num_tokens - 1 else 0
+            last = num_tokens - 2  # the last position whose next token is known: its output makes guess 1
+            k = wanted.get(request.request_id, 0) if start <= last < start + count else 0
             # Guess j (1-based) writes position num_tokens - 3 + j: within the context and the held slots.
             k = min(k, self.max_model_len - num_tokens + 2, len(block_ids) * self.block_size - num_tokens + 2)
-            tokens = request.all_token_ids[start + 1 : end + 1]
-            chunk = SequenceChunk(tokens, start, block_ids, [len(tokens) - 1] if k > 0 else [])
-            entries.append((chunk, range(row, row + end - start), _Job(request, k, block_ids) if k > 0 else None))
+            tokens = request.all_token_ids[start + 1 : start + count + 1]
+            tokens = tokens + [0] * (count - len(tokens))
+            chunk = SequenceChunk(tokens, start, block_ids, [])
+            job = _Job(request, k, block_ids, last - start) if k > 0 else None
+            entries.append((chunk, range(row, row + count), job))
         return entries
 
     def _run(self, entries: list, jobs: list[_Job], features: torch.Tensor) -> list[list[int]]:
         """The catch-up forward (first guesses), then one decode forward per further guess."""
-        batch = self.inputs.batch([chunk for chunk, _, _ in entries], 0).to(self.device)
         rows = torch.tensor([row for _, feature_rows, _ in entries for row in feature_rows], device=features.device)
-        outputs = self.head(batch.input_ids, batch.positions, features.index_select(0, rows).to(self.dtype), batch)
+        hidden = self._forward("catch_up", self._catch_up_batch(entries, jobs), features.index_select(0, rows))
         if not jobs:
             return []
-        hidden = outputs[batch.logits_indices]  # the drafting requests come first, in job order
+        hidden = hidden.index_select(0, torch.tensor([job.row for job in jobs], device=hidden.device))
         guesses = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
         columns = [guesses]
         for step in range(1, jobs[0].k):
             count = sum(job.k > step for job in jobs)
             chunks = [SequenceChunk([0], job.request.num_tokens - 2 + step, job.block_ids, [0]) for job in jobs[:count]]
-            batch = self.inputs.batch(chunks, step).to(self.device)
-            batch.input_ids.copy_(guesses[:count])
-            hidden = self.head(batch.input_ids, batch.positions, hidden[:count], batch)
+            hidden = self._forward("guess", self.inputs.batch(chunks, step), hidden[:count], guesses[:count])
             guesses = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
             columns.append(guesses)
         return columns_to_drafts(columns)
+
+    def _catch_up_batch(self, entries: list, jobs: list[_Job]) -> ForwardBatch:
+        """The catch-up's host batch; its output rows: every token's if all chunks are as long (a graph's
+        uniform batch, or a single request), else each job's last known position. Sets each job's row."""
+        chunks = [chunk for chunk, _, _ in entries]
+        uniform = len({len(chunk.token_ids) for chunk in chunks}) == 1
+        offset = 0
+        for chunk, _, job in entries:
+            if uniform:
+                chunk.logits_positions = list(range(len(chunk.token_ids)))
+            elif job is not None:
+                chunk.logits_positions = [job.row]
+            if job is not None:
+                job.row = offset + chunk.logits_positions.index(job.row)
+            offset += len(chunk.logits_positions)
+        return self.inputs.batch(chunks, 0)
+
+    def _forward(
+        self, name: str, host: ForwardBatch, features: torch.Tensor, token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The head's outputs at the batch's logits rows: a graph replay when one fits, else eager. `token_ids`,
+        when given, replace the batch's input ids (guesses still on the device)."""
+        runner = self.runners.get(name)
+        key = None if runner is None else runner.key_for(host)
+        if key is None:
+            batch = host.to(self.device)
+            if token_ids is not None:
+                batch.input_ids.copy_(token_ids)
+            return self.head(batch.input_ids, batch.positions, features.to(self.dtype), batch)[batch.logits_indices]
+        runner.load(host, key)
+        getattr(self, name).features[: features.shape[0]].copy_(features)
+        if token_ids is not None:
+            runner.input_ids[: token_ids.shape[0]].copy_(token_ids)
+        return runner.replay(key, host)

@@ -68,17 +68,55 @@ def test_seeded_sampling_is_reproducible_and_releases_blocks(engines, method: st
     assert spec.engine.core.kv_cache.usage == 0.0
 
 
-def test_uniform_verify_steps_replay_verify_graphs(engines, monkeypatch) -> None:
-    """Four requests drafting k tokens each: their verify steps and the draft's catch-ups replay graphs."""
+def _graph_runners(spec) -> dict:  # noqa: ANN001 - an LLM
+    proposer = spec.engine.core.spec_decoder.proposer
+    return getattr(proposer, "runners", None) or {"draft": proposer.graph_runner}
+
+
+@pytest.mark.parametrize("method", ["draft_model", "eagle3"])
+def test_uniform_verify_steps_replay_verify_graphs(engines, monkeypatch, method: str) -> None:
+    """Four requests drafting k tokens each: their verify steps and the proposer's catch-ups and guesses
+    replay graphs."""
     plain = engines("demo", dtype="float32")
-    spec = engines("demo", dtype="float32", speculative_config=DRAFT)
-    runner, draft = spec.engine.core.runner.graph_runner, spec.engine.core.spec_decoder.proposer.graph_runner
-    target_keys = count_calls(monkeypatch, runner, "replay", key=lambda key, host: key[0])
-    draft_keys = count_calls(monkeypatch, draft, "replay", key=lambda key, host: key[0])
+    spec = engines("demo", dtype="float32", speculative_config=METHODS[method])
+    target_keys = count_calls(monkeypatch, spec.engine.core.runner.graph_runner, "replay", key=lambda k, h: k[0])
+    counts = {
+        name: count_calls(monkeypatch, runner, "replay", key=lambda k, h: k[0])
+        for name, runner in _graph_runners(spec).items()
+    }
     prompts = [CODE, "import os\nimport sys\n", "class Point:\n", "The cat sat on the mat."]
     params = greedy(64)
     assert completions(spec.generate(prompts, params, use_tqdm=False)) == completions(
         plain.generate(prompts, params, use_tqdm=False)
     )
-    assert target_keys["verify"] > 0 and draft_keys["verify"] > 0 and draft_keys["decode"] > 0
+    assert target_keys["verify"] > 0
+    if method == "draft_model":
+        assert counts["draft"]["verify"] > 0 and counts["draft"]["decode"] > 0
+    else:  # uniform catch-ups are k + 1 tokens per request; guesses one
+        assert counts["catch_up"]["verify"] > 0 and counts["guess"]["decode"] > 0
     assert spec.engine.core.kv_cache.usage == 0.0
+
+
+@pytest.mark.parametrize("method", ["draft_model", "eagle3"])
+def test_graphed_proposals_equal_eager_ones(engines, monkeypatch, method: str) -> None:
+    """The proposer's drafts are the same whether its forwards replay graphs or run eagerly (float32): a
+    graph that read a stale buffer would only cost acceptance, which greedy equality cannot see."""
+    prompts = [CODE, "import os\nimport sys\n", "class Point:\n", CODE + " mod"]
+    params = [greedy(48), greedy(40), greedy(56), greedy(48)]
+    recorded = {}
+    for eager in (False, True):
+        spec = engines("demo", dtype="float32", speculative_config=METHODS[method], enforce_eager=eager)
+        proposer = spec.engine.core.spec_decoder.proposer
+        calls, original = [], proposer.propose_for
+
+        def recording(requests, ks, hidden_states=None, original=original, calls=calls):  # noqa: ANN001, ANN202
+            drafts = original(requests, ks, hidden_states)
+            calls.append(sorted((tuple(r.all_token_ids), tuple(d)) for r, d in zip(requests, drafts) if d))
+            return drafts
+
+        monkeypatch.setattr(proposer, "propose_for", recording)
+        outputs = completions(spec.generate(prompts, params, use_tqdm=False))
+        recorded[eager] = (outputs, calls)
+    assert recorded[False][0] == recorded[True][0]
+    assert sum(map(len, recorded[False][1])) > 20
+    assert recorded[False][1] == recorded[True][1]
