@@ -46,18 +46,38 @@ CALIBRATION = REPO / "forgellm" / "assets" / "calibration" / "calibration_sample
 CORPUS = REPO / "forgellm" / "assets" / "demo" / "corpus.json"
 
 
-def stdlib_texts(limit: int, seed: int) -> list[str]:
-    """Up to `limit` stdlib modules of the demo's training split (corpus.json), read from this Python's stdlib,
-    which must be the corpus's version (the demo trained on exactly these files; none is held out)."""
-    import sysconfig
-
+def _stdlib_names(seed: int) -> tuple[str, list[str]]:
+    """The corpus's Python version and its training-split stdlib modules, shuffled by `seed`."""
     corpus = json.loads(CORPUS.read_text())
-    if sys.version.split()[0] != corpus["python_version"]:
-        raise SystemExit(f"--stdlib-files needs Python {corpus['python_version']} (the corpus's stdlib)")
     names = list(corpus["train_files"]["stdlib"])
     random.Random(seed).shuffle(names)
-    root = Path(sysconfig.get_paths()["stdlib"])
+    return corpus["python_version"], names
+
+
+def stdlib_texts(limit: int, seed: int, stdlib_dir: str | None = None) -> list[str]:
+    """Up to `limit` stdlib modules of the demo's training split (corpus.json), read from this Python's stdlib,
+    which must be the corpus's version (the demo trained on exactly these files; none is held out), or from
+    `stdlib_dir`, a copy of them made by `--export-stdlib` where that version runs."""
+    import sysconfig
+
+    version, names = _stdlib_names(seed)
+    if stdlib_dir is None and sys.version.split()[0] != version:
+        raise SystemExit(
+            f"--stdlib-files needs Python {version} (the corpus's stdlib), or --stdlib-dir with a copy of its "
+            "modules made there by --export-stdlib"
+        )
+    root = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
     return [(root / name).read_text(encoding="utf-8", errors="replace") for name in names[:limit]]
+
+
+def export_stdlib(out: str, limit: int, seed: int) -> None:
+    """Copy the modules stdlib_texts reads (this Python must be the corpus's version) to `out`."""
+    _, names = _stdlib_names(seed)
+    for name, text in zip(names, stdlib_texts(limit, seed)):
+        path = Path(out) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    print(f"wrote {min(limit, len(names))} stdlib modules to {out}")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -181,14 +201,20 @@ def chat_questions(limit: int, seed: int) -> list[str]:
 
 
 def training_sequences(
-    llm: LLM, seq_len: int, num_chats: int, num_continuations: int, num_stdlib: int, seed: int
+    llm: LLM,
+    seq_len: int,
+    num_chats: int,
+    num_continuations: int,
+    num_stdlib: int,
+    seed: int,
+    stdlib_dir: str | None = None,
 ) -> list[list[int]]:
     """Calibration-text windows of seq_len tokens (and of `num_stdlib` more training-split modules); chat
     conversations completed by the target (greedy); and the target's greedy continuations of window
     openings (its own code, as drafting will meet it)."""
     tokenizer = llm.get_tokenizer()
     texts = [json.loads(line)["text"] for line in gzip.open(CALIBRATION, "rt")]
-    texts += stdlib_texts(num_stdlib, seed) if num_stdlib else []
+    texts += stdlib_texts(num_stdlib, seed, stdlib_dir) if num_stdlib else []
     windows = []
     for text in texts:
         ids = tokenizer.encode(text)
@@ -227,6 +253,8 @@ def main() -> None:
     parser.add_argument("--num-chats", type=int, default=600)
     parser.add_argument("--num-continuations", type=int, default=0, help="greedy continuations of text openings")
     parser.add_argument("--stdlib-files", type=int, default=0, help="training-split stdlib modules to add (local)")
+    parser.add_argument("--stdlib-dir", help="a copy of the corpus's stdlib modules (from --export-stdlib)")
+    parser.add_argument("--export-stdlib", action="store_true", help="copy --stdlib-files modules to --out and exit")
     parser.add_argument("--draft-vocab", type=int, default=2048)
     parser.add_argument("--ttt-steps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
@@ -234,6 +262,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.export_stdlib:
+        export_stdlib(args.out, args.stdlib_files, args.seed)
+        return
     started = time.time()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
@@ -241,7 +272,7 @@ def main() -> None:
     layers = default_aux_layers(arch.num_hidden_layers)
     llm = LLM(args.target, device=args.device, dtype="float32", seed=args.seed)
     sequences = training_sequences(
-        llm, args.seq_len, args.num_chats, args.num_continuations, args.stdlib_files, args.seed
+        llm, args.seq_len, args.num_chats, args.num_continuations, args.stdlib_files, args.seed, args.stdlib_dir
     )
     del llm
     model = load_model(Path(args.target), arch, torch.float32, device)
