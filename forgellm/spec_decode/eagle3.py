@@ -27,7 +27,7 @@ from forgellm.errors import ConfigError
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.models.eagle3 import Eagle3Head, default_aux_layers, load_eagle3_config, load_eagle3_head
 from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab, check_eagle3_hidden_size
-from forgellm.spec_decode.draft_model import columns_to_drafts
+from forgellm.spec_decode.eagle3_guesses import Eagle3Guesses
 from forgellm.spec_decode.guess_inputs import GuessInputs
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk
@@ -101,11 +101,10 @@ class Eagle3Proposer:
         self.device, self.dtype = param.device, param.dtype
         self.max_model_len = min(max_model_len, head.config.max_position_embeddings)
         self.inputs = GuessInputs(block_size, self.device)
-        # Graph runners (GPU, after capture_cuda_graphs): the catch-up reads the target's 3 H_t wide features,
-        # the guesses the head's own H wide outputs.
+        # The catch-up's graphs (GPU, capture_cuda_graphs) read the target's 3 H_t wide features from a buffer.
         self.catch_up = _HeadOverFeatures(head, int(head.fc.weight.shape[-1]))
-        self.guess = _HeadOverFeatures(head, head.config.hidden_size)
-        self.runners: dict[str, CudaGraphRunner] = {}
+        self.catch_up_graphs: CudaGraphRunner | None = None
+        self.guesses: Eagle3Guesses | None = None  # guesses 2..k, sized by prepare_host_buffers
 
     @classmethod
     def load(cls, config: SpeculativeConfig, setup: ProposerSetup) -> Eagle3Proposer:
@@ -124,9 +123,13 @@ class Eagle3Proposer:
         return kv_block_bytes(self.head.config, self.block_size, self.dtype)
 
     def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, k: int) -> None:
-        """Pin the inputs of the catch-up and the k - 1 guess forwards of a step once (GPU only)."""
+        """Pin the inputs of the catch-up and the guess loop once (GPU only); size the loop's device buffers."""
         max_blocks = -(-self.max_model_len // self.block_size)
-        self.inputs.prepare(max_num_batched_tokens, max_num_seqs, max_blocks, k)
+        self.inputs.prepare(max_num_batched_tokens, max_num_seqs, max_blocks, 2)
+        if k > 1:
+            self.guesses = Eagle3Guesses(
+                self.head, k - 1, max_num_seqs, max_blocks, self.max_model_len, self.block_size
+            )
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """The head's K/V for as many blocks as the target has: it is indexed by the target's block tables."""
@@ -134,17 +137,15 @@ class Eagle3Proposer:
 
     def capture_cuda_graphs(self, max_num_seqs: int, max_prefill_tokens: int) -> None:
         """Graphs for the catch-ups of uniform steps (k + 1 tokens per request after verifying k drafts, one
-        after plain decoding, one request's prefill) and for the guesses (after allocate_kv_cache)."""
+        after plain decoding, one request's prefill) and for the guess loop (after allocate_kv_cache)."""
         max_blocks = -(-self.max_model_len // self.block_size)
-        shapes = {"catch_up": (max_prefill_tokens, self.k + 1), "guess": (0, 0)}
-        for name, (prefill_tokens, verify_len) in shapes.items():
-            model = getattr(self, name)
-            runner = CudaGraphRunner(
-                model, max_num_seqs, max_blocks, self.max_model_len, self.device, prefill_tokens, verify_len
-            )
-            model.allocate(runner.input_ids.shape[0])
-            runner.capture()
-            self.runners[name] = runner
+        self.catch_up_graphs = CudaGraphRunner(
+            self.catch_up, max_num_seqs, max_blocks, self.max_model_len, self.device, max_prefill_tokens, self.k + 1
+        )
+        self.catch_up.allocate(self.catch_up_graphs.input_ids.shape[0])
+        self.catch_up_graphs.capture()
+        if self.guesses is not None:
+            self.guesses.capture()
 
     @torch.inference_mode()
     def propose_for(
@@ -184,21 +185,28 @@ class Eagle3Proposer:
         return entries
 
     def _run(self, entries: list, jobs: list[_Job], features: torch.Tensor) -> list[list[int]]:
-        """The catch-up forward (first guesses), then one decode forward per further guess."""
+        """The catch-up forward (first guesses), then the further guesses' loop (one graph replay on a GPU)."""
         rows = torch.tensor([row for _, feature_rows, _ in entries for row in feature_rows], device=features.device)
-        hidden = self._forward("catch_up", self._catch_up_batch(entries, jobs), features.index_select(0, rows))
+        hidden = self._catch_up(self._catch_up_batch(entries, jobs), features.index_select(0, rows))
         if not jobs:
             return []
         hidden = hidden.index_select(0, torch.tensor([job.row for job in jobs], device=hidden.device))
-        guesses = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
-        columns = [guesses]
-        for step in range(1, jobs[0].k):
-            count = sum(job.k > step for job in jobs)
-            chunks = [SequenceChunk([0], job.request.num_tokens - 2 + step, job.block_ids, [0]) for job in jobs[:count]]
-            hidden = self._forward("guess", self.inputs.batch(chunks, step), hidden[:count], guesses[:count])
-            guesses = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
-            columns.append(guesses)
-        return columns_to_drafts(columns)
+        first = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
+        looping = [job for job in jobs if job.k > 1]  # a prefix: jobs are sorted by k
+        if not looping:
+            return [[guess] for guess in first.tolist()]
+        n = len(looping)
+        # Guess 2 is computed at position T - 1, the request's last token's.
+        chunks = [SequenceChunk([0], job.request.num_tokens - 1, job.block_ids, [0]) for job in looping]
+        host = self.inputs.batch(chunks, 1)
+        steps = self.inputs.steps([job.k - 1 for job in looping])
+        rest = self.guesses.run(host, steps, first[:n], hidden[:n])  # [k - 1, n]
+        flat = torch.cat([first, rest.t().flatten()]).tolist()
+        later = self.guesses.num_steps
+        return [
+            [flat[i]] + flat[len(jobs) + i * later : len(jobs) + i * later + job.k - 1] if i < n else [flat[i]]
+            for i, job in enumerate(jobs)
+        ]
 
     def _catch_up_batch(self, entries: list, jobs: list[_Job]) -> ForwardBatch:
         """The catch-up's host batch; its output rows: every token's if all chunks are as long (a graph's
@@ -216,20 +224,13 @@ class Eagle3Proposer:
             offset += len(chunk.logits_positions)
         return self.inputs.batch(chunks, 0)
 
-    def _forward(
-        self, name: str, host: ForwardBatch, features: torch.Tensor, token_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The head's outputs at the batch's logits rows: a graph replay when one fits, else eager. `token_ids`,
-        when given, replace the batch's input ids (guesses still on the device)."""
-        runner = self.runners.get(name)
+    def _catch_up(self, host: ForwardBatch, features: torch.Tensor) -> torch.Tensor:
+        """The head's outputs at the catch-up's logits rows: a graph replay when one fits, else eager."""
+        runner = self.catch_up_graphs
         key = None if runner is None else runner.key_for(host)
         if key is None:
             batch = host.to(self.device)
-            if token_ids is not None:
-                batch.input_ids.copy_(token_ids)
             return self.head(batch.input_ids, batch.positions, features.to(self.dtype), batch)[batch.logits_indices]
         runner.load(host, key)
-        getattr(self, name).features[: features.shape[0]].copy_(features)
-        if token_ids is not None:
-            runner.input_ids[: token_ids.shape[0]].copy_(token_ids)
+        self.catch_up.features[: features.shape[0]].copy_(features)
         return runner.replay(key, host)

@@ -15,7 +15,12 @@ import torch
 
 from forgellm import LLM
 from forgellm.errors import ConfigError, ModelLoadError
+from forgellm.hf.config import load_model_config
+from forgellm.models.eagle3 import load_eagle3_head
 from forgellm.sampling_params import SamplingParams
+from forgellm.spec_decode.eagle3_guesses import Eagle3Guesses
+from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
+from forgellm.worker.model_runner import allocate_kv_cache
 from tests.fixtures.make_eagle3_head import make_eagle3_head
 
 PROMPT_IDS = [[11, 12, 13, 14, 15] * 3, [30, 31, 32, 33, 34, 35], list(range(40, 70))]
@@ -127,3 +132,43 @@ def test_the_target_refuses_feature_layers_it_does_not_have(target):
     model = load_model(target, load_model_config(target), torch.float32, torch.device("cpu"), "dummy")
     with pytest.raises(ValueError, match=r"aux hidden-state layers \(0, 1, 2\) outside the model's 2 layers"):
         model.capture_aux_hidden_states((0, 1, 2), 16)
+
+
+def test_the_guess_loop_writes_only_each_rows_own_steps(target, tmp_path):
+    """Rows of one guess loop that make 3, 1 and 2 further guesses: K/V changes at exactly their positions
+    T - 1 .. T - 2 + steps (in their own blocks), nothing else; the guesses of the first steps do not depend
+    on how many steps the other rows make."""
+    arch = load_model_config(target)
+    path = make_eagle3_head(target, tmp_path / "head", std=0.2, own_embedding=True)
+    head = load_eagle3_head(path, arch, torch.float32, torch.device("cpu"))
+    bs, num_blocks = 4, 12
+    allocate_kv_cache(head, num_blocks, bs, torch.float32)
+    attention = head.self_attn.attn
+    torch.manual_seed(0)
+    attention.k_cache.normal_()
+    attention.v_cache.normal_()
+    rows = [(7, [1, 2, 5]), (10, [3, 4, 6]), (5, [7, 8])]  # (T, blocks); guess 2 sits at position T - 1
+    chunks = [SequenceChunk([0], t - 1, blocks, [0]) for t, blocks in rows]
+    host = build_host_batch(chunks, bs)
+    first = torch.tensor([5, 9, 13])
+    hidden = torch.randn(3, arch.hidden_size)
+
+    def run(steps: list[int], keep: bool = False) -> tuple[torch.Tensor, list, torch.Tensor]:
+        before = attention.k_cache.clone()
+        loop = Eagle3Guesses(head, 3, 4, 3, 64, bs)
+        guesses = loop.run(host, torch.tensor(steps, dtype=torch.int32), first, hidden)
+        after = attention.k_cache.clone()
+        changed = (after != before).flatten(2).any(-1).nonzero().tolist()
+        attention.k_cache.copy_(before)
+        return guesses, changed, after
+
+    mixed = [3, 1, 2]
+    guesses, changed, after = run(mixed)
+    expected = sorted([blocks[p // bs], p % bs] for (t, blocks), steps in zip(rows, mixed)
+                      for p in range(t - 1, t - 1 + steps))  # fmt: skip
+    assert sorted(changed) == expected
+    full, _, after_full = run([3, 3, 3])
+    assert torch.equal(guesses[0], full[0]) and torch.equal(guesses[:, 0], full[:, 0])
+    for (t, blocks), steps in zip(rows, mixed):  # each row's K/V is what its own steps wrote, no later step's
+        for p in range(t - 1, t - 1 + steps):
+            assert torch.equal(after[blocks[p // bs], p % bs], after_full[blocks[p // bs], p % bs])

@@ -14,6 +14,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from forgellm import LLM, SamplingParams
@@ -32,7 +33,26 @@ def trainer():  # noqa: ANN201 - the tools/train_eagle3.py module
     return module
 
 
-def test_inference_guesses_equal_the_training_forward(tiny_model_dir, tmp_path, monkeypatch):
+def _recompute(tool, head, arch, target_dir, layers, draft_ids, calls) -> None:  # noqa: ANN001
+    """Assert every recorded proposal equals the trainer's forward over the same tokens."""
+    model = load_model(Path(target_dir), arch, torch.float32, torch.device("cpu"))
+    model.capture_aux_hidden_states(layers, 64)
+    embedding = model.embed_tokens.weight.detach()
+    for tokens, drafts in calls:
+        count = len(tokens)
+        features, _ = tool.target_features(model, tokens[: count - 1], torch.device("cpu"))
+        extended = torch.tensor(tokens + drafts[:-1])
+        embeds = [embedding[extended[s + 1 : s + count]].unsqueeze(0) for s in range(len(drafts))]
+        with torch.no_grad():
+            logits = head(embeds, features.unsqueeze(0), len(drafts))
+        expected = [int(draft_ids[step[0, count - 2].argmax()]) for step in logits]
+        assert drafts == expected, f"after {count} tokens"
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_inference_guesses_equal_the_training_forward(tiny_model_dir, tmp_path, monkeypatch, batched: bool):
+    """One request; or three of different lengths near the end of a short context, so that in one step the
+    guess loop runs rows that make different numbers of guesses."""
     tool = trainer()
     target_dir = tiny_model_dir("llama")
     arch = load_model_config(target_dir)
@@ -46,29 +66,23 @@ def test_inference_guesses_equal_the_training_forward(tiny_model_dir, tmp_path, 
             param.mul_(3.0)
     tool.write_head(head, draft_ids, arch, layers, tmp_path / "head", torch.float32)
     spec = {"method": "eagle3", "model": str(tmp_path / "head"), "num_speculative_tokens": 3}
-    llm = LLM(str(target_dir), dtype="float32", device="cpu", block_size=4, speculative_config=spec)
+    options = {"max_model_len": 32, "num_kv_blocks": 14} if batched else {}
+    llm = LLM(str(target_dir), dtype="float32", device="cpu", block_size=4, speculative_config=spec, **options)
     proposer = llm.engine.core.spec_decoder.proposer
-    calls = []
+    calls, mixed = [], []
     original = proposer.propose_for
 
     def recording(requests, ks, hidden_states=None):  # noqa: ANN001, ANN202
         drafts = original(requests, ks, hidden_states)
         calls.extend((list(r.all_token_ids), d) for r, d in zip(requests, drafts) if d)
+        mixed.append(len({len(d) for d in drafts if d}) > 1)
         return drafts
 
     monkeypatch.setattr(proposer, "propose_for", recording)
     prompt = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
-    llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)
-    assert len(calls) >= 4
-    model = load_model(Path(target_dir), arch, torch.float32, torch.device("cpu"))
-    model.capture_aux_hidden_states(layers, 64)
-    embedding = model.embed_tokens.weight.detach()
-    for tokens, drafts in calls:
-        count = len(tokens)
-        features, _ = tool.target_features(model, tokens[: count - 1], torch.device("cpu"))
-        extended = torch.tensor(tokens + drafts[:-1])
-        embeds = [embedding[extended[s + 1 : s + count]].unsqueeze(0) for s in range(len(drafts))]
-        with torch.no_grad():
-            logits = head(embeds, features.unsqueeze(0), len(drafts))
-        expected = [int(draft_ids[step[0, count - 2].argmax()]) for step in logits]
-        assert drafts == expected, f"after {count} tokens"
+    prompts = [prompt, prompt[4:], [30, 31] + prompt + [32, 33]] if batched else [prompt]
+    params = [SamplingParams(temperature=0.0, max_tokens=n) for n in ((15, 11, 13) if batched else (16,))]
+    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert len(calls) >= 4 * len(prompts)
+    assert any(mixed) == batched
+    _recompute(tool, head, arch, target_dir, layers, draft_ids, calls)
