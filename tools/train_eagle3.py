@@ -57,7 +57,8 @@ def _stdlib_names(seed: int) -> tuple[str, list[str]]:
 def stdlib_texts(limit: int, seed: int, stdlib_dir: str | None = None) -> list[str]:
     """Up to `limit` stdlib modules of the demo's training split (corpus.json), read from this Python's stdlib,
     which must be the corpus's version (the demo trained on exactly these files; none is held out), or from
-    `stdlib_dir`, a copy of them made by `--export-stdlib` where that version runs."""
+    `stdlib_dir`: a copy made by `--export-stdlib` where that version runs, or another Python's stdlib (the
+    same module names, so still none of the held-out ones; their text differs a little between versions)."""
     import sysconfig
 
     version, names = _stdlib_names(seed)
@@ -67,7 +68,10 @@ def stdlib_texts(limit: int, seed: int, stdlib_dir: str | None = None) -> list[s
             "modules made there by --export-stdlib"
         )
     root = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
-    return [(root / name).read_text(encoding="utf-8", errors="replace") for name in names[:limit]]
+    # Another version's stdlib (--stdlib-dir) may lack a few of the training split's modules: those are skipped.
+    paths = [root / name for name in names[:limit] if (root / name).is_file()]
+    print(f"{len(paths)} of {min(limit, len(names))} training-split stdlib modules found in {root}")
+    return [path.read_text(encoding="utf-8", errors="replace") for path in paths]
 
 
 def export_stdlib(out: str, limit: int, seed: int) -> None:
@@ -253,7 +257,7 @@ def main() -> None:
     parser.add_argument("--num-chats", type=int, default=600)
     parser.add_argument("--num-continuations", type=int, default=0, help="greedy continuations of text openings")
     parser.add_argument("--stdlib-files", type=int, default=0, help="training-split stdlib modules to add (local)")
-    parser.add_argument("--stdlib-dir", help="a copy of the corpus's stdlib modules (from --export-stdlib)")
+    parser.add_argument("--stdlib-dir", help="a copy of the corpus's stdlib (--export-stdlib), or another Python's")
     parser.add_argument("--export-stdlib", action="store_true", help="copy --stdlib-files modules to --out and exit")
     parser.add_argument("--draft-vocab", type=int, default=2048)
     parser.add_argument("--ttt-steps", type=int, default=3)
@@ -291,7 +295,7 @@ def main() -> None:
         data.append((torch.tensor(sequence), store[span], labels_store[span]))
         offset += len(sequence)
     embedding = model.embed_tokens.weight.detach()
-    labels_all = torch.cat([labels for _, _, labels in data])
+    labels_all = torch.cat([labels for _, _, labels in data]).cpu()  # the draft vocabulary is chosen on the host
     draft_ids = (
         labels_all.bincount(minlength=arch.vocab_size).argsort(descending=True)[: args.draft_vocab].sort().values
     )
@@ -299,6 +303,7 @@ def main() -> None:
     to_draft[draft_ids] = torch.arange(len(draft_ids))
     covered = (to_draft[labels_all] >= 0).float().mean().item()
     print(f"{len(data)} sequences, {labels_all.numel()} tokens, draft vocabulary covers {covered:.1%} of labels")
+    to_draft = to_draft.to(device)
     head = TrainableEagle3(arch.hidden_size, arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim,
                            arch.intermediate_size, len(draft_ids), arch.hidden_size, arch.rms_norm_eps,
                            arch.rope.theta).to(device)  # fmt: skip
@@ -338,7 +343,7 @@ def train_step(head: TrainableEagle3, batch: list, embedding: torch.Tensor, to_d
         embeds.append(embedding[F.pad(tokens[:, shift:], (0, shift), value=0)])
         label = F.pad(argmax[:, shift:], (0, shift), value=-1)
         ok = F.pad(valid[:, shift:], (0, shift), value=False) & (label >= 0)
-        mapped = to_draft.to(device)[label.clamp_min(0)]
+        mapped = to_draft[label.clamp_min(0)]
         targets.append(torch.where(ok & (mapped >= 0), mapped, -100))
     outputs = head(embeds, features, steps)
     losses, accuracy = [], []

@@ -88,7 +88,7 @@ class SamplingMetadata:
             top_k_bound = None
 
         def put(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return _to_device(torch.tensor(values, dtype=dtype), device)
+            return to_device(torch.tensor(values, dtype=dtype), device)
 
         need_repetition = any(r != 1.0 for r in repetition)
         need_penalties = need_repetition or any(presence) or any(frequency)
@@ -121,7 +121,7 @@ class SamplingMetadata:
         )
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a host tensor to `device`; through pinned memory so the copy does not block the host."""
     if torch.device(device).type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
@@ -136,7 +136,7 @@ def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.d
     ids = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64, count=int(lengths.sum()))
     rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
     valid = (ids >= 0) & (ids < vocab_size)
-    flat_index = _to_device(torch.from_numpy(rows[valid] * vocab_size + ids[valid]), device)
+    flat_index = to_device(torch.from_numpy(rows[valid] * vocab_size + ids[valid]), device)
     counts = torch.zeros(n * vocab_size, dtype=torch.int32, device=device)
     ones = torch.ones(1, dtype=torch.int32, device=device).expand(flat_index.shape[0])
     counts.scatter_add_(0, flat_index, ones)

@@ -22,6 +22,7 @@ from forgellm.engine.request import Request
 from forgellm.hf.config import load_model_config
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.quantization.resolve import resolve_quantization
+from forgellm.sampling.sampling_metadata import to_device
 from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab
 from forgellm.spec_decode.draft_kv_cache import DraftKVCache
 from forgellm.spec_decode.guess_inputs import GuessInputs
@@ -157,7 +158,7 @@ class DraftModelProposer:
         host = self.inputs.batch(chunks, 0)
         guesses = forward_logits(self.model, self.graph_runner, host, self.device).argmax(dim=-1)
         if last_rows[-1] != len(jobs):  # some chunks had logits at more than their last token
-            guesses = guesses[torch.tensor(last_rows, device=self.device) - 1]
+            guesses = guesses[to_device(torch.tensor(last_rows), self.device) - 1]
         columns = [guesses]
         rows = torch.arange(len(jobs), device=self.device)
         for step in range(1, jobs[0].k):

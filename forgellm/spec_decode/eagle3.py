@@ -186,11 +186,18 @@ class Eagle3Proposer:
 
     def _run(self, entries: list, jobs: list[_Job], features: torch.Tensor) -> list[list[int]]:
         """The catch-up forward (first guesses), then the further guesses' loop (one graph replay on a GPU)."""
-        rows = torch.tensor([row for _, feature_rows, _ in entries for row in feature_rows], device=features.device)
-        hidden = self._catch_up(self._catch_up_batch(entries, jobs), features.index_select(0, rows))
+        # Index tensors are made before anything launches: a copy from pageable memory waits for the device.
+        host = self._catch_up_batch(entries, jobs)
+        rows = [row for _, feature_rows, _ in entries for row in feature_rows]
+        if rows == list(range(len(rows))):  # every row of the step, in order (all requests catch up alike)
+            features = features[: len(rows)]
+        else:
+            features = features.index_select(0, torch.tensor(rows, device=features.device))
+        job_rows = torch.tensor([job.row for job in jobs], device=self.device) if jobs else None
+        hidden = self._catch_up(host, features)
         if not jobs:
             return []
-        hidden = hidden.index_select(0, torch.tensor([job.row for job in jobs], device=hidden.device))
+        hidden = hidden.index_select(0, job_rows)
         first = self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
         looping = [job for job in jobs if job.k > 1]  # a prefix: jobs are sorted by k
         if not looping:

@@ -21,7 +21,7 @@ from forgellm.engine.request import Request
 from forgellm.sampling.penalties import apply_min_tokens, apply_penalties
 from forgellm.sampling.rejection_sampler import rejection_sample
 from forgellm.sampling.sampler import LogprobsTensors, gather_logprobs, sampling_probs
-from forgellm.sampling.sampling_metadata import SamplingMetadata
+from forgellm.sampling.sampling_metadata import SamplingMetadata, to_device
 
 
 @dataclass
@@ -63,8 +63,9 @@ def verify_drafts(
         index.extend(range(first, first + count))
         index.extend([first + count - 1] * (width - count))
         first += count
-    rows = logits.index_select(0, torch.tensor(index, device=device)).float()
-    draft_ids = torch.tensor([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=torch.int64, device=device)
+    # Host values reach the device through pinned memory: a pageable copy would wait for the forward pass.
+    rows = logits.index_select(0, to_device(torch.tensor(index), device)).float()
+    draft_ids = to_device(torch.tensor([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=torch.int64), device)
     repeated = [request for request in requests for _ in range(width)]
     prior = [request.num_output_tokens + j for request in requests for j in range(width)]
     meta = SamplingMetadata.from_requests(repeated, [None] * len(repeated), vocab_size, device, prior)
@@ -75,8 +76,8 @@ def verify_drafts(
         tokens = greedy_verify(rows.view(len(requests), width, vocab_size), draft_ids)
     else:
         probs = target_probs(rows, meta).view(len(requests), width, vocab_size)
-        greedy = torch.tensor([r.sampling_params.is_greedy for r in requests], dtype=torch.bool, device=device)
-        num_drafts = torch.tensor([len(d) for d in drafts], dtype=torch.int64, device=device)
+        greedy = to_device(torch.tensor([r.sampling_params.is_greedy for r in requests], dtype=torch.bool), device)
+        num_drafts = to_device(torch.tensor([len(d) for d in drafts], dtype=torch.int64), device)
         tokens = rejection_sample(probs, draft_ids, None, greedy, generators, num_drafts, default_generator).token_ids
     logprobs = None
     if raw_logprobs is not None:  # padding (-1) reads token 0; the caller keeps the emitted positions only
@@ -96,7 +97,7 @@ def _count_drafts_as_outputs(meta: SamplingMetadata, drafts: Sequence[list[int]]
                 token_ids.append(token)
     if rows:
         counts = meta.output_token_counts
-        where = (torch.tensor(rows, device=counts.device), torch.tensor(token_ids, device=counts.device))
+        where = (to_device(torch.tensor(rows), counts.device), to_device(torch.tensor(token_ids), counts.device))
         counts.index_put_(where, torch.ones(len(rows), dtype=counts.dtype, device=counts.device), accumulate=True)
 
 
