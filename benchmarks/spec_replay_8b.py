@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument(
         "--draft", default=None, help="default: preset llama-3.1-8b-1layer, or heads/llama-3.1-8b-eagle3"
     )
+    parser.add_argument("--auto", action="store_true", help='speculate with disable_by_batch_size "auto"')
     parser.add_argument("--profile-batches", default="", help="also profile one batch of each size (host and CUDA)")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -85,7 +86,10 @@ def main() -> None:
     label = "EAGLE-3 head (8B shape)" if args.method == "eagle3" else "draft 1-layer"
     rows = []
     for fmt in args.formats.split(","):
-        for spec in (None, {"method": args.method, "model": args.draft, "num_speculative_tokens": args.k}):
+        speculative = {"method": args.method, "model": args.draft, "num_speculative_tokens": args.k}
+        if args.auto:
+            speculative["disable_by_batch_size"] = "auto"
+        for spec in (None, speculative):
             start = time.perf_counter()
             config = EngineConfig(
                 model=str(preset_dir("llama-3.1-8b")),
@@ -111,12 +115,15 @@ def main() -> None:
                 )
                 row = {
                     "format": fmt,
-                    "speculation": "off" if spec is None else f"{label} k={args.k} at acceptance {args.acceptance}",
+                    "speculation": "off"
+                    if spec is None
+                    else f"{label} k={args.k}{' auto' if args.auto else ''} at acceptance {args.acceptance}",
                     "batch": batch,
                     "output_tok_s": round(result.output_tok_s, 1),
                     "tpot_ms": round(result.itl_s.mean * 1e3, 3),
                     "ttft_ms": round(result.ttft_s.mean * 1e3, 2),
                     "speculation_stats": result.speculation,
+                    "governor": None if spec is None or not args.auto else engine.core.spec_decoder.governor.summary(),
                     "engine_build_s": round(built, 1),
                 }
                 rows.append(row)

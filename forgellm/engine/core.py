@@ -112,6 +112,7 @@ class EngineCore:
         step fails that step's requests alone (outputs with finish_reason "error"), unless it is a
         device failure, which no request survives: that one propagates and ends the engine.
         """
+        started = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
         launched = None
         failed: list[EngineCoreOutput] = []
@@ -133,7 +134,7 @@ class EngineCore:
         if done is None:
             return failed
         try:
-            return failed + self._finish_step(done)
+            return failed + self._finish_step(done, started)
         except Exception as exc:
             return failed + self._fail_step(done.scheduler_output, exc)
 
@@ -157,8 +158,9 @@ class EngineCore:
             for r in requests
         ]
 
-    def _finish_step(self, step: InFlightStep) -> list[EngineCoreOutput]:
-        """Wait for a launched step, update the requests with its tokens, and report them."""
+    def _finish_step(self, step: InFlightStep, started: float) -> list[EngineCoreOutput]:
+        """Wait for a launched step, update the requests with its tokens, and report them (`started`: when
+        this engine step began, perf_counter)."""
         result = self.runner.collect(step)
         scheduler_output = step.scheduler_output
         before = {s.request.request_id: s.request.num_tokens for s in scheduler_output.scheduled}
@@ -166,6 +168,7 @@ class EngineCore:
         if self.spec_decoder is not None:
             self.spec_decoder.record(scheduler_output, result.sampled_token_ids)
             self.spec_decoder.propose(self.scheduler.running, result.hidden_states)
+            self.spec_decoder.observe_step(scheduler_output, result.sampled_token_ids, time.perf_counter() - started)
         outputs: dict[str, EngineCoreOutput] = {}
         for request in updated:
             out = self._output_for(request)

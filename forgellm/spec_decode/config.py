@@ -59,8 +59,10 @@ class SpeculativeConfig:
     prompt_lookup_max: int | None = _opt(
         None, f"ngram: longest n-gram to look up (default {DEFAULT_PROMPT_LOOKUP_MAX}, or prompt_lookup_min if higher)"
     )
-    disable_by_batch_size: int | None = _opt(
-        None, "no speculation in steps with more running requests than this (default: always speculate)"
+    disable_by_batch_size: int | Literal["auto"] | None = _opt(
+        None,
+        'no speculation in steps with more running requests than this; "auto": per batch size, whichever of '
+        "speculating and plain decoding measures faster (default: always speculate)",
     )
 
     def __post_init__(self) -> None:
@@ -87,9 +89,10 @@ class SpeculativeConfig:
         if not _is_int(k) or k < 1:
             raise ConfigError(f"{_PREFIX}.num_speculative_tokens must be a positive integer, got {k!r}")
         limit = self.disable_by_batch_size
-        if limit is not None and (not _is_int(limit) or limit < 1):
+        if limit is not None and limit != "auto" and (not _is_int(limit) or limit < 1):
             raise ConfigError(
-                f"{_PREFIX}.disable_by_batch_size must be a positive integer or None (always speculate), got {limit!r}"
+                f'{_PREFIX}.disable_by_batch_size must be a positive integer, "auto" (measure) or None (always '
+                f"speculate), got {limit!r}"
             )
         self._check_prompt_lookup()
 
@@ -159,8 +162,10 @@ class SpeculativeConfig:
         return f"{self.method} {self.model} (k={self.num_speculative_tokens})"
 
     def should_speculate(self, num_running_requests: int) -> bool:
-        """Whether a step with this many running requests speculates (off above disable_by_batch_size)."""
-        return self.disable_by_batch_size is None or num_running_requests <= self.disable_by_batch_size
+        """Whether a step with this many running requests speculates under a fixed limit (off above an integer
+        disable_by_batch_size; "auto" is the SpeculationGovernor's to decide)."""
+        limit = self.disable_by_batch_size
+        return limit is None or limit == "auto" or num_running_requests <= limit
 
 
 def check_draft_vocab(target_vocab_size: int, draft_vocab_size: int, draft_path: str | Path) -> None:

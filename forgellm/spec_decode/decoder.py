@@ -15,6 +15,7 @@ from typing import Protocol
 from forgellm.engine.request import Request
 from forgellm.scheduling.scheduler_output import SchedulerOutput
 from forgellm.spec_decode.config import SpeculativeConfig
+from forgellm.spec_decode.governor import SpeculationGovernor
 from forgellm.spec_decode.ngram import NgramProposer
 from forgellm.worker.in_flight import StepHiddenStates
 
@@ -37,6 +38,7 @@ class SpeculativeDecoder:
         self.config = config
         self.max_model_len = max_model_len
         self.proposer = proposer or NgramProposer.from_config(config)
+        self.governor = SpeculationGovernor() if config.disable_by_batch_size == "auto" else None
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -63,6 +65,8 @@ class SpeculativeDecoder:
     def propose(self, running: Sequence[Request], hidden_states: StepHiddenStates | None = None) -> None:
         """Set every running request's drafts for the next step (none when it may not speculate)."""
         speculate = self.config.should_speculate(len(running))
+        if speculate and self.governor is not None:
+            speculate = self.governor.should_speculate(len(running))
         ks = [self.max_drafts(r) if speculate and self.can_speculate(r) else 0 for r in running]
         start = time.perf_counter()
         proposals = self.proposer.propose_for(running, ks, hidden_states)
@@ -82,3 +86,16 @@ class SpeculativeDecoder:
             self.num_accepted_tokens += accepted
             for position in range(accepted):
                 self.num_accepted_per_position[position] += 1
+
+    def observe_step(
+        self, scheduler_output: SchedulerOutput, sampled_token_ids: Mapping[str, list[int]], seconds: float
+    ) -> None:
+        """Tell the governor (auto mode) how long a step took, proposing included, if it only decoded."""
+        scheduled = scheduler_output.scheduled
+        if self.governor is None or not scheduled:
+            return
+        if not all(s.samples and s.num_new_tokens == 1 + len(s.spec_token_ids) for s in scheduled):
+            return  # prompt chunks in the step: its speed says nothing about decoding
+        num_tokens = sum(len(sampled_token_ids.get(s.request.request_id, ())) for s in scheduled)
+        speculated = any(s.spec_token_ids for s in scheduled)
+        self.governor.observe(len(scheduled), speculated, num_tokens, seconds)

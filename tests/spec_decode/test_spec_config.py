@@ -61,6 +61,7 @@ def test_should_speculate_turns_off_above_the_batch_size() -> None:
     config = SpeculativeConfig(method="ngram", disable_by_batch_size=8)
     assert [config.should_speculate(n) for n in (1, 8, 9, 32)] == [True, True, False, False]
     assert SpeculativeConfig(method="ngram").should_speculate(10_000)
+    assert SpeculativeConfig(method="ngram", disable_by_batch_size="auto").should_speculate(10_000)  # the governor's
 
 
 BAD_DICTS = [
@@ -105,7 +106,8 @@ BAD_DICTS = [
     ),
     (
         {"method": "ngram", "disable_by_batch_size": 0},
-        "speculative_config.disable_by_batch_size must be a positive integer or None (always speculate), got 0",
+        'speculative_config.disable_by_batch_size must be a positive integer, "auto" (measure) or None (always '
+        "speculate), got 0",
     ),
     (
         {"method": "ngram", "prompt_lookup_min": 0},
