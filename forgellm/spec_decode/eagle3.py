@@ -3,9 +3,11 @@
 After every step the head first catches up on what the target computed in it: at each position i whose
 next token t_{i+1} is now known it feeds (t_{i+1}, the target's features at i) and writes its own K/V
 there, so for a request of T tokens its cache holds positions 0..T-2. The catch-up's output at T-2
-predicts t_T, the first guess; each further guess feeds the previous guess with the head's own output,
-one decode batch per guess. Guesses are the argmax over the draft vocabulary mapped to target ids
-(deterministic proposals: verification keeps the target's distribution for any sampling settings).
+predicts t_T, the first guess; each further guess feeds the previous guess with the head's own output
+(eagle3_guesses.py: all k - 1 of them in one loop, one CUDA graph on a GPU). Guesses are the argmax over the
+draft vocabulary mapped to target ids (deterministic proposals: verification keeps the target's distribution
+for any sampling settings). A catch-up covers every position the target computed, those of rejected drafts
+too (see _catch_up_entries), so after a uniform verify step it is a uniform batch a CUDA graph serves.
 
 The head's K/V live in the target's blocks (its own tensors, indexed by the target's block tables), so
 a prefix-cache hit brings the head's K/V of the cached positions with it: every step's catch-up covers
