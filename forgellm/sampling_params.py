@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from forgellm.errors import InvalidRequestError
@@ -40,6 +41,13 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     detokenize: bool = True  # False: token ids only (no text, no stop strings), e.g. for benchmarks
+    # Logit controls: token id -> bias added to its logit (-100..100, OpenAI's), the only tokens that may be
+    # sampled, and words never to produce (text, tokenized at admission into bad_words_token_ids: each
+    # word as written and after a space; token-id sequences may also be given directly).
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    bad_words_token_ids: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -95,6 +103,37 @@ class SamplingParams:
             raise bad("stop", "needs detokenize=True (stop strings are matched on text)")
         if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must hold non-negative integers")
+        self._validate_logit_controls(bad)
+
+    def _validate_logit_controls(self, bad: Callable[[str, str], InvalidRequestError]) -> None:
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict) or any(
+                not _is_int(t)
+                or t < 0
+                or isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not -100 <= v <= 100
+                for t, v in self.logit_bias.items()
+            ):
+                raise bad("logit_bias", "must map token ids (integers >= 0) to biases in [-100, 100]")
+        if self.allowed_token_ids is not None and (
+            not isinstance(self.allowed_token_ids, list)
+            or not self.allowed_token_ids
+            or any(not _is_int(t) or t < 0 for t in self.allowed_token_ids)
+        ):
+            raise bad("allowed_token_ids", "must be a non-empty list of token ids (integers >= 0)")
+        if self.bad_words is not None and (
+            not isinstance(self.bad_words, list) or any(not isinstance(w, str) or not w.strip() for w in self.bad_words)
+        ):
+            raise bad("bad_words", "must be a list of non-blank strings")
+        if self.bad_words_token_ids is not None and (
+            not isinstance(self.bad_words_token_ids, list)
+            or any(
+                not isinstance(w, list) or not w or any(not _is_int(t) or t < 0 for t in w)
+                for w in self.bad_words_token_ids
+            )
+        ):
+            raise bad("bad_words_token_ids", "must be a list of non-empty lists of token ids (integers >= 0)")
 
     def sample_seed(self, index: int) -> int | None:
         """The seed of sample `index` (of n), in torch.Generator's range; None when unseeded."""

@@ -69,11 +69,18 @@ class RequestLimits:
                 "(max_stop_str_len)",
                 "stop",
             )
-        bad = next((t for t in params.stop_token_ids if t >= self.vocab_size), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"stop token id {bad} is outside the vocabulary [0, {self.vocab_size})", "stop_token_ids"
-            )
+        token_lists = {
+            "stop_token_ids": params.stop_token_ids,
+            "logit_bias": list(params.logit_bias or ()),
+            "allowed_token_ids": params.allowed_token_ids or [],
+            "bad_words_token_ids": [t for word in params.bad_words_token_ids or () for t in word],
+        }
+        for name, token_ids in token_lists.items():
+            bad = next((t for t in token_ids if t >= self.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequestError(
+                    f"{name}: token id {bad} is outside the vocabulary [0, {self.vocab_size})", name
+                )
 
     def check_text_length(self, num_chars: int, max_chars_per_token: int) -> None:
         """Refuse a text that cannot fit the context whatever its tokens, before tokenizing it.

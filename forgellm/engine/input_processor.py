@@ -82,7 +82,20 @@ class InputProcessor:
         max_tokens = self.limits.check_length(len(ids), params)
         if params.max_tokens is None:
             params = replace(params, max_tokens=max_tokens)
+        if params.bad_words:
+            params = replace(params, bad_words=None, bad_words_token_ids=self.bad_words_token_ids(params))
         return ProcessedPrompt(text, ids, params, max_tokens)
+
+    def bad_words_token_ids(self, params: SamplingParams) -> list[list[int]]:
+        """`params.bad_words` as token-id sequences, each word as written and after a space (a word mid-text
+        is usually tokenized with its leading space), added to any ids given directly."""
+        words = [list(w) for w in params.bad_words_token_ids or ()]
+        for word in params.bad_words or ():
+            for text in (word, " " + word.lstrip()):
+                ids = self.tokenizer.encode(text, add_special_tokens=False)
+                if ids and ids not in words:
+                    words.append(ids)
+        return words
 
 
 def _unwrap(prompt: Prompt) -> str | Sequence[int]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgellm.sampling.penalties import apply_min_tokens, apply_penalties
+from forgellm.sampling.logits_processors import apply_logits_processors
 from forgellm.sampling.sampling_metadata import SamplingMetadata
 
 
@@ -31,7 +31,8 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Penalties, temperature, top-k/top-p/min-p and seeded sampling for a batch of logits.
+    """The logits processors (min_tokens, penalties, logit controls), temperature, top-k/top-p/min-p and
+    seeded sampling for a batch of logits.
 
     Everything stays on the logits' device; the sampler never synchronises with the host.
     """
@@ -46,8 +47,7 @@ class Sampler:
         logits = logits.float()
         # Logprobs describe the model's own distribution, so they come before any adjustment.
         raw_logprobs = None if metadata.max_num_logprobs is None else logits.log_softmax(dim=-1)
-        logits = apply_min_tokens(logits, metadata)
-        logits = apply_penalties(logits, metadata)
+        logits = apply_logits_processors(logits, metadata)
         sampled = _sample(logits, metadata, default_generator)
         logprobs = None
         if raw_logprobs is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from forgellm.engine.request import Request
+from forgellm.sampling_params import SamplingParams
 
 # Up to this k, torch.topk costs about a quarter of a full sort (H200, 152k vocabulary, 256 rows:
 # 0.65 ms for k = 4096 against 2.8 ms); above it, the sort path is used.
@@ -46,6 +47,20 @@ class SamplingMetadata:
     min_tokens_token_ids: torch.Tensor | None  # [M] int64
     max_num_logprobs: int | None  # largest `logprobs` of the batch; None when no row asks
     generators: dict[int, torch.Generator]  # row -> its seeded generator (random rows only)
+    # (row, token, bias) triples of logit_bias.
+    logit_bias_rows: torch.Tensor | None = None  # [M] int64
+    logit_bias_token_ids: torch.Tensor | None = None  # [M] int64
+    logit_bias_values: torch.Tensor | None = None  # [M] float32
+    # Rows with allowed_token_ids, and their [R, V] masks of allowed tokens.
+    allowed_rows: torch.Tensor | None = None  # [R] int64
+    allowed_mask: torch.Tensor | None = None  # [R, V] bool
+    # (row, token, required last token or -1) of the bad words that may end at this sample.
+    bad_words_rows: torch.Tensor | None = None  # [M] int64
+    bad_words_token_ids: torch.Tensor | None = None  # [M] int64
+    bad_words_required: torch.Tensor | None = None  # [M] int64
+    # [N] int64: each row's last output token where it is still on the device (else -1); set by the
+    # model runner under asynchronous scheduling, for bad words that wait on it.
+    last_token_ids: torch.Tensor | None = None
 
     @property
     def no_penalties(self) -> bool:
@@ -60,11 +75,14 @@ class SamplingMetadata:
         vocab_size: int,
         device: torch.device,
         num_prior_outputs: Sequence[int] | None = None,
+        histories: Sequence[Sequence[int]] | None = None,
     ) -> SamplingMetadata:
         """Build the metadata of one step; `generators[i]` is request i's seeded generator or None.
 
         `num_prior_outputs[i]`: request i's output tokens before this sample, counting tokens still
-        in flight that its host list lacks (default: the host list's length).
+        in flight that its host list lacks (default: the host list's length). `histories[i]`: the
+        output tokens row i follows that the host knows (default: request i's; a verify step's rows
+        add their drafts); at most one more may be in flight.
         """
         if len(generators) != len(requests):
             raise ValueError(f"got {len(requests)} requests but {len(generators)} generators")
@@ -87,8 +105,9 @@ class SamplingMetadata:
         if top_k_bound is not None and top_k_bound > min(_MAX_TOP_K_BOUND, vocab_size - 1):
             top_k_bound = None
 
-        def put(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return to_device(torch.tensor(values, dtype=dtype), device)
+        def put(values: list | torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+            host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+            return to_device(host, device)
 
         need_repetition = any(r != 1.0 for r in repetition)
         need_penalties = need_repetition or any(presence) or any(frequency)
@@ -98,6 +117,9 @@ class SamplingMetadata:
         if need_repetition:
             prompt_mask = _token_counts([r.prompt_token_ids for r in requests], vocab_size, device) > 0
         min_rows, min_ids = _min_tokens_pairs(requests, num_prior_outputs, vocab_size)
+        if histories is None:
+            histories = [r.output_token_ids for r in requests]
+        controls = _logit_controls(params, histories, num_prior_outputs, vocab_size, put)
 
         return cls(
             num_rows=len(requests),
@@ -118,6 +140,7 @@ class SamplingMetadata:
             min_tokens_token_ids=put(min_ids, torch.int64) if min_ids else None,
             max_num_logprobs=max(logprobs) if logprobs else None,
             generators={i: g for i, g in enumerate(generators) if g is not None and not greedy[i]},
+            **controls,
         )
 
 
@@ -161,3 +184,64 @@ def _min_tokens_pairs(
             rows.append(row)
             token_ids.append(token)
     return rows, token_ids
+
+
+def _logit_controls(
+    params: Sequence[SamplingParams],
+    histories: Sequence[Sequence[int]],
+    num_prior_outputs: Sequence[int],
+    vocab_size: int,
+    put: Callable[[list | torch.Tensor, torch.dtype | None], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The metadata fields of logit_bias, allowed_token_ids and bad words (none when no row uses them)."""
+    fields: dict[str, torch.Tensor] = {}
+    bias = [(row, token, value) for row, p in enumerate(params) for token, value in (p.logit_bias or {}).items()]
+    if bias:
+        rows, tokens, values = zip(*bias)
+        fields |= {
+            "logit_bias_rows": put(list(rows), torch.int64),
+            "logit_bias_token_ids": put(list(tokens), torch.int64),
+            "logit_bias_values": put(list(values), torch.float32),
+        }
+    allowed = [(row, p.allowed_token_ids) for row, p in enumerate(params) if p.allowed_token_ids]
+    if allowed:
+        mask = torch.zeros(len(allowed), vocab_size, dtype=torch.bool)
+        for i, (_, ids) in enumerate(allowed):
+            mask[i, ids] = True
+        fields |= {"allowed_rows": put([row for row, _ in allowed], torch.int64), "allowed_mask": put(mask, None)}
+    bans = [
+        (row, token, required)
+        for row, p in enumerate(params)
+        if p.bad_words_token_ids
+        for token, required in _bad_word_bans(
+            p.bad_words_token_ids, histories[row], num_prior_outputs[row] - len(histories[row])
+        )
+    ]
+    if bans:
+        rows, tokens, required = zip(*bans)
+        fields |= {
+            "bad_words_rows": put(list(rows), torch.int64),
+            "bad_words_token_ids": put(list(tokens), torch.int64),
+            "bad_words_required": put(list(required), torch.int64),
+        }
+    return fields
+
+
+def _bad_word_bans(words: Sequence[Sequence[int]], history: Sequence[int], num_pending: int) -> set[tuple[int, int]]:
+    """(token, required last token or -1) for each bad word that this sample could complete.
+
+    A word's last token is banned when the output ends with the word's other tokens; with a token still
+    in flight (`num_pending` = 1) the host checks all but the last of them and leaves that one to the
+    device.
+    """
+    bans = set()
+    for word in words:
+        *prefix, last = word
+        if not prefix:
+            bans.add((last, -1))
+        elif num_pending == 0:
+            if len(history) >= len(prefix) and list(history[len(history) - len(prefix) :]) == prefix:
+                bans.add((last, -1))
+        elif len(prefix) - 1 <= len(history) and list(history[len(history) - len(prefix) + 1 :]) == prefix[:-1]:
+            bans.add((last, prefix[-1]))
+    return bans

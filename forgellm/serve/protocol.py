@@ -37,6 +37,18 @@ _NULL: dict[str, Any] = {"type": "null"}
 # A token id: openapi_schemas replaces the marker with the vocabulary's last id as the maximum.
 VOCAB_MARKER = "x-forgellm-token-id"
 _TOKEN_ID: dict[str, Any] = {"minimum": 0, VOCAB_MARKER: True}
+# logit_bias keys: a token id in decimal, as OpenAI's clients write it (no sign, no leading zeros).
+_TOKEN_ID_KEY = re.compile(r"^(0|[1-9][0-9]{0,9})$")
+
+
+def _token_id_keys(bias: dict[str, float]) -> dict[int, float]:
+    """logit_bias with integer keys; a key that is not a token id in decimal is a 400 naming logit_bias."""
+    bad = next((key for key in bias if not _TOKEN_ID_KEY.fullmatch(key)), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f'logit_bias keys must be token ids in decimal (e.g. "1234"), got {bad!r}', "logit_bias"
+        )
+    return {int(key): value for key, value in bias.items()}
 
 
 # JSON may escape half of a UTF-16 pair alone ("\ud800"): Python decodes it to a str that is not
@@ -122,7 +134,12 @@ class SamplingRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for the caller's own bookkeeping: accepted, unused
-    logit_bias: dict[str, float] | None = _doc(maxProperties=0)
+    # OpenAI's: token id (a decimal string) -> bias added to its logit.
+    logit_bias: dict[str, float] | None = _doc(
+        maxProperties=1024,
+        propertyNames={"pattern": _TOKEN_ID_KEY.pattern},
+        additionalProperties={"type": "number", "minimum": -100, "maximum": 100},
+    )
     # Extensions, as vLLM users know them.
     top_k: int | None = _doc(minimum=-1)  # -1 and 0 mean off
     min_p: float | None = _doc(minimum=0, maximum=1)
@@ -134,11 +151,12 @@ class SamplingRequest(_Strict):
     skip_special_tokens: bool | None = None
     # vLLM's: the logprobs of each prompt token (after the first) and of its top alternatives.
     prompt_logprobs: int | None = _doc(minimum=0)
+    # vLLM's logit controls: the only tokens that may be sampled; words never to produce.
+    allowed_token_ids: list[int] | None = _doc(minItems=1, items=_TOKEN_ID)
+    bad_words: list[str] | None = _doc(items={"type": "string", "minLength": 1})
 
     def check_supported(self) -> None:
         """Raise a 400-worthy error naming the first field the server would otherwise ignore."""
-        if self.logit_bias:
-            raise InvalidRequestError("logit_bias is not supported yet", "logit_bias")
         if self.prompt_logprobs is not None and self.prompt_logprobs < 0:  # vLLM's -1 (whole vocabulary) too
             raise InvalidRequestError(f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}", "prompt_logprobs")
         if self.prompt_logprobs is not None and self.stream:
@@ -163,9 +181,12 @@ class SamplingRequest(_Strict):
         values = model_sampling_defaults(defaults)
         names = (
             "temperature top_p n stop seed presence_penalty frequency_penalty top_k min_p repetition_penalty "
-            "ignore_eos min_tokens stop_token_ids include_stop_str_in_output skip_special_tokens"
+            "ignore_eos min_tokens stop_token_ids include_stop_str_in_output skip_special_tokens allowed_token_ids "
+            "bad_words"
         ).split()
         values.update({name: getattr(self, name) for name in names if getattr(self, name) is not None})
+        if self.logit_bias:
+            values["logit_bias"] = _token_id_keys(self.logit_bias)
         values["max_tokens"] = self.max_new_tokens()  # None: until the context is full
         values["logprobs"] = self.logprobs_k()
         values["prompt_logprobs"] = self.prompt_logprobs_k()

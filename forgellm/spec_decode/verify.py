@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from forgellm.engine.request import Request
-from forgellm.sampling.penalties import apply_min_tokens, apply_penalties
+from forgellm.sampling.logits_processors import apply_logits_processors
 from forgellm.sampling.rejection_sampler import rejection_sample
 from forgellm.sampling.sampler import LogprobsTensors, gather_logprobs, sampling_probs
 from forgellm.sampling.sampling_metadata import SamplingMetadata, to_device
@@ -68,10 +68,13 @@ def verify_drafts(
     draft_ids = to_device(torch.tensor([d + [-1] * (width - 1 - len(d)) for d in drafts], dtype=torch.int64), device)
     repeated = [request for request in requests for _ in range(width)]
     prior = [request.num_output_tokens + j for request in requests for j in range(width)]
-    meta = SamplingMetadata.from_requests(repeated, [None] * len(repeated), vocab_size, device, prior)
+    histories = None
+    if any(request.sampling_params.bad_words_token_ids for request in requests):  # row j follows drafts 1..j
+        histories = [request.output_token_ids + d[:j] for request, d in zip(requests, drafts) for j in range(width)]
+    meta = SamplingMetadata.from_requests(repeated, [None] * len(repeated), vocab_size, device, prior, histories)
     _count_drafts_as_outputs(meta, drafts, width)
     raw_logprobs = None if meta.max_num_logprobs is None else rows.log_softmax(dim=-1)
-    rows = apply_penalties(apply_min_tokens(rows, meta), meta)
+    rows = apply_logits_processors(rows, meta)
     if meta.all_greedy:
         tokens = greedy_verify(rows.view(len(requests), width, vocab_size), draft_ids)
     else:

@@ -349,11 +349,16 @@ class ModelRunner:
         # The outputs before this step's sample: those on the host plus any still in flight.
         prior = [r.num_output_tokens + r.num_pending_tokens - 1 for r in requests]
         metadata = SamplingMetadata.from_requests(requests, generators, logits.shape[-1], logits.device, prior)
-        if metadata.output_token_counts is not None and pending_requests:
-            # Penalties count every output token; the host's lists lack those still in flight.
+        if pending_requests and (metadata.output_token_counts is not None or metadata.bad_words_rows is not None):
             rows = self._to_device([step.sample_rows[r.request_id] for r in pending_requests])
-            ones = torch.ones_like(pending_ids, dtype=metadata.output_token_counts.dtype)
-            metadata.output_token_counts.index_put_((rows, pending_ids), ones, accumulate=True)
+            if metadata.output_token_counts is not None:
+                # Penalties count every output token; the host's lists lack those still in flight.
+                ones = torch.ones_like(pending_ids, dtype=metadata.output_token_counts.dtype)
+                metadata.output_token_counts.index_put_((rows, pending_ids), ones, accumulate=True)
+            if metadata.bad_words_rows is not None:
+                # Bad words that end after a token still in flight ban only where that token is theirs.
+                last = torch.full((logits.shape[0],), -1, dtype=torch.int64, device=logits.device)
+                metadata.last_token_ids = last.index_put_((rows,), pending_ids)
         result = self.sampler(logits, metadata, self.default_generator)
         step.sampled = result.sampled_token_ids
         step.logprobs = result.logprobs

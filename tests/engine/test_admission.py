@@ -69,7 +69,10 @@ def test_a_prompt_over_the_step_budget_needs_chunked_prefill():
         (SamplingParams(prompt_logprobs=6), "prompt_logprobs", "at most 5"),
         (SamplingParams(stop=["a", "b", "c"]), "stop", "3 stop strings"),
         (SamplingParams(stop=["123456789"]), "stop", "9 characters but at most 8"),
-        (SamplingParams(stop_token_ids=[5, 100]), "stop_token_ids", "stop token id 100"),
+        (SamplingParams(stop_token_ids=[5, 100]), "stop_token_ids", "stop_token_ids: token id 100 is outside"),
+        (SamplingParams(logit_bias={3: 1.0, 100: -5.0}), "logit_bias", "logit_bias: token id 100"),
+        (SamplingParams(allowed_token_ids=[1, 2, 150]), "allowed_token_ids", "allowed_token_ids: token id 150"),
+        (SamplingParams(bad_words_token_ids=[[1], [2, 100]]), "bad_words_token_ids", "token id 100"),
     ],
 )
 def test_sampling_limits(params, param, message):
@@ -82,6 +85,7 @@ def test_sampling_at_the_limits_passes():
     limits().check_sampling(
         SamplingParams(n=4, logprobs=5, prompt_logprobs=5, stop=["a", "12345678"], stop_token_ids=[99])
     )
+    limits().check_sampling(SamplingParams(logit_bias={99: 100}, allowed_token_ids=[0, 99], bad_words_token_ids=[[99]]))
 
 
 def test_logprobs_never_exceed_the_vocabulary():

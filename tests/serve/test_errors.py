@@ -46,7 +46,12 @@ BAD_REQUESTS = [
     ({"prompt": "x", "n": 0}, "n", "n must"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens", "echo"),  # 0 only with echo
     ({"prompt": "x", "suffix": "y"}, "suffix", "suffix"),
-    ({"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias", "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"1": 500}}, "logit_bias", "[-100, 100]"),
+    ({"prompt": "x", "logit_bias": {"01": 5}}, "logit_bias", "decimal"),
+    ({"prompt": "x", "logit_bias": {"99999": 5}}, "logit_bias", "vocabulary"),
+    ({"prompt": "x", "allowed_token_ids": []}, "allowed_token_ids", "non-empty"),
+    ({"prompt": "x", "allowed_token_ids": [5, 999999]}, "allowed_token_ids", "vocabulary"),
+    ({"prompt": "x", "bad_words": ["  "]}, "bad_words", "non-blank"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "stream"),
     ({"prompt": []}, "prompt", "empty"),
     ({"prompt": [5, 999999]}, "prompt", "vocabulary"),
