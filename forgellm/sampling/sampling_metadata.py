@@ -197,12 +197,7 @@ def _logit_controls(
     fields: dict[str, torch.Tensor] = {}
     bias = [(row, token, value) for row, p in enumerate(params) for token, value in (p.logit_bias or {}).items()]
     if bias:
-        rows, tokens, values = zip(*bias)
-        fields |= {
-            "logit_bias_rows": put(list(rows), torch.int64),
-            "logit_bias_token_ids": put(list(tokens), torch.int64),
-            "logit_bias_values": put(list(values), torch.float32),
-        }
+        fields |= _columns(bias, ("logit_bias_rows", "logit_bias_token_ids", "logit_bias_values"), put, torch.float32)
     allowed = [(row, p.allowed_token_ids) for row, p in enumerate(params) if p.allowed_token_ids]
     if allowed:
         mask = torch.zeros(len(allowed), vocab_size, dtype=torch.bool)
@@ -218,13 +213,14 @@ def _logit_controls(
         )
     ]
     if bans:
-        rows, tokens, required = zip(*bans)
-        fields |= {
-            "bad_words_rows": put(list(rows), torch.int64),
-            "bad_words_token_ids": put(list(tokens), torch.int64),
-            "bad_words_required": put(list(required), torch.int64),
-        }
+        fields |= _columns(bans, ("bad_words_rows", "bad_words_token_ids", "bad_words_required"), put, torch.int64)
     return fields
+
+
+def _columns(entries: list[tuple], names: tuple[str, ...], put: Callable, value_dtype: torch.dtype) -> dict:
+    """(row, token, value) entries as one device tensor per column: rows and tokens int64, values `value_dtype`."""
+    dtypes = (torch.int64, torch.int64, value_dtype)
+    return {name: put(list(column), dtype) for name, column, dtype in zip(names, zip(*entries), dtypes)}
 
 
 def _bad_word_bans(words: Sequence[Sequence[int]], history: Sequence[int], num_pending: int) -> set[tuple[int, int]]:

@@ -32,7 +32,7 @@ def processed(logits: torch.Tensor, requests: list[Request], **kwargs: object) -
 
 def test_logit_bias_adds_to_its_rows_tokens_only():
     logits = torch.randn(3, V)
-    out = processed(logits, [request(logit_bias={2: 5.0, 7: -100}), request(), request(logit_bias={0: 0.5})])
+    out = processed(logits, [request(logit_bias={2: 5, 7: -100.0}), request(), request(logit_bias={0: 0.5})])
     expected = logits.clone()
     expected[0, 2] += 5.0
     expected[0, 7] -= 100
