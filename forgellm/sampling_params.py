@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from forgellm.errors import InvalidRequestError
+from forgellm.structured.params import StructuredOutputsParams
 
 _GREEDY_EPS = 1e-5
 # What torch.Generator.manual_seed takes; sample i of a request draws from (seed + i) mod 2**64.
@@ -48,6 +50,10 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     bad_words_token_ids: list[list[int]] | None = None
+    # A constraint on the output (JSON schema, regex, choice, grammar), as vLLM's StructuredOutputsParams or
+    # its dict; guided_decoding is the older spelling of the same thing.
+    structured_outputs: StructuredOutputsParams | dict[str, Any] | None = None
+    guided_decoding: StructuredOutputsParams | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -56,6 +62,13 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.top_k == 0:  # OpenAI-style clients send 0 for "off"
             self.top_k = -1
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None:
+                raise InvalidRequestError(
+                    "give structured_outputs or guided_decoding (its older name), not both", "structured_outputs"
+                )
+            self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        self.structured_outputs = StructuredOutputsParams.from_value(self.structured_outputs)
         self._validate()
 
     def _validate(self) -> None:

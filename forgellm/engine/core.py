@@ -116,6 +116,14 @@ class EngineCore:
         scheduler_output = self.scheduler.schedule()
         launched = None
         failed: list[EngineCoreOutput] = []
+        if self._in_flight is not None and _waits_for_tokens(scheduler_output):
+            # A constrained request's mask needs its last token on the host: finish the step in flight
+            # first (this step then does not overlap the one before).
+            done, self._in_flight = self._in_flight, None
+            try:
+                failed = self._finish_step(done, started)
+            except Exception as exc:
+                failed = self._fail_step(done.scheduler_output, exc)
         if scheduler_output.is_empty:
             self.runner.release(scheduler_output.finished_request_ids)
         else:
@@ -126,7 +134,7 @@ class EngineCore:
             try:
                 launched = self.runner.launch(scheduler_output, self._in_flight)
             except Exception as exc:
-                failed = self._fail_step(scheduler_output, exc)
+                failed += self._fail_step(scheduler_output, exc)
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, launched
         else:
@@ -226,3 +234,8 @@ def is_device_failure(exc: BaseException) -> bool:
     if accelerator_error is not None and isinstance(exc, accelerator_error):
         return True
     return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _DEVICE_FAILURE_MARKERS)
+
+
+def _waits_for_tokens(scheduler_output: SchedulerOutput) -> bool:
+    """Whether a request of the step samples under a grammar while its last token is still in flight."""
+    return any(s.request.grammar is not None and s.request.num_pending_tokens > 0 for s in scheduler_output.scheduled)

@@ -6,7 +6,7 @@ the whole request is valid, so a bad request never disturbs the ones already run
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,6 +15,7 @@ from forgellm.errors import InvalidRequestError
 from forgellm.hf.generation_config import GenerationDefaults
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.sampling_params import SamplingParams
+from forgellm.structured.backend import GrammarBackend
 
 # Text, token ids, or vLLM's prompt dicts: {"prompt": text} (TextPrompt) or
 # {"prompt_token_ids": ids} (TokensPrompt).
@@ -34,10 +35,19 @@ class ProcessedPrompt:
 class InputProcessor:
     """Tokenizes prompts and admits them against the engine's limits (RequestLimits)."""
 
-    def __init__(self, tokenizer: Tokenizer, limits: RequestLimits, defaults: GenerationDefaults) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        limits: RequestLimits,
+        defaults: GenerationDefaults,
+        stop_token_ids: Iterable[int] = (),
+    ) -> None:
+        """`stop_token_ids`: the tokens that end an output (the model's EOS), which end a grammar too."""
         self.tokenizer = tokenizer
         self.limits = limits
         self.defaults = defaults
+        stops = list(stop_token_ids) or [t for t in (tokenizer.eos_token_id,) if t is not None]
+        self.grammars = GrammarBackend(tokenizer, limits.vocab_size, stops)
         # Read once here (a pass over the vocabulary), not on the first request.
         self.max_chars_per_token = tokenizer.max_chars_per_token
 
@@ -84,6 +94,8 @@ class InputProcessor:
             params = replace(params, max_tokens=max_tokens)
         if params.bad_words:
             params = replace(params, bad_words=None, bad_words_token_ids=self.bad_words_token_ids(params))
+        if params.structured_outputs is not None:
+            self.grammars.compile(params.structured_outputs)  # here, off the engine loop; refused with a 400
         return ProcessedPrompt(text, ids, params, max_tokens)
 
     def bad_words_token_ids(self, params: SamplingParams) -> list[list[int]]:

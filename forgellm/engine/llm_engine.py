@@ -212,7 +212,7 @@ class LLMEngine:
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.limits = RequestLimits.from_config(config, self.max_model_len, arch.vocab_size, blocks)
-        self.input_processor = InputProcessor(self.tokenizer, self.limits, defaults)
+        self.input_processor = InputProcessor(self.tokenizer, self.limits, defaults, self.eos_token_ids)
         self.output_processor = OutputProcessor(self.tokenizer)
         # Engine ids of samples: a counter prefix makes them unique whatever ids callers choose.
         self._sample_counter = itertools.count()
@@ -256,6 +256,7 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         processed = prompt if isinstance(prompt, ProcessedPrompt) else self.process(prompt, params)
         params = processed.sampling_params
+        structured = params.structured_outputs
         arrival = time.monotonic()
         # No caller can name an engine sample id: each starts with a number only this engine hands out.
         sample_ids = [f"{next(self._sample_counter)}:{request_id}#{i}" for i in range(params.n)]
@@ -274,6 +275,7 @@ class LLMEngine:
                     arrival,
                     priority,
                     sample_index=index,
+                    grammar=None if structured is None else self.input_processor.grammars.new_state(structured),
                 )
                 # Siblings wait for the first sample's prompt, then find it in the prefix cache.
                 if first is not None and self.config.enable_prefix_caching:

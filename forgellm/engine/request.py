@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from forgellm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from forgellm.structured.state import GrammarState
 
 
 class RequestStatus(enum.IntEnum):
@@ -57,6 +61,8 @@ class Request:
     # prompt blocks are computed once and shared through the prefix cache.
     wait_for: Request | None = None
     sample_index: int = 0
+    # The sample's place in its output constraint (structured output); advanced by every appended token.
+    grammar: GrammarState | None = None
 
     all_token_ids: list[int] = field(init=False)
     num_computed_tokens: int = field(default=0, init=False)
@@ -96,3 +102,5 @@ class Request:
 
     def append_token(self, token_id: int) -> None:
         self.all_token_ids.append(token_id)
+        if self.grammar is not None:
+            self.grammar.accept(token_id)

@@ -52,6 +52,19 @@ def apply_bad_words(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tenso
     return logits.index_put((rows, meta.bad_words_token_ids), additions, accumulate=True)
 
 
+def apply_grammar_bitmask(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """Tokens a row's grammar does not allow next get -inf (bit i of word i // 32 set: token i allowed).
+
+    It runs before the other processors, and logprobs are taken after it: a constrained request reports
+    the distribution it samples from, as vLLM does.
+    """
+    if meta.grammar_bitmask is None:
+        return logits
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    allowed = ((meta.grammar_bitmask.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)[:, : logits.shape[-1]]
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
 LOGITS_PROCESSORS: tuple[LogitsProcessor, ...] = (
     apply_min_tokens,
     apply_penalties,

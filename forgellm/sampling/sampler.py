@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgellm.sampling.logits_processors import apply_logits_processors
+from forgellm.sampling.logits_processors import apply_grammar_bitmask, apply_logits_processors
 from forgellm.sampling.sampling_metadata import SamplingMetadata
 
 
@@ -44,7 +44,7 @@ class Sampler:
         default_generator: torch.Generator | None = None,
     ) -> SamplerOutput:
         """Sample one token per row of `logits` [N, V]; unseeded rows draw from `default_generator`."""
-        logits = logits.float()
+        logits = apply_grammar_bitmask(logits.float(), metadata)
         # Logprobs describe the model's own distribution, so they come before any adjustment.
         raw_logprobs = None if metadata.max_num_logprobs is None else logits.log_softmax(dim=-1)
         logits = apply_logits_processors(logits, metadata)

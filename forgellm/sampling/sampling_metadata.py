@@ -11,6 +11,7 @@ import torch
 
 from forgellm.engine.request import Request
 from forgellm.sampling_params import SamplingParams
+from forgellm.structured.state import bitmask_width
 
 # Up to this k, torch.topk costs about a quarter of a full sort (H200, 152k vocabulary, 256 rows:
 # 0.65 ms for k = 4096 against 2.8 ms); above it, the sort path is used.
@@ -61,6 +62,8 @@ class SamplingMetadata:
     # [N] int64: each row's last output token where it is still on the device (else -1); set by the
     # model runner under asynchronous scheduling, for bad words that wait on it.
     last_token_ids: torch.Tensor | None = None
+    # [N, ceil(V / 32)] int32 token bitmasks of constrained rows (bit set: allowed), all ones elsewhere.
+    grammar_bitmask: torch.Tensor | None = None
 
     @property
     def no_penalties(self) -> bool:
@@ -120,6 +123,12 @@ class SamplingMetadata:
         if histories is None:
             histories = [r.output_token_ids for r in requests]
         controls = _logit_controls(params, histories, num_prior_outputs, vocab_size, put)
+        if any(r.grammar is not None for r in requests):
+            bitmask = torch.full((len(requests), bitmask_width(vocab_size)), -1, dtype=torch.int32)
+            for row, request in enumerate(requests):
+                if request.grammar is not None:
+                    request.grammar.fill_bitmask(bitmask, row)
+            controls["grammar_bitmask"] = put(bitmask, None)
 
         return cls(
             num_rows=len(requests),

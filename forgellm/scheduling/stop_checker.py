@@ -22,6 +22,12 @@ def check_stop(request: Request, token_id: int, max_model_len: int) -> bool:
             request.status = RequestStatus.FINISHED_STOPPED
             request.stop_reason = token_id
             return True
+    grammar = request.grammar
+    if grammar is not None and (grammar.is_terminated or grammar.rejected_token is not None):
+        # The constrained output is complete (or a token the grammar refused was forced in): nothing may follow.
+        request.status = RequestStatus.FINISHED_STOPPED
+        request.stop_reason = None
+        return True
     if reaches_length(request, request.num_tokens, max_model_len):
         request.status = RequestStatus.FINISHED_LENGTH
         return True

@@ -54,7 +54,9 @@ class SpeculativeDecoder:
     def can_speculate(request: Request) -> bool:
         """Whether a request may verify drafts: it is decoding (its tokens but the last are computed and none
         is in flight). Its sampling settings do not matter: the verify step applies all of them per position."""
-        return request.num_computed_tokens == request.num_tokens - 1 and request.num_pending_tokens == 0
+        # Constrained requests do not yet: their grammar would have to mask each draft position and roll back.
+        ready = request.num_computed_tokens == request.num_tokens - 1 and request.num_pending_tokens == 0
+        return ready and request.grammar is None
 
     def max_drafts(self, request: Request) -> int:
         """Drafts that keep the verify step's emitted tokens within max_model_len and max_tokens."""

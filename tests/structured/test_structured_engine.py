@@ -1,0 +1,145 @@
+"""Constrained decoding with the demo model on the CPU: the demo is tiny, so only the constraint makes its
+output valid. Every sampled output (temperature 1) is checked by `jsonschema` or `re.fullmatch`: 200 per
+constraint, n = 4, batched with unconstrained requests, under forced preemption and with asynchronous
+scheduling on; bad constraints are typed errors naming the field, and the engine keeps serving."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import jsonschema
+import pytest
+
+from forgellm import LLM, SamplingParams
+from forgellm.errors import InvalidRequestError
+
+pytest.importorskip("xgrammar")
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "scores": {"type": "array", "items": {"type": "number", "minimum": -1, "maximum": 1}, "maxItems": 3},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 10},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "age", "role", "address"],
+    "additionalProperties": False,
+}
+ITEMS = {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 4}
+PHONE = r"\+1-[0-9]{3}-[0-9]{4}"
+SUM_GRAMMAR = 'root ::= num " + " num " = " num\nnum ::= [1-9] [0-9]?'
+CONSTRAINTS = {
+    # Compact: with any whitespace allowed the tiny demo spends its tokens on it (each run is bounded, but a
+    # five-field record has many runs); the small array below keeps the default whitespace.
+    "person": (
+        {"json": PERSON, "disable_any_whitespace": True},
+        lambda text: jsonschema.validate(json.loads(text), PERSON),
+    ),
+    "items": ({"json": ITEMS}, lambda text: jsonschema.validate(json.loads(text), ITEMS)),
+    "phone": ({"regex": PHONE}, lambda text: _match(PHONE, text)),
+    "sum": ({"grammar": SUM_GRAMMAR}, lambda text: _match(r"[1-9][0-9]? \+ [1-9][0-9]? = [1-9][0-9]?", text)),
+    "choice": ({"choice": ["red", "green", "blue"]}, lambda text: _match("red|green|blue", text)),
+}
+PROMPTS = ["Give me the record as JSON:", "def parse(data):", "The answer is", "import json\n"]
+
+
+def _match(pattern: str, text: str) -> None:
+    assert re.fullmatch(pattern, text), text
+
+
+@pytest.fixture(scope="module")
+def demo() -> LLM:
+    return LLM(device="cpu", seed=0)
+
+
+def run(llm: LLM, samples: int, names: list[str], n: int = 4, max_tokens: int = 160) -> dict[str, list]:
+    """`samples` outputs per constraint (n per request), interleaved with unconstrained requests."""
+    prompts, params, kinds = [], [], []
+    for i in range(samples // n):
+        for name in names:
+            prompts.append(PROMPTS[i % len(PROMPTS)])
+            constraint = CONSTRAINTS[name][0]
+            params.append(
+                SamplingParams(temperature=1.0, max_tokens=max_tokens, n=n, seed=i, structured_outputs=constraint)
+            )
+            kinds.append(name)
+        prompts.append(PROMPTS[i % len(PROMPTS)])
+        params.append(SamplingParams(temperature=1.0, max_tokens=8, seed=i))
+        kinds.append(None)
+    outputs = {name: [] for name in names}
+    for kind, out in zip(kinds, llm.generate(prompts, params, use_tqdm=False)):
+        if kind is not None:
+            outputs[kind].extend(out.outputs)
+    return outputs
+
+
+def assert_all_valid(outputs: dict[str, list]) -> None:
+    for name, completions in outputs.items():
+        check = CONSTRAINTS[name][1]
+        for completion in completions:
+            assert completion.finish_reason == "stop", (name, completion.text)
+            check(completion.text)
+
+
+def test_every_sample_is_valid_200_per_constraint(demo):
+    outputs = run(demo, 200, list(CONSTRAINTS))
+    assert all(len(v) == 200 for v in outputs.values())
+    assert_all_valid(outputs)
+    assert len({c.text for c in outputs["person"]}) > 100  # sampled, not one answer repeated
+
+
+def test_valid_under_preemption_and_with_asynchronous_scheduling():
+    cramped = LLM(device="cpu", seed=0, num_kv_blocks=24, max_num_seqs=16)
+    outputs = run(cramped, 32, ["person", "phone"])
+    assert cramped.engine.stats().num_preemptions > 0
+    assert_all_valid(outputs)
+    overlapped = LLM(device="cpu", seed=0, async_scheduling="on")
+    assert overlapped.engine.core.async_scheduling
+    assert_all_valid(run(overlapped, 32, ["person", "sum", "choice"]))
+
+
+def test_logprobs_report_the_constrained_distribution(demo):
+    """Few tokens can spell "yes" (y, ye, yes, e, es, s, then EOS): their probabilities sum to 1 at every
+    step, and every other token reported has logprob -inf."""
+    params = SamplingParams(temperature=0.0, max_tokens=6, logprobs=5, structured_outputs={"choice": ["yes"]})
+    out = demo.generate(["Answer:"], params, use_tqdm=False)[0].outputs[0]
+    assert out.text == "yes" and out.finish_reason == "stop"
+    for position in out.logprobs:
+        finite = [entry for entry in position.values() if entry.logprob > -math.inf]
+        assert math.isclose(sum(math.exp(entry.logprob) for entry in finite), 1.0, abs_tol=1e-3)
+        assert len(finite) < len(position)  # masked tokens are there, at -inf
+
+
+def test_a_grammar_that_cannot_finish_in_max_tokens_ends_with_length(demo):
+    params = SamplingParams(temperature=1.0, max_tokens=12, seed=0, structured_outputs={"regex": "(ab)+c{40}"})
+    out = demo.generate(["x"], params, use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "length" and re.fullmatch("(ab)+c*", out.text)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "param"),
+    [
+        ({"json": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}, "structured_outputs.json"),
+        ({"json": "{not json"}, "structured_outputs.json"),
+        ({"regex": "(unclosed"}, "structured_outputs.regex"),
+        ({"grammar": "root ::= missing_rule"}, "structured_outputs.grammar"),
+    ],
+)
+def test_a_constraint_that_does_not_compile_is_refused_and_the_engine_goes_on(demo, constraint, param):
+    with pytest.raises(InvalidRequestError, match="does not compile") as err:
+        demo.generate(["x"], SamplingParams(structured_outputs=constraint), use_tqdm=False)
+    assert err.value.param == param
+    ok = demo.generate(["x"], SamplingParams(max_tokens=8, structured_outputs={"choice": ["fine"]}), use_tqdm=False)
+    assert ok[0].outputs[0].text == "fine"
