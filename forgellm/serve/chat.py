@@ -37,7 +37,7 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
         prompt_ids = await ctx.engine.render_chat(body.template_messages())
         header = {"id": request_id, "created": created, "model": ctx.settings.model_name}
         top_k = params.logprobs
-        [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream)
+        [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream, body.constraint_field)
         if body.stream:
             report = StreamUsage.of(body.stream_options)
             return EventStreamResponse(_events(stream, header, params.n, top_k, report, len(prompt_ids)))

@@ -44,7 +44,7 @@ def completions_router(ctx: ServerContext, auth: Any) -> APIRouter:
             "model": ctx.settings.model_name,
         }
         # Every prompt is validated before any is queued: one bad prompt fails the request alone.
-        streams = await start_streams(ctx, prompts, params, request_id, body.stream)
+        streams = await start_streams(ctx, prompts, params, request_id, body.stream, body.constraint_field)
         view = PromptView(body.echo, body.echo_only(), params.logprobs, body.prompt_logprobs)
         shower = _PromptShower(view, ctx.engine.tokenizer)
         if body.stream:

@@ -16,6 +16,7 @@ from forgellm.sampling_params import SamplingParams
 from forgellm.serve.context import ServerContext
 from forgellm.serve.disconnect import ClientGone, run_until_disconnect
 from forgellm.serve.errors import APIError, api_error_from
+from forgellm.serve.protocol import naming_constraint_errors
 from forgellm.serve.sse import sse_event
 
 _END = object()
@@ -24,16 +25,23 @@ CLIENT_CLOSED_REQUEST = 499
 
 
 async def start_streams(
-    ctx: ServerContext, prompts: Sequence[Prompt], params: SamplingParams, request_id: str, stream: bool
+    ctx: ServerContext,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    request_id: str,
+    stream: bool,
+    constraint_field: str = "structured_outputs",
 ) -> list[AsyncIterator[RequestOutput]]:
     """Admit one engine request per prompt (ids `request_id`, `request_id-1`, ...), all or none.
 
-    Errors (a bad prompt, a full queue, a dead engine) raise here, before a response starts.
+    Errors (a bad prompt, a full queue, a dead engine, an output constraint that does not compile: named
+    as `constraint_field`) raise here, before a response starts.
     Streams yield delta outputs (the engine then copies no growing lists each step); a request that
     is not streamed yields its one cumulative output.
     """
     request_ids = [request_id if i == 0 else f"{request_id}-{i}" for i in range(len(prompts))]
-    streams = await ctx.engine.add_requests(prompts, params, request_ids, stream=stream, delta=stream)
+    with naming_constraint_errors(constraint_field):
+        streams = await ctx.engine.add_requests(prompts, params, request_ids, stream=stream, delta=stream)
     return [ctx.metrics.track(s) for s in streams]
 
 

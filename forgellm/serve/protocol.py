@@ -11,7 +11,9 @@ what pydantic checks, so error messages stay those of SamplingParams, check_supp
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
@@ -39,6 +41,40 @@ VOCAB_MARKER = "x-forgellm-token-id"
 _TOKEN_ID: dict[str, Any] = {"minimum": 0, VOCAB_MARKER: True}
 # logit_bias keys: a token id in decimal, as OpenAI's clients write it (no sign, no leading zeros).
 _TOKEN_ID_KEY = re.compile(r"^(0|[1-9][0-9]{0,9})$")
+
+
+@contextlib.contextmanager
+def naming_constraint_errors(field: str) -> Iterator[None]:
+    """Re-raise an error about `structured_outputs` (its checks, its compiler) as one naming `field`, the
+    request field the constraint came from (response_format, guided_json, ...)."""
+    try:
+        yield
+    except InvalidRequestError as exc:
+        param = exc.param or ""
+        if field == "structured_outputs" or not param.startswith("structured_outputs"):
+            raise
+        message = str(exc).replace(param, field, 1) if param in str(exc) else str(exc)
+        raise InvalidRequestError(message, field) from exc
+
+
+def _response_format_constraint(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's response_format as a constraint: text (none), json_object, or json_schema with its schema."""
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequestError(
+                "response_format json_schema needs json_schema.schema, a JSON schema object", "response_format"
+            )
+        return {"json": schema}
+    raise InvalidRequestError(
+        f"response_format type must be text, json_object or json_schema, got {kind!r}", "response_format"
+    )
 
 
 def _token_id_keys(bias: dict[str, float]) -> dict[int, float]:
@@ -154,6 +190,20 @@ class SamplingRequest(_Strict):
     # vLLM's logit controls: the only tokens that may be sampled; words never to produce.
     allowed_token_ids: list[int] | None = _doc(minItems=1, items=_TOKEN_ID)
     bad_words: list[str] | None = _doc(items={"type": "string", "minLength": 1})
+    # Output constraints: OpenAI's response_format, vLLM's guided_* fields and its newer structured_outputs
+    # object (the keys of forgellm's StructuredOutputsParams); at most one of them.
+    response_format: dict[str, Any] | None = _doc(
+        required=["type"],
+        properties={
+            "type": {"enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {"type": "object", "properties": {"schema": {"type": "object"}}},
+        },
+    )
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = _doc(minLength=1)
+    guided_choice: list[str] | None = _doc(minItems=1, items={"type": "string", "minLength": 1})
+    guided_grammar: str | None = _doc(minLength=1)
+    structured_outputs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         """Raise a 400-worthy error naming the first field the server would otherwise ignore."""
@@ -190,7 +240,38 @@ class SamplingRequest(_Strict):
         values["max_tokens"] = self.max_new_tokens()  # None: until the context is full
         values["logprobs"] = self.logprobs_k()
         values["prompt_logprobs"] = self.prompt_logprobs_k()
-        return SamplingParams(**values)
+        constraint = self.output_constraint()
+        with naming_constraint_errors(self.constraint_field):
+            return SamplingParams(**values, structured_outputs=constraint)
+
+    @property
+    def constraint_field(self) -> str:
+        """The request field that set the output constraint (errors about it name this field)."""
+        given = self._constraints()
+        return given[0][0] if given else "structured_outputs"
+
+    def output_constraint(self) -> dict[str, Any] | None:
+        """The output constraint as StructuredOutputsParams' dict, from whichever field set it (at most one)."""
+        given = self._constraints()
+        if len(given) > 1:
+            names = ", ".join(name for name, _ in given)
+            raise InvalidRequestError(f"give at most one output constraint, got {names}", given[1][0])
+        return given[0][1] if given else None
+
+    def _constraints(self) -> list[tuple[str, dict[str, Any]]]:
+        given = []
+        if self.response_format is not None:
+            constraint = _response_format_constraint(self.response_format)
+            if constraint is not None:
+                given.append(("response_format", constraint))
+        for field, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                           ("guided_grammar", "grammar")):  # fmt: skip
+            value = getattr(self, field)
+            if value is not None:
+                given.append((field, {key: value}))
+        if self.structured_outputs is not None:
+            given.append(("structured_outputs", dict(self.structured_outputs)))
+        return given
 
 
 class ContentPart(BaseModel):
@@ -230,7 +311,6 @@ class ChatCompletionRequest(SamplingRequest):
     functions: list[Any] | None = _doc(maxItems=0)
     function_call: Any = _doc(enum=["none", None])
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = _doc(properties={"type": {"enum": ["text"]}})
     modalities: list[str] | None = _doc(items={"enum": ["text"]}, minItems=1, maxItems=1)
     audio: Any = _doc(**_NULL)
     prediction: Any = _doc(**_NULL)
@@ -249,11 +329,6 @@ class ChatCompletionRequest(SamplingRequest):
             raise InvalidRequestError("tool_choice is not supported yet (no tools)", "tool_choice")
         if self.function_call not in (None, "none"):
             raise InvalidRequestError("function_call is not supported yet", "function_call")
-        if self.response_format is not None and self.response_format.get("type", "text") != "text":
-            raise InvalidRequestError(
-                f"response_format {self.response_format.get('type')!r} is not supported yet; only 'text'",
-                "response_format",
-            )
         if self.modalities not in (None, ["text"]):
             raise InvalidRequestError("only the 'text' modality is supported", "modalities")
         if self.store:
