@@ -60,6 +60,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"(default: {DEFAULT_MAX_WAITING_REQUESTS})",
     )
     group.add_argument(
+        "--tool-call-parser",
+        choices=["hermes", "llama3_json", "mistral"],
+        default="hermes",
+        help="the served model's tool-call syntax: hermes (Qwen2.5, Qwen3, Hermes; the demo's), llama3_json, "
+        "mistral (default: hermes)",
+    )
+    group.add_argument(
         "--max-prompts-per-request",
         type=int,
         default=DEFAULT_MAX_PROMPTS_PER_REQUEST,
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key or None,
             max_request_bytes=args.max_request_bytes,
             max_prompts_per_request=args.max_prompts_per_request,
+            tool_call_parser=args.tool_call_parser,
         )
         if args.max_waiting_requests < 1:
             raise ConfigError(f"--max-waiting-requests must be >= 1, got {args.max_waiting_requests}")

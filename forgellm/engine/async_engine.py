@@ -150,11 +150,23 @@ class AsyncLLM:
         """Tokenize and validate a prompt without queuing it (raises a typed error on bad input)."""
         return await self.run_in_pool(self._input_processor.process, prompt, params)
 
-    async def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of a conversation rendered with the model's chat template (which adds its own BOS)."""
+    async def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Token ids of a conversation rendered with the model's chat template (which adds its own BOS); `tools`
+        go to the template too, which must show them (an InvalidRequestError naming tools otherwise)."""
 
         def render() -> list[int]:
-            text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt)
+            text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt, tools=tools)
+            if tools and text == self.tokenizer.apply_chat_template(list(messages), add_generation_prompt):
+                raise InvalidRequestError(
+                    "this model's chat template does not show tools to the model; give a template that renders "
+                    "`tools` (chat_template) or leave tools out",
+                    "tools",
+                )
             return self.tokenizer.encode(text, add_special_tokens=False)
 
         return await self.run_in_pool(render)

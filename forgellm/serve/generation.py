@@ -16,7 +16,7 @@ from forgellm.sampling_params import SamplingParams
 from forgellm.serve.context import ServerContext
 from forgellm.serve.disconnect import ClientGone, run_until_disconnect
 from forgellm.serve.errors import APIError, api_error_from
-from forgellm.serve.protocol import naming_constraint_errors
+from forgellm.serve.output_constraints import naming_constraint_errors
 from forgellm.serve.sse import sse_event
 
 _END = object()

@@ -11,9 +11,8 @@ what pydantic checks, so error messages stay those of SamplingParams, check_supp
 
 from __future__ import annotations
 
-import contextlib
+import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
@@ -21,6 +20,8 @@ from pydantic_core import PydanticCustomError
 
 from forgellm.errors import InvalidRequestError
 from forgellm.sampling_params import SEED_MAX, SEED_MIN, SamplingParams
+from forgellm.serve.output_constraints import naming_constraint_errors, response_format_constraint
+from forgellm.serve.tools import TOOL_CHOICE_SCHEMA, TOOL_SCHEMA, check_tools
 
 
 def _doc(default: Any = None, **schema: Any) -> Any:
@@ -41,40 +42,6 @@ VOCAB_MARKER = "x-forgellm-token-id"
 _TOKEN_ID: dict[str, Any] = {"minimum": 0, VOCAB_MARKER: True}
 # logit_bias keys: a token id in decimal, as OpenAI's clients write it (no sign, no leading zeros).
 _TOKEN_ID_KEY = re.compile(r"^(0|[1-9][0-9]{0,9})$")
-
-
-@contextlib.contextmanager
-def naming_constraint_errors(field: str) -> Iterator[None]:
-    """Re-raise an error about `structured_outputs` (its checks, its compiler) as one naming `field`, the
-    request field the constraint came from (response_format, guided_json, ...)."""
-    try:
-        yield
-    except InvalidRequestError as exc:
-        param = exc.param or ""
-        if field == "structured_outputs" or not param.startswith("structured_outputs"):
-            raise
-        message = str(exc).replace(param, field, 1) if param in str(exc) else str(exc)
-        raise InvalidRequestError(message, field) from exc
-
-
-def _response_format_constraint(response_format: dict[str, Any]) -> dict[str, Any] | None:
-    """OpenAI's response_format as a constraint: text (none), json_object, or json_schema with its schema."""
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"json_object": True}
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequestError(
-                "response_format json_schema needs json_schema.schema, a JSON schema object", "response_format"
-            )
-        return {"json": schema}
-    raise InvalidRequestError(
-        f"response_format type must be text, json_object or json_schema, got {kind!r}", "response_format"
-    )
 
 
 def _token_id_keys(bias: dict[str, float]) -> dict[int, float]:
@@ -261,7 +228,7 @@ class SamplingRequest(_Strict):
     def _constraints(self) -> list[tuple[str, dict[str, Any]]]:
         given = []
         if self.response_format is not None:
-            constraint = _response_format_constraint(self.response_format)
+            constraint = response_format_constraint(self.response_format)
             if constraint is not None:
                 given.append(("response_format", constraint))
         for field, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
@@ -282,17 +249,30 @@ class ContentPart(BaseModel):
     text: str | None = Field(None, json_schema_extra=lambda schema: _replace(schema, {"type": "string"}))
 
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+# An assistant message's tool call, as the openai client sends a conversation back.
+_TOOL_CALL: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"enum": ["function"]},
+        "function": {
+            "type": "object",
+            "required": ["name", "arguments"],
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        },
+    },
+}
 
 
 class ChatMessage(_Strict):
     role: str = Field(json_schema_extra={"enum": list(_ROLES)})
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    # What the openai client puts in an assistant message it returns, so a conversation can be
-    # sent back as it came; only empty values are accepted.
-    tool_calls: list[Any] | None = _doc(maxItems=0)
-    tool_call_id: str | None = _doc(maxLength=0)
+    # An assistant message's calls, and the id of the call a tool message answers.
+    tool_calls: list[Any] | None = _doc(items=_TOOL_CALL)
+    tool_call_id: str | None = None
     function_call: Any = _doc(**_NULL)
     refusal: str | None = None
     annotations: list[Any] | None = None
@@ -305,9 +285,9 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = _doc(minimum=1)
     logprobs: bool = False
     top_logprobs: int | None = _doc(minimum=0, maximum=20)
+    tools: list[Any] | None = _doc(items=TOOL_SCHEMA)
+    tool_choice: Any = _doc(anyOf=[*TOOL_CHOICE_SCHEMA["anyOf"], {"type": "null"}])
     # OpenAI fields accepted only at their "off" value (checked in check_supported).
-    tools: list[Any] | None = _doc(maxItems=0)
-    tool_choice: Any = _doc(enum=["none", None])
     functions: list[Any] | None = _doc(maxItems=0)
     function_call: Any = _doc(enum=["none", None])
     parallel_tool_calls: bool | None = None
@@ -322,11 +302,10 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name in ("tools", "functions", "audio", "prediction", "reasoning_effort", "web_search_options"):
+        for name in ("functions", "audio", "prediction", "reasoning_effort", "web_search_options"):
             if getattr(self, name):
                 raise InvalidRequestError(f"{name} is not supported yet", name)
-        if self.tool_choice not in (None, "none"):
-            raise InvalidRequestError("tool_choice is not supported yet (no tools)", "tool_choice")
+        check_tools(self.tools, self.tool_choice)
         if self.function_call not in (None, "none"):
             raise InvalidRequestError("function_call is not supported yet", "function_call")
         if self.modalities not in (None, ["text"]):
@@ -358,8 +337,22 @@ class ChatCompletionRequest(SamplingRequest):
             entry: dict[str, Any] = {"role": _ROLES[message.role], "content": content or ""}
             if message.name is not None:
                 entry["name"] = message.name
+            if message.tool_calls:  # templates read the arguments as a mapping, as transformers passes them
+                entry["tool_calls"] = [_template_tool_call(call) for call in message.tool_calls]
+            if message.tool_call_id is not None:
+                entry["tool_call_id"] = message.tool_call_id
             result.append(entry)
         return result
+
+
+def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call["function"]
+    try:
+        arguments = json.loads(function["arguments"])
+    except json.JSONDecodeError:
+        arguments = function["arguments"]
+    entry = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    return entry | ({"id": call["id"]} if "id" in call else {})
 
 
 def _check_message(message: ChatMessage, where: str) -> None:
@@ -369,8 +362,15 @@ def _check_message(message: ChatMessage, where: str) -> None:
         )
     # As documented: empty tool_calls / tool_call_id pass (the openai client sends them back), while
     # function_call and audio must be null (an empty string is no "off" for them).
-    unsupported = [name for name in ("tool_calls", "tool_call_id") if getattr(message, name)]
-    unsupported += [name for name in ("function_call", "audio") if getattr(message, name) is not None]
+    for i, call in enumerate(message.tool_calls or []):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                and isinstance(function.get("arguments"), str) and call.get("type") == "function"):  # fmt: skip
+            raise InvalidRequestError(
+                'a tool call must be {"type": "function", "function": {"name": ..., "arguments": "<JSON text>"}}',
+                f"{where}.tool_calls.{i}",
+            )
+    unsupported = [name for name in ("function_call", "audio") if getattr(message, name) is not None]
     if unsupported:
         raise InvalidRequestError(f"{unsupported[0]} in messages is not supported yet", f"{where}.{unsupported[0]}")
     if isinstance(message.content, list):

@@ -21,6 +21,8 @@ class ServerSettings:
     # /v1/responses keeps past conversations in memory for previous_response_id: this many, this long.
     response_store_size: int = 1000
     response_store_ttl_s: float = 3600.0
+    # The served model family's tool-call syntax (forgellm.serve.tool_parsers); hermes is the demo's.
+    tool_call_parser: str = "hermes"
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
@@ -29,6 +31,10 @@ class ServerSettings:
             raise ValueError(f"max_prompts_per_request must be >= 1, got {self.max_prompts_per_request}")
         if self.max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
+        from forgellm.serve.tool_parsers import TOOL_PARSERS
+
+        if self.tool_call_parser not in TOOL_PARSERS:
+            raise ValueError(f"tool_call_parser must be one of {sorted(TOOL_PARSERS)}, got {self.tool_call_parser!r}")
         if self.response_store_size < 0 or self.response_store_ttl_s <= 0:
             raise ValueError("response_store_size must be >= 0 and response_store_ttl_s > 0")
 

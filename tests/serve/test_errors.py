@@ -65,13 +65,13 @@ def test_invalid_completion_fields_name_the_field(demo_server, body, param, word
 
 
 BAD_CHATS = [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function"}]}, "tools.0"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     (
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         "messages.0.content.0",
     ),
-    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ({"messages": []}, "messages"),
     ({"top_logprobs": 2}, "top_logprobs"),
 ]
