@@ -67,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "mistral (default: hermes)",
     )
     group.add_argument(
+        "--reasoning-parser",
+        choices=["qwen3", "deepseek_r1"],
+        default=None,
+        help="move a reasoning model's <think>...</think> into reasoning_content (default: none)",
+    )
+    group.add_argument(
         "--max-prompts-per-request",
         type=int,
         default=DEFAULT_MAX_PROMPTS_PER_REQUEST,
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             max_prompts_per_request=args.max_prompts_per_request,
             tool_call_parser=args.tool_call_parser,
+            reasoning_parser=args.reasoning_parser,
         )
         if args.max_waiting_requests < 1:
             raise ConfigError(f"--max-waiting-requests must be >= 1, got {args.max_waiting_requests}")

@@ -155,13 +155,15 @@ class AsyncLLM:
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template (which adds its own BOS); `tools`
         go to the template too, which must show them (an InvalidRequestError naming tools otherwise)."""
 
         def render() -> list[int]:
-            text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt, tools=tools)
-            if tools and text == self.tokenizer.apply_chat_template(list(messages), add_generation_prompt):
+            variables = chat_template_kwargs or {}
+            text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt, tools=tools, **variables)
+            if tools and text == self.tokenizer.apply_chat_template(list(messages), add_generation_prompt, **variables):
                 raise InvalidRequestError(
                     "this model's chat template does not show tools to the model; give a template that renders "
                     "`tools` (chat_template) or leave tools out",

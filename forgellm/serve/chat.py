@@ -12,12 +12,14 @@ from fastapi.responses import Response
 
 from forgellm.errors import InvalidRequestError
 from forgellm.outputs import RequestOutput
+from forgellm.serve.chat_output import ChatOutput
 from forgellm.serve.context import ServerContext, now_seconds
 from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import chat_logprobs, prompt_logprobs_list
 from forgellm.serve.openapi import GENERATION_ERRORS, ChatCompletion, ChatCompletionChunk, openapi_extra, responses
 from forgellm.serve.protocol import ChatCompletionRequest
+from forgellm.serve.reasoning_parsers import REASONING_PARSERS
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
 from forgellm.serve.stream_usage import StreamUsage
 from forgellm.serve.tool_parsers import TOOL_PARSERS
@@ -52,14 +54,18 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
                     f"tool_choice requires a call, which {constraint_field} forbids", "tool_choice"
                 )
             params, constraint_field = replace(params, structured_outputs=forced), "tool_choice"
-        prompt_ids = await ctx.engine.render_chat(body.template_messages(), tools=body.tools or None)
+        prompt_ids = await ctx.engine.render_chat(
+            body.template_messages(), tools=body.tools or None, chat_template_kwargs=body.chat_template_kwargs
+        )
+        parser = ctx.settings.reasoning_parser
+        output = ChatOutput(calling, REASONING_PARSERS[parser] if parser is not None else None)
         header = {"id": request_id, "created": created, "model": ctx.settings.model_name}
         top_k = params.logprobs
         [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream, constraint_field)
         if body.stream:
             report = StreamUsage.of(body.stream_options)
-            return EventStreamResponse(_events(stream, header, params.n, top_k, report, len(prompt_ids), calling))
-        return await respond_when_done(request, _complete(stream, header, top_k, calling, body.prompt_logprobs))
+            return EventStreamResponse(_events(stream, header, params.n, top_k, report, len(prompt_ids), output))
+        return await respond_when_done(request, _complete(stream, header, top_k, output, body.prompt_logprobs))
 
     return router
 
@@ -68,7 +74,7 @@ async def _complete(
     stream: AsyncIterator[RequestOutput],
     header: dict[str, Any],
     top_k: int | None,
-    calling: ToolCalling,
+    output: ChatOutput,
     prompt_k: int | None = None,
 ) -> dict[str, Any]:
     [out] = await final_outputs([stream])
@@ -78,7 +84,7 @@ async def _complete(
         header = {**header, "prompt_logprobs": listed}
     choices = []
     for c in out.outputs:
-        message, finish_reason = calling.message(c.text, c.finish_reason)
+        message, finish_reason = output.message(c.text, c.finish_reason)
         choice: dict[str, Any] = {
             "index": c.index,
             "message": message,
@@ -97,7 +103,7 @@ async def _events(
     top_k: int | None,
     report: StreamUsage,
     prompt_tokens: int,
-    calling: ToolCalling,
+    output: ChatOutput,
 ) -> AsyncIterator[bytes]:
     base = report.base({**header, "object": "chat.completion.chunk"})
 
@@ -105,8 +111,8 @@ async def _events(
         return sse_event(report.add_running({**base, "choices": choices}, prompt_tokens, tracker.num_tokens))
 
     tracker = DeltaTracker(n)
-    # With tools, each choice holds back text from where a call may begin, and sends its calls at the end.
-    calls = [calling.streamer() for _ in range(n)] if calling.active else None
+    # Each choice splits reasoning from content and holds back text from where a tool call may begin.
+    streams = [output.streamer() for _ in range(n)]
     last: RequestOutput | None = None
     try:
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
@@ -119,15 +125,7 @@ async def _events(
             async for last in stream:
                 choices = []
                 for d in tracker.update(last):
-                    text, finish_reason, tool_calls = d.text, d.finish_reason, []
-                    if calls is not None:
-                        text = calls[d.index].feed(d.text)
-                        if finish_reason is not None:
-                            rest, tool_calls, finish_reason = calls[d.index].finish(finish_reason)
-                            text += rest
-                    delta: dict[str, Any] = {"content": text} if text else {}
-                    if tool_calls:
-                        delta["tool_calls"] = tool_calls
+                    delta, finish_reason = streams[d.index].delta(d.text, d.finish_reason)
                     choice: dict[str, Any] = {
                         "index": d.index,
                         "delta": delta,

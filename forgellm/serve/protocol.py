@@ -285,6 +285,8 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = _doc(minimum=1)
     logprobs: bool = False
     top_logprobs: int | None = _doc(minimum=0, maximum=20)
+    # vLLM's: extra variables for the chat template (e.g. {"enable_thinking": false} for Qwen3).
+    chat_template_kwargs: dict[str, Any] | None = None
     tools: list[Any] | None = _doc(items=TOOL_SCHEMA)
     tool_choice: Any = _doc(anyOf=[*TOOL_CHOICE_SCHEMA["anyOf"], {"type": "null"}])
     # OpenAI fields accepted only at their "off" value (checked in check_supported).
@@ -306,6 +308,11 @@ class ChatCompletionRequest(SamplingRequest):
             if getattr(self, name):
                 raise InvalidRequestError(f"{name} is not supported yet", name)
         check_tools(self.tools, self.tool_choice)
+        reserved = sorted(set(self.chat_template_kwargs or ()) & {"messages", "tools", "add_generation_prompt"})
+        if reserved:
+            raise InvalidRequestError(
+                f"chat_template_kwargs may not set {reserved}: the request's own fields do", "chat_template_kwargs"
+            )
         if self.function_call not in (None, "none"):
             raise InvalidRequestError("function_call is not supported yet", "function_call")
         if self.modalities not in (None, ["text"]):

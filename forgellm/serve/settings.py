@@ -23,6 +23,8 @@ class ServerSettings:
     response_store_ttl_s: float = 3600.0
     # The served model family's tool-call syntax (forgellm.serve.tool_parsers); hermes is the demo's.
     tool_call_parser: str = "hermes"
+    # A reasoning model's <think> syntax (forgellm.serve.reasoning_parsers): qwen3, deepseek_r1, or None.
+    reasoning_parser: str | None = None
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
@@ -31,8 +33,13 @@ class ServerSettings:
             raise ValueError(f"max_prompts_per_request must be >= 1, got {self.max_prompts_per_request}")
         if self.max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
+        from forgellm.serve.reasoning_parsers import REASONING_PARSERS
         from forgellm.serve.tool_parsers import TOOL_PARSERS
 
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(
+                f"reasoning_parser must be one of {sorted(REASONING_PARSERS)} or None, got {self.reasoning_parser!r}"
+            )
         if self.tool_call_parser not in TOOL_PARSERS:
             raise ValueError(f"tool_call_parser must be one of {sorted(TOOL_PARSERS)}, got {self.tool_call_parser!r}")
         if self.response_store_size < 0 or self.response_store_ttl_s <= 0:
