@@ -83,19 +83,34 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
-        """Render each conversation with the model's chat template, then generate."""
+        """Render each conversation with the model's chat template (`tools` and `chat_template_kwargs` go to the
+        template), then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [self.render_chat(c, add_generation_prompt, chat_template) for c in conversations]
+        prompts = [
+            self.render_chat(c, add_generation_prompt, chat_template, tools, chat_template_kwargs)
+            for c in conversations
+        ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def render_chat(
-        self, messages: list[Message], add_generation_prompt: bool = True, chat_template: str | None = None
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Token ids of a conversation rendered with the chat template (which adds its own BOS)."""
         tokenizer = self.engine.tokenizer
         text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
+            tools=tools,
+            **(chat_template_kwargs or {}),
         )
         return tokenizer.encode(text, add_special_tokens=False)
 

@@ -143,3 +143,20 @@ def test_a_constraint_that_does_not_compile_is_refused_and_the_engine_goes_on(de
     assert err.value.param == param
     ok = demo.generate(["x"], SamplingParams(max_tokens=8, structured_outputs={"choice": ["fine"]}), use_tqdm=False)
     assert ok[0].outputs[0].text == "fine"
+
+
+def test_llm_chat_renders_tools_and_a_structural_tag_forces_the_call(demo):
+    """The Python API: LLM.chat(tools=...) shows the tools to the model (the demo's template renders them),
+    and the server's forcing grammar works here too, through SamplingParams."""
+    from forgellm.serve.tool_parsers import TOOL_PARSERS
+    from forgellm.serve.tools import ToolCalling
+
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": PERSON["properties"]["address"]}}
+    messages = [{"role": "user", "content": "Where is the office?"}]
+    assert demo.render_chat(messages, tools=[tool]) != demo.render_chat(messages)
+    calling = ToolCalling(TOOL_PARSERS["hermes"](), [tool], "required", parallel=False)
+    params = SamplingParams(temperature=1.0, max_tokens=80, seed=0, structured_outputs=calling.constraint())
+    text = demo.chat(messages, params, tools=[tool], use_tqdm=False)[0].outputs[0].text
+    message, finish_reason = calling.message(text, "stop")
+    assert finish_reason == "tool_calls" and message["tool_calls"][0]["function"]["name"] == "lookup"
+    jsonschema.validate(json.loads(message["tool_calls"][0]["function"]["arguments"]), PERSON["properties"]["address"])
