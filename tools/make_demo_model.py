@@ -29,11 +29,33 @@ VOCAB_SIZE = 8192
 # same Python version runs, whatever else is installed.
 TOKENIZER_SOURCES = ("stdlib", "pydoc_topics")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+CHAT_TEMPLATE = (  # ChatML; with tools, a Hermes-style system block, calls and tool responses (as Qwen2.5)
+    "{%- if tools %}{{ '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"
+    "{% endif %}{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query"
+    ".\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' "
+    "}}"
+    "{%- for tool in tools %}{{ '\\n' + (tool | tojson) }}"
+    "{% endfor %}{{ '\\n</tools>\\n\\nFor each function call, return a json object with function n"
+    'ame and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <functio'
+    'n-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{% endif %}"
+    "{%- for message in messages %}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'tool' %}{{ '<|im_start|>user\\n<tool_response>\\n' + message['c"
+    "ontent'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['"
+    "tool_calls'] %}{{ '<|im_start|>assistant\\n' + message['content'] }}"
+    "{%- for call in message['tool_calls'] %}{{ '<tool_call>\\n{\"name\": ' + (call['function']['n"
+    "ame'] | tojson) + ', \"arguments\": ' + (call['function']['arguments'] | tojson) + '}\\n</too"
+    "l_call>' }}"
+    "{%- endfor %}{{ '<|im_end|>\\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' "
+    "+ '\\n' }}"
+    "{% endif %}"
+    "{%- endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
 )
 CONTEXT = 2048
 # Model name -> architecture. The target is ~20M parameters with 3:1 grouped-query attention;
