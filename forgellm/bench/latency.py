@@ -110,11 +110,13 @@ def measure_latency(
     seed: int = 0,
     disable_tqdm: bool = False,
     forced_acceptance: float | None = None,
+    structured_outputs: dict[str, Any] | None = None,
 ) -> LatencyResult:
     """Warm up, then time `num_iters` batches of `batch_size` random prompts.
 
     With `forced_acceptance` a, verify steps accept each draft position with probability a
-    (spec_decode/forced_acceptance.py): speculation measured on random weights.
+    (spec_decode/forced_acceptance.py): speculation measured on random weights. `structured_outputs`
+    constrains every request (its grammar should outlast output_len, so every token is masked).
     """
     if batch_size > engine.config.max_num_seqs:
         raise ConfigError(
@@ -122,6 +124,8 @@ def measure_latency(
             "run together; raise --max-num-seqs"
         )
     params = engine_setup.bench_sampling_params(output_len, temperature)
+    if structured_outputs is not None:
+        params = dataclasses.replace(params, structured_outputs=structured_outputs)
     vocab = engine_setup.vocab_size(engine)
     if forced_acceptance is not None:
         force_acceptance(engine, forced_acceptance, seed)
