@@ -24,8 +24,11 @@ def naming_constraint_errors(field: str) -> Iterator[None]:
         raise InvalidRequestError(message, field) from exc
 
 
-def response_format_constraint(response_format: dict[str, Any]) -> dict[str, Any] | None:
-    """OpenAI's response_format as a constraint: text (none), json_object, or json_schema with its schema."""
+def response_format_constraint(
+    response_format: dict[str, Any], field: str = "response_format"
+) -> dict[str, Any] | None:
+    """OpenAI's response_format (or a Responses text.format, `field`) as a constraint: text (none),
+    json_object, or json_schema with its schema."""
     kind = response_format.get("type")
     if kind == "text":
         return None
@@ -35,10 +38,6 @@ def response_format_constraint(response_format: dict[str, Any]) -> dict[str, Any
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise InvalidRequestError(
-                "response_format json_schema needs json_schema.schema, a JSON schema object", "response_format"
-            )
+            raise InvalidRequestError(f"{field} json_schema needs json_schema.schema, a JSON schema object", field)
         return {"json": schema}
-    raise InvalidRequestError(
-        f"response_format type must be text, json_object or json_schema, got {kind!r}", "response_format"
-    )
+    raise InvalidRequestError(f"{field} type must be text, json_object or json_schema, got {kind!r}", field)

@@ -56,7 +56,7 @@ def responses_router(ctx: ServerContext, auth: Any) -> APIRouter:
             if body.store:
                 store.put(draft.id, [*conversation, {"role": "assistant", "content": text}])
 
-        [stream] = await start_streams(ctx, [prompt_ids], params, engine_id, body.stream)
+        [stream] = await start_streams(ctx, [prompt_ids], params, engine_id, body.stream, "text.format")
         if body.stream:
             return EventStreamResponse(_events(stream, draft, on_done))
         return await respond_when_done(request, _complete(stream, draft, on_done))
@@ -123,7 +123,7 @@ class _Draft:
             "store": body.store,
             "temperature": self.params.temperature,
             "top_p": self.params.top_p,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": (body.text.format if body.text is not None else None) or {"type": "text"}},
             "tool_choice": "none",
             "tools": [],
             "truncation": "disabled",

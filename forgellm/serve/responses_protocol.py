@@ -13,10 +13,10 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from forgellm.errors import InvalidRequestError
 from forgellm.sampling_params import SamplingParams
+from forgellm.serve.output_constraints import naming_constraint_errors, response_format_constraint
 from forgellm.serve.protocol import _ROLES, _doc, _Strict, model_sampling_defaults
 
-# Tools and text formats other than plain text constrain decoding: they arrive with structured output.
-_STRUCTURED_LATER = "comes with structured output, which this server does not support yet"
+_TOOLS_LATER = "are not served on /v1/responses yet; use /v1/chat/completions, which serves them"
 
 
 class InputText(_Strict):
@@ -46,9 +46,12 @@ class InputMessage(_Strict):
 
 
 class TextConfig(_Strict):
-    """`text`: only the plain-text format (the default) is served."""
+    """`text`: the output format: plain text (the default), any JSON object, or a JSON schema (constrained)."""
 
-    format: dict[str, Any] | None = _doc(properties={"type": {"enum": ["text"]}})
+    format: dict[str, Any] | None = _doc(
+        required=["type"],
+        properties={"type": {"enum": ["text", "json_object", "json_schema"]}, "schema": {"type": "object"}},
+    )
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -80,12 +83,8 @@ class ResponsesRequest(_Strict):
     def check_supported(self) -> None:
         """Raise a 400-worthy error naming the first field the server would otherwise ignore."""
         if self.tools:
-            raise InvalidRequestError(f"tools {_STRUCTURED_LATER}", "tools")
-        fmt = self.text.format if self.text is not None else None
-        if fmt is not None and fmt.get("type", "text") != "text":
-            raise InvalidRequestError(
-                f"text.format {fmt.get('type')!r} {_STRUCTURED_LATER}; only 'text'", "text.format"
-            )
+            raise InvalidRequestError(f"tools {_TOOLS_LATER}", "tools")
+        self.output_constraint()  # a bad text.format is refused here, before anything runs
         if self.include:
             raise InvalidRequestError("include is not supported: responses carry no extra outputs", "include")
         if self.background:
@@ -109,7 +108,21 @@ class ResponsesRequest(_Strict):
         if self.top_p is not None:
             values["top_p"] = self.top_p
         values["max_tokens"] = self.max_output_tokens  # None: until the context is full
-        return SamplingParams(**values)
+        with naming_constraint_errors("text.format"):
+            return SamplingParams(**values, structured_outputs=self.output_constraint())
+
+    def output_constraint(self) -> dict[str, Any] | None:
+        """text.format as a structured-output constraint (None for plain text). The Responses API writes a
+        json_schema format flat ({"type": "json_schema", "name": ..., "schema": {...}}), unlike chat."""
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None:
+            return None
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            if not isinstance(fmt.get("schema"), dict):
+                raise InvalidRequestError("text.format json_schema needs schema, a JSON schema object", "text.format")
+            return {"json": fmt["schema"]}
+        return response_format_constraint(fmt, "text.format")
 
     def input_messages(self) -> list[dict[str, str]]:
         """`input` as chat-template messages (role names as chat's, plain-string content)."""

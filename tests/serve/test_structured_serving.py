@@ -83,6 +83,11 @@ def test_langchain_with_structured_output(demo_server):
     )
     city = model.with_structured_output(City).invoke("Describe a city.")
     assert isinstance(city, City)
+    responses = langchain_openai.ChatOpenAI(
+        model=MODEL, base_url=f"{demo_server.base_url}/v1", api_key="unused", max_tokens=200, temperature=0,
+        max_retries=0, use_responses_api=True,
+    )  # fmt: skip
+    assert isinstance(responses.with_structured_output(City).invoke("Describe a city."), City)
     assert_still_serves(demo_server)
 
 
@@ -103,4 +108,16 @@ BAD = [
 def test_bad_constraints_are_400s_naming_their_field(demo_server, extra, param, words):
     body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4} | extra
     assert_error(demo_server.request("POST", "/v1/chat/completions", body), 400, param, words)
+    assert_still_serves(demo_server)
+
+
+def test_responses_api_text_format_with_the_openai_parse_helper(demo_server):
+    """/v1/responses: text.format json_schema (written flat, as the Responses API does) through the openai
+    client's responses.parse with a Pydantic model."""
+    client = demo_server.client()
+    parsed = client.responses.parse(
+        model=MODEL, input="Describe a city as JSON.", text_format=City, max_output_tokens=200, temperature=1.0
+    )
+    assert isinstance(parsed.output_parsed, City)
+    assert parsed.text.format.type == "json_schema"
     assert_still_serves(demo_server)
