@@ -165,3 +165,33 @@ def test_tools_for_a_template_that_ignores_them_are_refused(tiny_model_dir, tmp_
         assert asyncio.run(engine.render_chat(QUESTION))  # without tools it renders
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize("parser", ["llama3_json", "mistral"])
+def test_each_parser_end_to_end_with_its_familys_template(server_factory, tmp_path, parser):
+    """A server with --tool-call-parser and a model whose chat template shows tools as that family does: a
+    required call comes back parsed, whole and streamed, and a conversation with it renders."""
+    from forgellm.engine.llm_engine import DEMO_MODEL_DIR
+    from forgellm.serve.settings import ServerSettings
+    from tests.fixtures.tool_chat_templates import TEMPLATES, with_chat_template
+
+    model = with_chat_template(DEMO_MODEL_DIR, tmp_path / parser, TEMPLATES[parser])
+    server = server_factory(ServerSettings(tool_call_parser=parser), model=str(model))
+    client = server.client()
+    name = client.models.list().data[0].id
+    request = {"model": name, "messages": QUESTION, "tools": [WEATHER, ADD], "max_tokens": 300, "temperature": 1.0}
+    for parallel in (False, True):
+        out = client.chat.completions.create(**request, tool_choice="required", seed=2, parallel_tool_calls=parallel)
+        calls = out.choices[0].message.tool_calls
+        assert out.choices[0].finish_reason == "tool_calls" and calls, out.choices[0]
+        for call in calls:
+            check_call(call, {"get_weather": WEATHER, "add": ADD}[call.function.name])
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with client.chat.completions.stream(**request, tool_choice=named, parallel_tool_calls=False) as stream:
+        final = stream.get_final_completion()
+    check_call(final.choices[0].message.tool_calls[0], WEATHER)
+    history = QUESTION + [
+        final.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": final.choices[0].message.tool_calls[0].id, "content": "sunny"},
+    ]
+    assert client.chat.completions.create(model=name, messages=history, tools=[WEATHER], max_tokens=4).choices

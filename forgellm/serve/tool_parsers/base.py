@@ -66,7 +66,8 @@ class ToolParser:
         return {
             "type": "tag",
             "begin": f'{self.call_prefix}{{"name": {name}, "{self.arguments_key}": ',
-            "content": {"type": "json_schema", "json_schema": function_parameters(tool)},
+            # Whitespace runs bounded as for JSON schemas (structured/backend.py): a small model pads otherwise.
+            "content": {"type": "json_schema", "json_schema": function_parameters(tool), "max_whitespace_cnt": 16},
             "end": "}" + self.call_suffix,
         }
 
