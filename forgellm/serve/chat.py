@@ -18,6 +18,7 @@ from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import chat_logprobs, prompt_logprobs_list
 from forgellm.serve.openapi import GENERATION_ERRORS, ChatCompletion, ChatCompletionChunk, openapi_extra, responses
+from forgellm.serve.output_constraints import after_reasoning
 from forgellm.serve.protocol import ChatCompletionRequest
 from forgellm.serve.reasoning_parsers import REASONING_PARSERS
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
@@ -57,8 +58,19 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
         prompt_ids = await ctx.engine.render_chat(
             body.template_messages(), tools=body.tools or None, chat_template_kwargs=body.chat_template_kwargs
         )
-        parser = ctx.settings.reasoning_parser
-        output = ChatOutput(calling, REASONING_PARSERS[parser] if parser is not None else None)
+        reasoning = REASONING_PARSERS[ctx.settings.reasoning_parser] if ctx.settings.reasoning_parser else None
+        constraint = params.structured_outputs
+        # A reasoning model thinks freely, then answers under the constraint; a structural tag the client sent
+        # describes the whole output (it may hold the thinking itself) and is left as it is.
+        if (
+            reasoning is not None
+            and constraint is not None
+            and (forced is not None or constraint.kind != "structural_tag")
+        ):
+            wrapped = after_reasoning({constraint.kind: getattr(constraint, constraint.kind)}, reasoning.start,
+                                      reasoning.end, reasoning.opened_by_prompt)  # fmt: skip
+            params = replace(params, structured_outputs=wrapped)
+        output = ChatOutput(calling, reasoning)
         header = {"id": request_id, "created": created, "model": ctx.settings.model_name}
         top_k = params.logprobs
         [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream, constraint_field)
