@@ -158,17 +158,11 @@ class AsyncLLM:
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template (which adds its own BOS); `tools`
-        go to the template too, which must show them (an InvalidRequestError naming tools otherwise)."""
+        go to the template too, which must show them (Tokenizer.apply_chat_template)."""
 
         def render() -> list[int]:
             variables = chat_template_kwargs or {}
             text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt, tools=tools, **variables)
-            if tools and text == self.tokenizer.apply_chat_template(list(messages), add_generation_prompt, **variables):
-                raise InvalidRequestError(
-                    "this model's chat template does not show tools to the model; give a template that renders "
-                    "`tools` (chat_template) or leave tools out",
-                    "tools",
-                )
             return self.tokenizer.encode(text, add_special_tokens=False)
 
         return await self.run_in_pool(render)

@@ -179,7 +179,9 @@ class Tokenizer:
         chat_template: str | None = None,
         **kwargs: Any,
     ) -> str:
-        """Render `messages` to prompt text; `chat_template` is a template source or a named template."""
+        """Render `messages` to prompt text; `chat_template` is a template source or a named template. With
+        `tools`, a template that does not show them (the text is the same without) is an InvalidRequestError
+        naming tools: the model would never know of them (a model's named `tool_use` template is trusted)."""
         source = self._select_template(chat_template, tools)
         template = self._compiled.get(source)
         if template is None:
@@ -193,9 +195,20 @@ class Tokenizer:
             self._compiled[source] = template
         # Explicit kwargs override the special tokens, as in transformers.
         variables = {**self.special_tokens_map, **kwargs}
-        return render_chat_template(
+        text = render_chat_template(
             template, messages, add_generation_prompt=add_generation_prompt, tools=tools, **variables
         )
+        # A model's own `tool_use` template is its template for tools: trusted to use them as it means to.
+        checked = tools and source != self._chat_templates.get("tool_use")
+        if checked and text == render_chat_template(
+            template, messages, add_generation_prompt=add_generation_prompt, **variables
+        ):
+            raise InvalidRequestError(
+                "this model's chat template does not show tools to the model; give a template that renders "
+                "`tools` (chat_template) or leave tools out",
+                "tools",
+            )
+        return text
 
     def _select_template(self, chat_template: str | None, tools: list[dict[str, Any]] | None) -> str:
         if chat_template is not None:

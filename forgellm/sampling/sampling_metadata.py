@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from forgellm.engine.request import Request
-from forgellm.sampling_params import SamplingParams
 from forgellm.structured.state import bitmask_width
 
 # Up to this k, torch.topk costs about a quarter of a full sort (H200, 152k vocabulary, 256 rows:
@@ -120,9 +119,7 @@ class SamplingMetadata:
         if need_repetition:
             prompt_mask = _token_counts([r.prompt_token_ids for r in requests], vocab_size, device) > 0
         min_rows, min_ids = _min_tokens_pairs(requests, num_prior_outputs, vocab_size)
-        if histories is None:
-            histories = [r.output_token_ids for r in requests]
-        controls = _logit_controls(params, histories, num_prior_outputs, vocab_size, put)
+        controls = _logit_controls(requests, histories, num_prior_outputs, vocab_size, put)
         if any(r.grammar is not None for r in requests):
             bitmask = torch.full((len(requests), bitmask_width(vocab_size)), -1, dtype=torch.int32)
             for row, request in enumerate(requests):
@@ -196,13 +193,15 @@ def _min_tokens_pairs(
 
 
 def _logit_controls(
-    params: Sequence[SamplingParams],
-    histories: Sequence[Sequence[int]],
+    requests: Sequence[Request],
+    histories: Sequence[Sequence[int]] | None,
     num_prior_outputs: Sequence[int],
     vocab_size: int,
     put: Callable[[list | torch.Tensor, torch.dtype | None], torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The metadata fields of logit_bias, allowed_token_ids and bad words (none when no row uses them)."""
+    """The metadata fields of logit_bias, allowed_token_ids and bad words (none when no row uses them). Only
+    rows with bad words read their output history (a copy of the output list: not on every decode step)."""
+    params = [r.sampling_params for r in requests]
     fields: dict[str, torch.Tensor] = {}
     bias = [(row, token, value) for row, p in enumerate(params) for token, value in (p.logit_bias or {}).items()]
     if bias:
@@ -217,9 +216,8 @@ def _logit_controls(
         (row, token, required)
         for row, p in enumerate(params)
         if p.bad_words_token_ids
-        for token, required in _bad_word_bans(
-            p.bad_words_token_ids, histories[row], num_prior_outputs[row] - len(histories[row])
-        )
+        for history in [histories[row] if histories is not None else requests[row].output_token_ids]
+        for token, required in _bad_word_bans(p.bad_words_token_ids, history, num_prior_outputs[row] - len(history))
     ]
     if bans:
         fields |= _columns(bans, ("bad_words_rows", "bad_words_token_ids", "bad_words_required"), put, torch.int64)

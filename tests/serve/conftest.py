@@ -45,6 +45,12 @@ class RunningServer:
     def port(self) -> int:
         return int(self.base_url.rsplit(":", 1)[1])
 
+    def langchain(self, **options: Any) -> Any:
+        """LangChain's ChatOpenAI against this server, without retries (skips the test without langchain-openai)."""
+        langchain_openai = pytest.importorskip("langchain_openai")
+        defaults = {"model": self.settings.model_name, "base_url": f"{self.base_url}/v1", "api_key": "unused"}
+        return langchain_openai.ChatOpenAI(**(defaults | {"max_retries": 0, "temperature": 0} | options))
+
     def client(self, api_key: str | None = None, **kwargs: Any) -> Any:
         """An openai client without retries, so every error surfaces at once."""
         key = api_key or self.settings.api_key or "unused"

@@ -189,16 +189,7 @@ def test_store_is_bounded_in_count_and_age():
 
 
 def test_langchain_chat_openai_with_the_responses_api(demo_server):
-    langchain_openai = pytest.importorskip("langchain_openai")
-    model = langchain_openai.ChatOpenAI(
-        base_url=f"{demo_server.base_url}/v1",
-        api_key="x",
-        model=MODEL,
-        use_responses_api=True,
-        max_retries=0,
-        max_tokens=4,
-        temperature=0,
-    )
+    model = demo_server.langchain(use_responses_api=True, max_tokens=4)
     message = model.invoke("hi")
     expected = _chat(demo_server.client(), [{"role": "user", "content": "hi"}], 4).choices[0].message.content
     assert message.text == expected

@@ -72,21 +72,9 @@ def test_vllm_guided_fields_and_structured_outputs(demo_server):
 
 
 def test_langchain_with_structured_output(demo_server):
-    langchain_openai = pytest.importorskip("langchain_openai")
-    model = langchain_openai.ChatOpenAI(
-        model=MODEL,
-        base_url=f"{demo_server.base_url}/v1",
-        api_key="unused",
-        max_tokens=200,
-        temperature=0,
-        max_retries=0,
-    )
-    city = model.with_structured_output(City).invoke("Describe a city.")
+    city = demo_server.langchain(max_tokens=200).with_structured_output(City).invoke("Describe a city.")
     assert isinstance(city, City)
-    responses = langchain_openai.ChatOpenAI(
-        model=MODEL, base_url=f"{demo_server.base_url}/v1", api_key="unused", max_tokens=200, temperature=0,
-        max_retries=0, use_responses_api=True,
-    )  # fmt: skip
+    responses = demo_server.langchain(max_tokens=200, use_responses_api=True)
     assert isinstance(responses.with_structured_output(City).invoke("Describe a city."), City)
     assert_still_serves(demo_server)
 

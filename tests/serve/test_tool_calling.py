@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import jsonschema
 import pytest
@@ -109,15 +108,7 @@ def test_a_conversation_with_calls_and_tool_results(demo_server):
 
 
 def test_langchain_bind_tools(demo_server):
-    langchain_openai = pytest.importorskip("langchain_openai")
-    model = langchain_openai.ChatOpenAI(
-        model=MODEL,
-        base_url=f"{demo_server.base_url}/v1",
-        api_key="unused",
-        max_tokens=80,
-        temperature=0,
-        max_retries=0,
-    )
+    model = demo_server.langchain(max_tokens=80)
     reply = model.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Rome?")
     assert [call["name"] for call in reply.tool_calls] == ["get_weather"]
     jsonschema.validate(reply.tool_calls[0]["args"], WEATHER["function"]["parameters"])
@@ -145,18 +136,18 @@ def test_bad_tool_requests_are_400s_naming_the_field(demo_server, extra, param, 
 
 
 def test_tools_for_a_template_that_ignores_them_are_refused(tiny_model_dir, tmp_path):
-    """The tiny fixture's chat template shows no tools: sending tools is an error naming them, not silence."""
+    """A chat template that shows no tools: sending tools is an error naming them, not silence, for the
+    server's engine and for LLM.chat alike (the check lives in Tokenizer.apply_chat_template)."""
+    from forgellm import LLM
     from forgellm.engine.async_engine import AsyncLLM
     from forgellm.errors import InvalidRequestError
+    from tests.fixtures.tool_chat_templates import with_chat_template
 
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir("llama"), model)
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config["chat_template"] = (  # ChatML without tools
+    chatml = (  # ChatML without tools
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
         "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     )
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    model = with_chat_template(tiny_model_dir("llama"), tmp_path / "model", chatml)
     engine = AsyncLLM(model=str(model), dtype="float32", max_model_len=256, cpu_kv_cache_gb=0.05)
     try:
         with pytest.raises(InvalidRequestError, match="does not show tools") as err:
@@ -165,6 +156,9 @@ def test_tools_for_a_template_that_ignores_them_are_refused(tiny_model_dir, tmp_
         assert asyncio.run(engine.render_chat(QUESTION))  # without tools it renders
     finally:
         engine.shutdown()
+    llm = LLM(str(model), dtype="float32", device="cpu", max_model_len=256)
+    with pytest.raises(InvalidRequestError, match="does not show tools"):
+        llm.chat(QUESTION, tools=[WEATHER], use_tqdm=False)
 
 
 @pytest.mark.parametrize("parser", ["llama3_json", "mistral"])

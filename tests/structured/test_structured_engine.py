@@ -160,3 +160,29 @@ def test_llm_chat_renders_tools_and_a_structural_tag_forces_the_call(demo):
     message, finish_reason = calling.message(text, "stop")
     assert finish_reason == "tool_calls" and message["tool_calls"][0]["function"]["name"] == "lookup"
     jsonschema.validate(json.loads(message["tool_calls"][0]["function"]["arguments"]), PERSON["properties"]["address"])
+
+
+def test_a_token_the_grammar_refuses_stops_the_request_and_an_ended_grammar_masks_nothing(demo):
+    """Request.append_token feeds the grammar; a token it does not allow (never sampled under the mask, but
+    e.g. forced) is recorded and check_stop ends the request; a finished grammar leaves its bitmask row
+    all ones (a request computed once more after it ended, under async scheduling, is not masked)."""
+    import torch
+
+    from forgellm.engine.request import Request, RequestStatus
+    from forgellm.scheduling.stop_checker import check_stop
+    from forgellm.structured.params import StructuredOutputsParams
+    from forgellm.structured.state import bitmask_width
+
+    constraint = StructuredOutputsParams(choice=["yes"])
+    grammars = demo.engine.input_processor.grammars
+    request = Request("r", [5, 6], SamplingParams(), 8, grammar=grammars.new_state(constraint))
+    no = demo.get_tokenizer().encode("no", add_special_tokens=False)[0]
+    request.append_token(no)
+    assert request.grammar.rejected_token == no
+    assert check_stop(request, no, 2048) and request.status is RequestStatus.FINISHED_STOPPED
+    bitmask = torch.zeros(1, bitmask_width(grammars.vocab_size), dtype=torch.int32)
+    request.grammar.fill_bitmask(bitmask, 0)
+    assert not bitmask.any()  # left as the caller filled it
+    fresh = grammars.new_state(constraint)
+    fresh.fill_bitmask(bitmask, 0)
+    assert 0 < int(torch.tensor([bin(w & 0xFFFFFFFF).count("1") for w in bitmask[0].tolist()]).sum()) < 64
