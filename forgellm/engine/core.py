@@ -13,6 +13,7 @@ from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
 from forgellm.scheduling.scheduler_output import SchedulerOutput
 from forgellm.spec_decode.decoder import SpeculativeDecoder
+from forgellm.structured.state import accept_ahead
 from forgellm.worker.in_flight import InFlightStep
 from forgellm.worker.model_runner import ModelRunner, TokenLogprobs
 
@@ -116,14 +117,9 @@ class EngineCore:
         scheduler_output = self.scheduler.schedule()
         launched = None
         failed: list[EngineCoreOutput] = []
-        if self._in_flight is not None and _waits_for_tokens(scheduler_output):
-            # A constrained request's mask needs its last token on the host: finish the step in flight
-            # first (this step then does not overlap the one before).
-            done, self._in_flight = self._in_flight, None
-            try:
-                failed = self._finish_step(done, started)
-            except Exception as exc:
-                failed = self._fail_step(done.scheduler_output, exc)
+        # A constrained request's mask needs its last token on the host: queue this step's forward pass,
+        # finish the step in flight while the device runs it, then queue the sampling with the new masks.
+        defer = self._in_flight is not None and _waits_for_tokens(scheduler_output)
         if scheduler_output.is_empty:
             self.runner.release(scheduler_output.finished_request_ids)
         else:
@@ -132,19 +128,32 @@ class EngineCore:
                 if s.request.first_scheduled_time is None:
                     s.request.first_scheduled_time = now
             try:
-                launched = self.runner.launch(scheduler_output, self._in_flight)
+                launched = self.runner.launch(scheduler_output, self._in_flight, defer_sampling=defer)
             except Exception as exc:
                 failed += self._fail_step(scheduler_output, exc)
+        if defer:
+            done, self._in_flight = self._in_flight, None
+            failed += self._finish_or_fail(done, started)
+            if launched is not None:
+                try:
+                    self.runner.sample_deferred(launched)
+                except Exception as exc:
+                    failed += self._fail_step(scheduler_output, exc)
+                    launched = None
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, launched
         else:
             done = launched
         if done is None:
             return failed
+        return failed + self._finish_or_fail(done, started)
+
+    def _finish_or_fail(self, step: InFlightStep, started: float) -> list[EngineCoreOutput]:
+        """`_finish_step`, or `_fail_step` for its requests when finishing raises."""
         try:
-            return failed + self._finish_step(done, started)
+            return self._finish_step(step, started)
         except Exception as exc:
-            return failed + self._fail_step(done.scheduler_output, exc)
+            return self._fail_step(step.scheduler_output, exc)
 
     def _fail_step(self, scheduler_output: SchedulerOutput, exc: Exception) -> list[EngineCoreOutput]:
         """End every request of a step that raised `exc` with finish_reason "error"; the engine goes on.
@@ -172,6 +181,7 @@ class EngineCore:
         result = self.runner.collect(step)
         scheduler_output = step.scheduler_output
         before = {s.request.request_id: s.request.num_tokens for s in scheduler_output.scheduled}
+        _advance_grammars(scheduler_output, result.sampled_token_ids)
         updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
         if self.spec_decoder is not None:
             self.spec_decoder.record(scheduler_output, result.sampled_token_ids)
@@ -237,5 +247,22 @@ def is_device_failure(exc: BaseException) -> bool:
 
 
 def _waits_for_tokens(scheduler_output: SchedulerOutput) -> bool:
-    """Whether a request of the step samples under a grammar while its last token is still in flight."""
-    return any(s.request.grammar is not None and s.request.num_pending_tokens > 0 for s in scheduler_output.scheduled)
+    """Whether a request of the step samples under a grammar while its last token is still in flight (its
+    pending tokens count this step's sample too)."""
+    return any(
+        s.samples and s.request.grammar is not None and s.request.num_pending_tokens > 1
+        for s in scheduler_output.scheduled
+    )
+
+
+def _advance_grammars(scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, list[int]]) -> None:
+    """Feed the step's one new token of each constrained request to its grammar, the batch together (on the
+    grammars' thread pool), before the scheduler appends the tokens one request at a time."""
+    tokens = []
+    for s in scheduler_output.scheduled:
+        request = s.request
+        new = sampled_token_ids.get(request.request_id)
+        if request.grammar is not None and s.samples and new and len(new) == 1 and not request.status.is_finished:
+            tokens.append((request.grammar, request.num_output_tokens, new[0]))
+    if len(tokens) > 1:
+        accept_ahead(tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,10 @@ class LLMEngine:
         self.tokenizer = Tokenizer.from_dir(resolve_tokenizer_dir(config, model_dir))
         defaults = load_generation_defaults(model_dir)
         device, dtype = resolve_device(config.device), resolve_dtype(config.dtype, arch)
+        if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+            # The host's tensor work per step is tiny; idle intra-op threads spin after each op and starve the
+            # grammar pool's threads (H200 host, batch 64: 3.7 ms of bitmasks on 8 threads instead of 1.7 ms).
+            torch.set_num_threads(1)
         self.max_model_len = resolve_max_model_len(config, arch)
         spec_config = config.speculative_config
         # Before loading anything: an unimplemented method, a k too long, a draft of another vocabulary fail fast.

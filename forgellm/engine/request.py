@@ -103,4 +103,4 @@ class Request:
     def append_token(self, token_id: int) -> None:
         self.all_token_ids.append(token_id)
         if self.grammar is not None:
-            self.grammar.accept(token_id)
+            self.grammar.accept(token_id, self.num_output_tokens - 1)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Any
 
 from forgellm.errors import InvalidRequestError
+from forgellm.structured.grammar_pool import GrammarPool
 from forgellm.structured.params import StructuredOutputsParams
 from forgellm.structured.state import GrammarState
 
@@ -41,6 +42,8 @@ class GrammarBackend:
         self.stop_token_ids = sorted(stop_token_ids)
         self._lock = threading.Lock()
         self._compiler: Any = None
+        # Shared by every request's GrammarState, so a batch's grammars advance and fill together (threads).
+        self.pool = GrammarPool()
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def _get_compiler(self) -> Any:
@@ -99,4 +102,5 @@ class GrammarBackend:
 
     def new_state(self, params: StructuredOutputsParams) -> GrammarState:
         """A fresh matcher for one sample (the grammar comes from the cache after admission)."""
-        return GrammarState(_xgrammar().GrammarMatcher(self.compile(params)), self.vocab_size)
+        compiled = self.compile(params)
+        return GrammarState(_xgrammar().GrammarMatcher(compiled), self.vocab_size, self.pool)

@@ -8,6 +8,7 @@ needs (placeholders) straight from N's sampled ids on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ class InFlightStep:
     verified: torch.Tensor | None = None  # [M, k + 1] int64, on the device, then on the host after copy_to_host
     verify_logprobs: LogprobsTensors | None = None  # row i * (k + 1) + j: request i's position j
     hidden_states: StepHiddenStates | None = None  # when the model captures features (EAGLE-3)
+    deferred: Any = None  # the runner's DeferredSampling until sampling is queued
 
     def __post_init__(self) -> None:
         self.sample_rows = {request.request_id: row for row, request in enumerate(self.sample_requests)}

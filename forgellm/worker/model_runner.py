@@ -52,6 +52,19 @@ class ModelRunnerOutput:
     hidden_states: StepHiddenStates | None = None  # the target's features, when an EAGLE-3 head reads them
 
 
+@dataclass
+class DeferredSampling:
+    """What a launched step still has to queue after its forward pass: rows of `logits` to sample,
+    verify and score, the staging its host copies use, and the in-flight tokens it read."""
+
+    logits: torch.Tensor
+    samplers: list[tuple[Request, int]]
+    verifiers: list[tuple[Request, int, list[int]]]
+    prompt_rows: list[tuple[Request, range, int]]
+    staging: PinnedStaging | None
+    pending: tuple[list[Request], torch.Tensor | None]
+
+
 def load_model(
     model_dir: Path,
     arch: ModelArchConfig,
@@ -216,11 +229,15 @@ class ModelRunner:
         return self.collect(self.launch(scheduler_output))
 
     @torch.inference_mode()
-    def launch(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None = None) -> InFlightStep:
+    def launch(
+        self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None = None, defer_sampling: bool = False
+    ) -> InFlightStep:
         """Queue the step's forward pass and sampling on the device without waiting for them.
 
         `in_flight` is the step launched before this one and not yet collected: tokens it sampled
-        that this step computes (placeholders) are taken from its sampled ids on the device.
+        that this step computes (placeholders) are taken from its sampled ids on the device. With
+        `defer_sampling` only the forward pass is queued; `sample_deferred` queues the rest once the
+        host has collected `in_flight` (a grammar's mask needs the tokens it sampled).
         """
         self.release(scheduler_output.finished_request_ids)
         chunks, samplers, prompt_rows, placeholders, verifiers = self._plan(scheduler_output, in_flight)
@@ -235,14 +252,29 @@ class ModelRunner:
         features = getattr(self.model, "aux_hidden", None)
         if features is not None:
             step.hidden_states = _hidden_states(features, scheduler_output, chunks)
-        if samplers:
-            self._sample(logits, samplers, step, [request for request, _, _ in placeholders], pending_ids)
-        if verifiers:
-            self._verify(logits, verifiers, step)
-        for request, positions, first_row in prompt_rows:
-            self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
-        step.copy_to_host(self.device, None if staging is None else staging.sampled)
+        # Tokens still in flight count for penalties and bad words; deferred, they are on the host by then.
+        pending = ([], None) if defer_sampling else ([request for request, _, _ in placeholders], pending_ids)
+        step.deferred = DeferredSampling(logits, samplers, verifiers, prompt_rows, staging, pending)
+        if not defer_sampling:
+            self.sample_deferred(step)
         return step
+
+    @torch.inference_mode()
+    def sample_deferred(self, step: InFlightStep) -> None:
+        """Queue the sampling, verification, prompt scoring and host copies of a launched step.
+
+        Called by `launch`, or by the engine after it when sampling was deferred: then only once the
+        step in flight before it has been collected."""
+        work, step.deferred = step.deferred, None
+        logits = work.logits
+        pending_requests, pending_ids = work.pending
+        if work.samplers:
+            self._sample(logits, work.samplers, step, pending_requests, pending_ids)
+        if work.verifiers:
+            self._verify(logits, work.verifiers, step)
+        for request, positions, first_row in work.prompt_rows:
+            self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
+        step.copy_to_host(self.device, None if work.staging is None else work.staging.sampled)
 
     def _plan(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None) -> tuple[list, ...]:
         """Per request: its chunk, its sampling row, its prompt-logprob rows, its placeholder if any, and for

@@ -29,12 +29,12 @@ def plant_step_fault(llm: LLM, monkeypatch, error: Exception, poison: list[int] 
     launch = runner.launch
     seen = []
 
-    def launch_with_fault(scheduler_output, in_flight=None):  # noqa: ANN001, ANN202
+    def launch_with_fault(scheduler_output, in_flight=None, **options):  # noqa: ANN001, ANN003, ANN202
         if any(s.request.prompt_token_ids == poison for s in scheduler_output.scheduled):
             seen.append(1)
             if len(seen) == at_step:
                 raise error
-        return launch(scheduler_output, in_flight)
+        return launch(scheduler_output, in_flight, **options)
 
     monkeypatch.setattr(runner, "launch", launch_with_fault)
 

@@ -26,10 +26,10 @@ def _plant_faults() -> None:
 
     launch = ModelRunner.launch
 
-    def launch_with_fault(self, scheduler_output, in_flight=None):  # noqa: ANN001, ANN202
+    def launch_with_fault(self, scheduler_output, in_flight=None, **options):  # noqa: ANN001, ANN003, ANN202
         if any(s.request.prompt_token_ids == STEP_FAULT_PROMPT for s in scheduler_output.scheduled):
             raise RuntimeError("a fault planted in the step")
-        return launch(self, scheduler_output, in_flight)
+        return launch(self, scheduler_output, in_flight, **options)
 
     encode_output = process_engine.encode_output
 

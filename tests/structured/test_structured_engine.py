@@ -186,3 +186,100 @@ def test_a_token_the_grammar_refuses_stops_the_request_and_an_ended_grammar_mask
     fresh = grammars.new_state(constraint)
     fresh.fill_bitmask(bitmask, 0)
     assert 0 < int(torch.tensor([bin(w & 0xFFFFFFFF).count("1") for w in bitmask[0].tolist()]).sum()) < 64
+
+
+def test_async_scheduling_keeps_the_forward_overlap_and_gives_the_sync_tokens():
+    """Under async scheduling a step with a constrained request whose last token is in flight queues its
+    forward pass first (launch with defer_sampling), collects the step before (advancing the grammar),
+    then queues its sampling: the tokens, logprobs and finish reasons are those of synchronous scheduling."""
+    requests = []
+    for i, name in enumerate(["person", "phone", "sum", "choice", "items"]):
+        constraint = CONSTRAINTS[name][0]
+        requests.append(SamplingParams(temperature=0.0, max_tokens=60, logprobs=2, structured_outputs=constraint))
+        requests.append(SamplingParams(temperature=1.0, seed=i, max_tokens=60, n=2, structured_outputs=constraint))
+    requests.append(SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, presence_penalty=1.5))
+    requests.append(
+        SamplingParams(temperature=0.0, max_tokens=60, repetition_penalty=1.3, structured_outputs={"regex": PHONE})
+    )
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(requests))]
+
+    def outputs(llm: LLM) -> list:
+        results = llm.generate(prompts, requests, use_tqdm=False)
+        return [
+            [(c.token_ids, c.finish_reason, c.logprobs and [sorted(e) for e in c.logprobs]) for c in o.outputs]
+            for o in results
+        ]
+
+    overlapped = LLM(device="cpu", seed=0, async_scheduling="on")
+    runner = overlapped.engine.core.runner
+    order: list[str] = []
+    launch, collect, sample_deferred = runner.launch, runner.collect, runner.sample_deferred
+
+    def recording_launch(*args, defer_sampling=False, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        order.append("launch-deferred" if defer_sampling else "launch")
+        return launch(*args, defer_sampling=defer_sampling, **kwargs)
+
+    def recording(name, method):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            order.append(name)
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    runner.launch = recording_launch
+    runner.collect, runner.sample_deferred = recording("collect", collect), recording("sample", sample_deferred)
+    got = outputs(overlapped)
+    assert got == outputs(LLM(device="cpu", seed=0, async_scheduling="off"))
+    deferred = [i for i, event in enumerate(order) if event == "launch-deferred"]
+    assert len(deferred) > 20  # steady decoding defers every step
+    for i in deferred:  # the forward is queued, the step before read, then the sampling queued
+        assert order[i + 1 : i + 3] == ["collect", "sample"], order[i : i + 3]
+
+
+@pytest.mark.parametrize("mode", ["serial", "threads", "xgrammar"])
+def test_a_batch_of_grammars_advanced_and_masked_together_equals_one_at_a_time(demo, mode, monkeypatch):
+    """The GrammarPool (in series, on Python threads, on xgrammar's pool) accepts a step's tokens ahead of
+    the requests and fills the batch's masks: the same bits as one grammar at a time, ended grammars' rows
+    left alone, rows without a grammar untouched, and no token accepted twice."""
+    import torch
+
+    from forgellm.engine.request import Request
+    from forgellm.structured.grammar_pool import GrammarPool
+    from forgellm.structured.params import StructuredOutputsParams
+    from forgellm.structured.state import accept_ahead, bitmask_width, fill_bitmasks
+
+    grammars = demo.engine.input_processor.grammars
+    monkeypatch.setattr(grammars, "pool", GrammarPool(mode, threads=3, min_rows_per_thread=1))
+    tokenizer = demo.get_tokenizer()
+    texts = ['{"name": "a', "[true, ", "+1-55", "12 + ", "red"]
+
+    def requests() -> list[Request]:
+        made = []
+        for name in CONSTRAINTS:
+            state = grammars.new_state(StructuredOutputsParams(**CONSTRAINTS[name][0]))
+            made.append(Request(name, [5, 6], SamplingParams(), 64, grammar=state))
+        return made
+
+    one_at_a_time, together = requests(), requests()
+    for request, text in zip(one_at_a_time, texts):
+        for token in tokenizer.encode(text, add_special_tokens=False):
+            request.append_token(token)
+    encoded = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    for position in range(max(len(ids) for ids in encoded)):
+        step = [(r, ids[position]) for r, ids in zip(together, encoded) if position < len(ids)]
+        accept_ahead([(r.grammar, r.num_output_tokens, token) for r, token in step])
+        for request, token in step:
+            request.append_token(token)  # seen ahead: not accepted a second time
+    ended = grammars.new_state(StructuredOutputsParams(choice=["yes"]))
+    for token in tokenizer.encode("yes", add_special_tokens=False) + [tokenizer.eos_token_id]:
+        ended.accept(token)
+    assert ended.is_terminated and all(r.grammar.is_active for r in one_at_a_time + together)
+    width = bitmask_width(grammars.vocab_size)
+    expected = torch.full((8, width), -1, dtype=torch.int32)
+    for row, request in zip([1, 2, 4, 5, 6], one_at_a_time):
+        request.grammar.fill_bitmask(expected, row)
+    assert (expected[[0, 3, 7]] == -1).all() and (expected[[1, 2, 4, 5, 6]] != -1).any(dim=1).all()
+    batched = torch.full((8, width), -1, dtype=torch.int32)
+    fill_bitmasks([(1, together[0].grammar), (2, together[1].grammar), (4, together[2].grammar),
+                   (5, together[3].grammar), (6, together[4].grammar), (7, ended)], batched)  # fmt: skip
+    assert torch.equal(batched, expected)

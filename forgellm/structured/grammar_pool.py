@@ -1,0 +1,59 @@
+"""GrammarPool: advances and masks a batch's grammars together, in series or split over threads.
+
+At a 128k vocabulary xgrammar takes tens of microseconds to fill one row's bitmask and about as long to
+accept one token, so at batch 64 the grammars alone take milliseconds of host time per step, which async
+scheduling hides behind the forward pass only while it is shorter. xgrammar releases the GIL in both, so
+threads work on rows in parallel (measured on the H200 host: 64 rows 3.7 ms in series, 1.7 ms on 8 threads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+POOL_MODES = ("serial", "threads", "xgrammar")
+
+
+class GrammarPool:
+    """Runs per-grammar work over a batch: "serial", "threads" (a pool of `threads` Python threads, one slice
+    of the rows each) or "xgrammar" (bitmasks on its BatchGrammarMatcher and its own pool, the rest as
+    "threads"). Below `min_rows_per_thread` rows a thread, work stays on the calling thread."""
+
+    def __init__(self, mode: str = "threads", threads: int = 8, min_rows_per_thread: int = 4) -> None:
+        if mode not in POOL_MODES:
+            raise ValueError(f"grammar pool mode must be one of {POOL_MODES}, got {mode!r}")
+        self.mode = mode
+        self.threads = max(1, threads)
+        self.min_rows_per_thread = min_rows_per_thread
+        self._pool = ThreadPoolExecutor(self.threads, "grammar") if mode != "serial" and self.threads > 1 else None
+        self._batch: Any = None
+        if mode == "xgrammar":
+            import xgrammar
+
+            self._batch = xgrammar.BatchGrammarMatcher(max_threads=self.threads)
+
+    def fill(self, rows: list[int], matchers: list[Any], bitmask: torch.Tensor) -> None:
+        """Fill bitmask[rows[i]] with what matchers[i] allows next."""
+        if self._batch is not None and len(rows) > 1:
+            self._batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)
+            return
+        self.map(lambda row, matcher: matcher.fill_next_token_bitmask(bitmask, row), list(zip(rows, matchers)))
+
+    def map(self, work: Callable[..., Any], items: Sequence[tuple]) -> None:
+        """Call work(*item) for every item, slices of the items on the pool's threads (each item's objects
+        touched by one thread only)."""
+        slices = min(self.threads, len(items) // self.min_rows_per_thread) if self._pool is not None else 1
+        if slices < 2:
+            _run_slice(work, items)
+            return
+        futures = [self._pool.submit(_run_slice, work, items[i::slices]) for i in range(slices)]
+        for future in futures:
+            future.result()
+
+
+def _run_slice(work: Callable[..., Any], items: Sequence[tuple]) -> None:
+    for item in items:
+        work(*item)
