@@ -1,0 +1,1 @@
+"""Images and video frames for vision-language models: loading, preprocessing, encoder caching."""
