@@ -96,6 +96,13 @@ def parse_rope_config(raw: dict[str, Any], max_position_embeddings: int, source:
     if any(isinstance(value, dict) for value in params.values()):
         raise ModelLoadError(f"{source}: per-layer-type rope_parameters ({sorted(params)}) are not supported")
     rope_type = params.get("rope_type", params.get("type")) or "default"
+    if rope_type == "mrope":  # the Qwen2-VL configs' older spelling of default frequencies with sections
+        rope_type = "default"
+    mrope_section = params.get("mrope_section")
+    if mrope_section is not None and (
+        not isinstance(mrope_section, list) or not all(isinstance(n, int) and n > 0 for n in mrope_section)
+    ):
+        raise ModelLoadError(f"{source}: mrope_section must be a list of positive integers, got {mrope_section!r}")
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ModelLoadError(
             f"{source}: rope type {rope_type!r} is not supported; supported types: {', '.join(SUPPORTED_ROPE_TYPES)}"
@@ -137,6 +144,7 @@ def parse_rope_config(raw: dict[str, Any], max_position_embeddings: int, source:
         mscale_all_dim=optional("mscale_all_dim"),
         truncate=bool(_first_set(params.get("truncate"), True)),
         partial_rotary_factor=number("partial_rotary_factor", partial),
+        mrope_section=None if mrope_section is None else tuple(mrope_section),
     )
 
 

@@ -28,6 +28,9 @@ class RopeConfig:
     mscale_all_dim: float | None = None
     truncate: bool = True
     partial_rotary_factor: float = 1.0
+    # Multimodal RoPE (Qwen2-VL family): the head's frequency pairs in sections rotated by the temporal,
+    # height and width position streams in turn; None for ordinary one-stream RoPE.
+    mrope_section: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

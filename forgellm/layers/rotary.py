@@ -106,6 +106,8 @@ class RotaryEmbedding(nn.Module):
             )
         if head_dim <= 2 or head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim > 2, got {head_dim}")
+        if rope.mrope_section is not None and sum(rope.mrope_section) != head_dim // 2:
+            raise ValueError(f"mrope_section {list(rope.mrope_section)} must add up to head_dim / 2 = {head_dim // 2}")
         self.head_dim = head_dim
         self.rope = rope
         self.max_position_embeddings = max_position_embeddings
@@ -114,6 +116,12 @@ class RotaryEmbedding(nn.Module):
         self.original_max_position_embeddings = rope.original_max_position_embeddings or max_position_embeddings
         self.attention_scaling = _yarn_attention_factor(rope) if rope.type == "yarn" else 1.0
         self.register_buffer("inv_freq", self._compute_inv_freq(), persistent=False)
+        # M-RoPE: which position stream (0 temporal, 1 height, 2 width) rotates each frequency pair.
+        streams = None
+        if rope.mrope_section is not None:
+            sections = [torch.full((n,), i % 3, dtype=torch.int64) for i, n in enumerate(rope.mrope_section)]
+            streams = torch.cat(sections)
+        self.register_buffer("mrope_streams", streams, persistent=False)
 
     def _compute_inv_freq(self) -> Tensor:
         """The float32 inverse frequencies [head_dim/2] on the default device (`dynamic`: the unscaled ones)."""
@@ -147,7 +155,8 @@ class RotaryEmbedding(nn.Module):
         return torch.where(exceeds, scaled, self.inv_freq)
 
     def cos_sin(self, positions: Tensor, seq_lens_of_tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """cos and sin [T, head_dim] in float32 for positions [T], attention scaling included.
+        """cos and sin [T, head_dim] in float32 for positions [T] ([3, T] with M-RoPE: temporal, height and
+        width streams), attention scaling included.
 
         Only `dynamic` reads seq_lens_of_tokens ([T], each token's sequence length after this step), and
         needs it.
@@ -157,7 +166,13 @@ class RotaryEmbedding(nn.Module):
             if seq_lens_of_tokens is None:
                 raise ValueError("dynamic RoPE needs seq_lens_of_tokens (ForwardBatch.token_seq_lens)")
             inv_freq = self._dynamic_inv_freq(seq_lens_of_tokens)
-        freqs = positions[:, None].float() * inv_freq
+        if self.mrope_streams is not None:
+            if positions.dim() == 1:  # text only: the three streams agree
+                positions = positions.expand(3, -1)
+            # Each frequency pair takes its own stream's position: [3, T] -> [T, head_dim / 2].
+            freqs = positions.float().index_select(0, self.mrope_streams).t() * inv_freq
+        else:
+            freqs = positions[:, None].float() * inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
         if self.attention_scaling == 1.0:  # skip two kernels per step in the common case
             return angles.cos(), angles.sin()
