@@ -46,7 +46,7 @@ def load_model_config(model_dir: str | Path) -> ModelArchConfig:
 
 def parse_model_config(raw: dict[str, Any], source: str = "config.json") -> ModelArchConfig:
     """Build a ModelArchConfig from an already-parsed config.json dict."""
-    fields = _ConfigFields(raw, source)
+    fields = _ConfigFields(_with_text_config(raw), source)
     architectures = fields.get("architectures")
     if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
         raise ModelLoadError(f"{source}: missing or empty 'architectures' (expected e.g. [\"LlamaForCausalLM\"])")
@@ -74,7 +74,7 @@ def parse_model_config(raw: dict[str, Any], source: str = "config.json") -> Mode
         head_dim=_as_int(head_dim, "head_dim", source, positive=True),
         rms_norm_eps=_as_float(fields.get("rms_norm_eps", 1e-6), "rms_norm_eps", source),
         tie_word_embeddings=bool(fields.get("tie_word_embeddings", False)),
-        rope=parse_rope_config(raw, sizes["max_position_embeddings"], source),
+        rope=parse_rope_config(fields.raw, sizes["max_position_embeddings"], source),
         hidden_act=str(fields.get("hidden_act", "silu")),
         torch_dtype=_parse_checkpoint_dtype(fields, source),
         bos_token_id=_opt_int(fields.get("bos_token_id"), "bos_token_id", source),
@@ -189,11 +189,20 @@ class _ConfigFields:
         return value
 
 
+def _with_text_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A VLM's language-model fields at the top level: transformers 5 nests them in `text_config`, older
+    checkpoints (Qwen2-VL as published) keep them flat; the nested ones win, as in transformers."""
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        return raw
+    return {**raw, **{key: value for key, value in text.items() if key not in ("architectures", "model_type")}}
+
+
 def _family_fields(model_type: str, fields: _ConfigFields) -> dict[str, Any]:
     """The per-family switches: biases, q/k norm and sliding window."""
     attention_bias = bool(fields.get("attention_bias", False))
     sliding = fields.get("sliding_window")
-    if model_type == "qwen2":
+    if model_type in ("qwen2", "qwen2_vl", "qwen2_5_vl"):  # the VLMs' language model is Qwen2
         # Qwen2 always has q/k/v biases and no o_proj bias; its sliding_window is inert unless enabled.
         return {
             "qkv_bias": True,
