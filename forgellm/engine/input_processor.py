@@ -119,6 +119,11 @@ def _unwrap(prompt: Prompt) -> str | Sequence[int]:
             )
         return prompt
     keys = set(prompt)
+    if "multi_modal_data" in keys:
+        raise NotImplementedError(
+            "multi_modal_data (images, video) is not implemented in the engine yet: Qwen2-VL / Qwen2.5-VL "
+            "checkpoints load and answer text prompts; their image inputs are the next step of issue 15"
+        )
     if keys == {"prompt"} and isinstance(prompt["prompt"], str):
         return prompt["prompt"]
     ids = prompt.get("prompt_token_ids")

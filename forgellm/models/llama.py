@@ -195,8 +195,16 @@ class LlamaForCausalLM(nn.Module):
         weight = self.embed_tokens.weight
         self.aux_hidden = weight.new_zeros(max_tokens, len(layers) * self.config.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        batch: ForwardBatch,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [T, hidden]; `inputs_embeds` replaces the token embeddings (a VLM's, with
+        its images' in place of their placeholders)."""
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         token_seq_lens = batch.token_seq_lens if self.config.rope.type == "dynamic" else None
         rope = self.rotary.cos_sin(positions, token_seq_lens)
         residual = None

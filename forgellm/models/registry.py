@@ -6,6 +6,7 @@ from torch import nn
 
 from forgellm.errors import ModelLoadError
 from forgellm.models.llama import LlamaForCausalLM
+from forgellm.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
 # Qwen2, Qwen3 and Mistral are Llama with config flags (bias, q/k norm, sliding window).
 _ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -13,6 +14,9 @@ _ARCHITECTURES: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    # Text prompts only so far: images through the engine are not wired yet (InputProcessor says so).
+    "Qwen2VLForConditionalGeneration": Qwen2VLForConditionalGeneration,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2VLForConditionalGeneration,
 }
 
 

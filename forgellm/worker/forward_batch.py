@@ -28,10 +28,17 @@ class ForwardBatch:
     logits_indices: torch.Tensor  # [N] int64, which of the T positions produce logits
     num_prefills: int = 0  # requests computing more than one token this step
     num_decodes: int = 0  # requests computing exactly one token
+    # Vision-language models: encoder outputs [M, hidden] that replace the embeddings of the image and
+    # video placeholder tokens at mm_token_indices [M] (int64, into the T tokens); None without any.
+    mm_embeds: torch.Tensor | None = None
+    mm_token_indices: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> ForwardBatch:
         """The same batch with its tensors on `device` (non-blocking from pinned memory)."""
         moved = {name: getattr(self, name).to(device, non_blocking=True) for name in _TENSOR_FIELDS}
+        for name in _OPTIONAL_TENSOR_FIELDS:
+            if getattr(self, name) is not None:
+                moved[name] = getattr(self, name).to(device, non_blocking=True)
         return replace(self, **moved)
 
     @property
@@ -62,6 +69,7 @@ _TENSOR_FIELDS = (
     "slot_mapping",
     "logits_indices",
 )
+_OPTIONAL_TENSOR_FIELDS = ("mm_embeds", "mm_token_indices")
 
 
 @dataclass
