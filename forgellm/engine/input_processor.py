@@ -14,6 +14,7 @@ from forgellm.engine.admission import RequestLimits
 from forgellm.errors import InvalidRequestError
 from forgellm.hf.generation_config import GenerationDefaults
 from forgellm.hf.tokenizer import Tokenizer
+from forgellm.multimodal.inputs import MultimodalPrompt, VisionPromptBuilder
 from forgellm.sampling_params import SamplingParams
 from forgellm.structured.backend import GrammarBackend
 
@@ -30,6 +31,7 @@ class ProcessedPrompt:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     max_tokens: int
+    multimodal: MultimodalPrompt | None = None  # images, with their placeholders expanded in the ids
 
 
 class InputProcessor:
@@ -41,9 +43,12 @@ class InputProcessor:
         limits: RequestLimits,
         defaults: GenerationDefaults,
         stop_token_ids: Iterable[int] = (),
+        vision: VisionPromptBuilder | None = None,
     ) -> None:
-        """`stop_token_ids`: the tokens that end an output (the model's EOS), which end a grammar too."""
+        """`stop_token_ids`: the tokens that end an output (the model's EOS), which end a grammar too;
+        `vision`: a vision-language model's image handling (None: the model takes text only)."""
         self.tokenizer = tokenizer
+        self.vision = vision
         self.limits = limits
         self.defaults = defaults
         stops = list(stop_token_ids) or [t for t in (tokenizer.eos_token_id,) if t is not None]
@@ -88,7 +93,21 @@ class InputProcessor:
         """Check, tokenize, admit and resolve max_tokens; raises a typed error before any state changes."""
         params = params if params is not None else self.default_sampling_params()
         self.limits.check_sampling(params)  # cheap checks first, before tokenizing
-        text, ids = self.tokenize(prompt)
+        multimodal = None
+        if isinstance(prompt, Mapping) and "multi_modal_data" in prompt:
+            if self.vision is None:
+                raise InvalidRequestError(
+                    "this model takes text only: send the prompt without images", "multi_modal_data"
+                )
+            data = prompt["multi_modal_data"]
+            if not isinstance(data, Mapping):
+                raise InvalidRequestError(
+                    "multi_modal_data must be a dict such as {'image': [...]}", "multi_modal_data"
+                )
+            text, ids = self.tokenize({k: v for k, v in prompt.items() if k != "multi_modal_data"})
+            ids, multimodal = self.vision.build(ids, data)
+        else:
+            text, ids = self.tokenize(prompt)
         max_tokens = self.limits.check_length(len(ids), params)
         if params.max_tokens is None:
             params = replace(params, max_tokens=max_tokens)
@@ -96,7 +115,7 @@ class InputProcessor:
             params = replace(params, bad_words=None, bad_words_token_ids=self.bad_words_token_ids(params))
         if params.structured_outputs is not None:
             self.grammars.compile(params.structured_outputs)  # here, off the engine loop; refused with a 400
-        return ProcessedPrompt(text, ids, params, max_tokens)
+        return ProcessedPrompt(text, ids, params, max_tokens, multimodal)
 
     def bad_words_token_ids(self, params: SamplingParams) -> list[list[int]]:
         """`params.bad_words` as token-id sequences, each word as written and after a space (a word mid-text
@@ -119,11 +138,6 @@ def _unwrap(prompt: Prompt) -> str | Sequence[int]:
             )
         return prompt
     keys = set(prompt)
-    if "multi_modal_data" in keys:
-        raise NotImplementedError(
-            "multi_modal_data (images, video) is not implemented in the engine yet: Qwen2-VL / Qwen2.5-VL "
-            "checkpoints load and answer text prompts; their image inputs are the next step of issue 15"
-        )
     if keys == {"prompt"} and isinstance(prompt["prompt"], str):
         return prompt["prompt"]
     ids = prompt.get("prompt_token_ids")

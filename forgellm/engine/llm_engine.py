@@ -25,6 +25,7 @@ from forgellm.hf.generation_config import load_generation_defaults
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.kernels.attention import paged_attention_ref
 from forgellm.models.registry import get_model_class
+from forgellm.multimodal.inputs import vision_prompt_builder
 from forgellm.outputs import RequestOutput
 from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
 from forgellm.sampling_params import SamplingParams
@@ -217,7 +218,9 @@ class LLMEngine:
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.limits = RequestLimits.from_config(config, self.max_model_len, arch.vocab_size, blocks)
-        self.input_processor = InputProcessor(self.tokenizer, self.limits, defaults, self.eos_token_ids)
+        self.input_processor = InputProcessor(
+            self.tokenizer, self.limits, defaults, self.eos_token_ids, vision_prompt_builder(model_dir, arch)
+        )
         self.output_processor = OutputProcessor(self.tokenizer)
         # Engine ids of samples: a counter prefix makes them unique whatever ids callers choose.
         self._sample_counter = itertools.count()
@@ -281,6 +284,7 @@ class LLMEngine:
                     priority,
                     sample_index=index,
                     grammar=None if structured is None else self.input_processor.grammars.new_state(structured),
+                    multimodal=processed.multimodal,
                 )
                 # Siblings wait for the first sample's prompt, then find it in the prefix cache.
                 if first is not None and self.config.enable_prefix_caching:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from forgellm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from forgellm.multimodal.inputs import MultimodalPrompt
     from forgellm.structured.state import GrammarState
 
 
@@ -63,6 +64,8 @@ class Request:
     sample_index: int = 0
     # The sample's place in its output constraint (structured output); advanced by every appended token.
     grammar: GrammarState | None = None
+    # Images of a vision-language prompt: patches, placeholder spans, M-RoPE positions (shared by siblings).
+    multimodal: MultimodalPrompt | None = None
 
     all_token_ids: list[int] = field(init=False)
     num_computed_tokens: int = field(default=0, init=False)
@@ -79,6 +82,8 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
+        # (first token, end, content hash) of each image: mixed into the hashes of the blocks they touch.
+        self.mm_hash_spans = self.multimodal.hash_spans() if self.multimodal is not None else []
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -63,7 +63,7 @@ class KVCacheManager:
             return [], 0
         bs = self.block_size
         max_blocks = (request.num_tokens - 1) // bs
-        extend_block_hashes(request.block_hashes, request.all_token_ids, max_blocks, bs)
+        extend_block_hashes(request.block_hashes, request.all_token_ids, max_blocks, bs, request.mm_hash_spans)
         blocks: list[int] = []
         lookup = self.pool.lookup
         for index in range(max_blocks):
@@ -123,7 +123,7 @@ class KVCacheManager:
         table = self._block_tables[request.request_id]
         num_full = min(num_full, len(table))
         hashes = request.block_hashes
-        extend_block_hashes(hashes, request.all_token_ids, num_full, self.block_size)
+        extend_block_hashes(hashes, request.all_token_ids, num_full, self.block_size, request.mm_hash_spans)
         for index in range(num_registered, num_full):
             self.pool.cache(table[index], hashes[index])
         self._num_registered[request.request_id] = num_full

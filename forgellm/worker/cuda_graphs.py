@@ -140,6 +140,8 @@ class CudaGraphRunner:
         need logits for every request; single-request prefills that fit and need logits somewhere."""
         if host.block_tables.shape[1] > self.block_tables.shape[1]:
             return None
+        if host.positions.dim() != 1 or host.mm_embeds is not None:  # images' tokens run eagerly
+            return None
         n, num_tokens = host.num_requests, host.num_tokens
         for kind, query_len in self.query_lens.items():
             # Uniform: every request computes query_len tokens, each with logits (decode: one per request).

@@ -80,6 +80,10 @@ class SequenceChunk:
     start: int  # position of the first of them
     block_ids: list[int]  # the request's block table
     logits_positions: list[int]  # offsets within token_ids whose logits are needed
+    # Rotary positions when they are not the token indices (M-RoPE): an offset added to the indices, or
+    # the [3, n] positions of tokens whose three streams differ (an image's).
+    position_offset: int = 0
+    mrope_positions: torch.Tensor | None = None
 
 
 def build_forward_batch(chunks: list[SequenceChunk], block_size: int, device: torch.device) -> ForwardBatch:
@@ -105,7 +109,7 @@ def build_host_batch(
         offset = query_start_loc[-1]
         input_ids.extend(chunk.token_ids)
         pos = range(chunk.start, chunk.start + n)
-        positions.extend(pos)
+        positions.extend(range(chunk.start + chunk.position_offset, chunk.start + chunk.position_offset + n))
         blocks = chunk.block_ids
         slots.extend(blocks[p // block_size] * block_size + p % block_size for p in pos)
         logits_indices.extend(offset + i for i in chunk.logits_positions)
@@ -122,9 +126,23 @@ def build_host_batch(
         t = torch.tensor(values, dtype=dtype)
         return t.pin_memory() if pin else t
 
+    if any(c.mrope_positions is not None for c in chunks):
+        rows, first = [], 0
+        for c in chunks:  # [3, T]: images' own rows, the others' positions on all three streams
+            n = len(c.token_ids)
+            rows.append(
+                c.mrope_positions
+                if c.mrope_positions is not None
+                else torch.tensor(positions[first : first + n]).expand(3, -1)
+            )
+            first += n
+        rotary = torch.cat(rows, dim=1).contiguous()
+        rotary = rotary.pin_memory() if pin or staging is not None else rotary
+    else:
+        rotary = host("positions", positions, torch.int64)
     return ForwardBatch(
         input_ids=host("input_ids", input_ids, torch.int64),
-        positions=host("positions", positions, torch.int64),
+        positions=rotary,
         query_start_loc=host("query_start_loc", query_start_loc, torch.int32),
         seq_lens=host("seq_lens", seq_lens, torch.int32),
         max_query_len=max_query_len,

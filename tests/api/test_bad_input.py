@@ -214,7 +214,7 @@ def test_config_and_keyword_options_together():
 
 @pytest.mark.parametrize(
     "prompt",
-    [{"prompt": "x", "prompt_token_ids": [1]}, {"prompt_token_ids": "x"}, {"multi_modal_data": {}}, 3.5],
+    [{"prompt": "x", "prompt_token_ids": [1]}, {"prompt_token_ids": "x"}, {"prompt": ["not", "text"]}, 3.5],
 )
 def test_malformed_prompt_dicts(llm, prompt):
     with pytest.raises(InvalidRequestError, match="prompt") as err:

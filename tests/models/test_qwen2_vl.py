@@ -130,8 +130,8 @@ def test_transformers_own_layout_loads_the_same_model(checkpoint) -> None:
 
 
 def test_the_engine_answers_text_prompts_as_transformers_does(checkpoint) -> None:
-    """Through LLM (scheduler, paged KV, sampler): greedy text-only tokens equal transformers' generate; images
-    through the engine are not wired yet and say so."""
+    """Through LLM (scheduler, paged KV, sampler): greedy text-only tokens equal transformers' generate (images
+    through the engine: test_qwen2_vl_engine.py)."""
     from forgellm import LLM, SamplingParams
 
     llm = LLM(str(checkpoint), dtype="float32", num_kv_blocks=64, block_size=BLOCK)
@@ -145,5 +145,3 @@ def test_the_engine_answers_text_prompts_as_transformers_does(checkpoint) -> Non
             ids = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=None)
         expected.append(ids[0, len(prompt) :].tolist())
     assert ours == expected
-    with pytest.raises(NotImplementedError, match="multi_modal_data"):
-        llm.generate({"prompt": "x", "multi_modal_data": {"image": []}}, params, use_tqdm=False)
