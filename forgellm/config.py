@@ -67,6 +67,14 @@ class EngineConfig:
         "(ngram only so far). Turns asynchronous scheduling and CUDA graphs off; requests with penalties, "
         "logprobs, prompt_logprobs or an unmet min_tokens decode without speculation",
     )
+    # Images (vision-language models, forgellm/multimodal).
+    limit_mm_per_prompt: int = _opt(8, "most images in one prompt")
+    allowed_local_media_path: str | None = _opt(
+        None, "directory whose files image URLs (file:// or a path) may name; default: none"
+    )
+    allowed_media_domains: str | None = _opt(
+        None, "comma-separated hosts whose http(s) image URLs may be fetched; default: none (data URLs only)"
+    )
     # Admission limits: what one request may ask for (engine/admission.py checks them).
     max_n: int = _opt(128, "most samples (n) one request may ask for")
     max_logprobs: int = _opt(20, "most logprobs / prompt_logprobs alternatives per position")
@@ -85,6 +93,7 @@ class EngineConfig:
             "tensor_parallel_size",
             "max_n",
             "max_stop_str_len",
+            "limit_mm_per_prompt",
         )
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:

@@ -11,6 +11,7 @@ from forgellm.engine.input_processor import Prompt
 from forgellm.engine.llm_engine import LLMEngine
 from forgellm.errors import InvalidRequestError
 from forgellm.hf.tokenizer import Tokenizer
+from forgellm.multimodal.chat_content import split_images
 from forgellm.outputs import RequestOutput
 from forgellm.sampling_params import SamplingParams
 
@@ -87,12 +88,16 @@ class LLM:
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Render each conversation with the model's chat template (`tools` and `chat_template_kwargs` go to the
-        template), then generate."""
+        template), then generate. Image content parts ({"type": "image_url", ...} or {"type": "image",
+        "image": ...}) go to a vision-language model with the prompt."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [
-            self.render_chat(c, add_generation_prompt, chat_template, tools, chat_template_kwargs)
-            for c in conversations
-        ]
+        prompts: list[Prompt] = []
+        for conversation in conversations:
+            # Image parts (image_url, or image in Python) become the template's placeholders; the images go
+            # with the prompt as multi_modal_data.
+            rendered, images = split_images(conversation, self.engine.media_policy)
+            ids = self.render_chat(rendered, add_generation_prompt, chat_template, tools, chat_template_kwargs)
+            prompts.append({"prompt_token_ids": ids, "multi_modal_data": {"image": images}} if images else ids)
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def render_chat(

@@ -25,6 +25,7 @@ from forgellm.hf.generation_config import load_generation_defaults
 from forgellm.hf.tokenizer import Tokenizer
 from forgellm.kernels.attention import paged_attention_ref
 from forgellm.models.registry import get_model_class
+from forgellm.multimodal.chat_content import MediaPolicy
 from forgellm.multimodal.inputs import vision_prompt_builder
 from forgellm.outputs import RequestOutput
 from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
@@ -219,8 +220,15 @@ class LLMEngine:
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.limits = RequestLimits.from_config(config, self.max_model_len, arch.vocab_size, blocks)
         self.input_processor = InputProcessor(
-            self.tokenizer, self.limits, defaults, self.eos_token_ids, vision_prompt_builder(model_dir, arch)
+            self.tokenizer,
+            self.limits,
+            defaults,
+            self.eos_token_ids,
+            vision_prompt_builder(model_dir, arch, config.limit_mm_per_prompt),
         )
+        domains = tuple(d.strip() for d in (config.allowed_media_domains or "").split(",") if d.strip())
+        # Where chat messages' image URLs may point (LLM.chat and the server resolve them with it).
+        self.media_policy = MediaPolicy(config.allowed_local_media_path, domains)
         self.output_processor = OutputProcessor(self.tokenizer)
         # Engine ids of samples: a counter prefix makes them unique whatever ids callers choose.
         self._sample_counter = itertools.count()

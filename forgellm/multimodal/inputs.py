@@ -144,7 +144,9 @@ def _content_hash(pixel_values: torch.Tensor, grid: tuple[int, int, int]) -> int
     return int.from_bytes(digest.digest()[:16], "little")
 
 
-def vision_prompt_builder(model_dir: str | Path, arch: ModelArchConfig) -> VisionPromptBuilder | None:
+def vision_prompt_builder(
+    model_dir: str | Path, arch: ModelArchConfig, limit_per_prompt: int = DEFAULT_LIMIT_PER_PROMPT
+) -> VisionPromptBuilder | None:
     """The image handling of a vision-language checkpoint (config.json has a vision_config), else None."""
     vision = arch.raw.get("vision_config")
     if not isinstance(vision, dict):
@@ -159,4 +161,4 @@ def vision_prompt_builder(model_dir: str | Path, arch: ModelArchConfig) -> Visio
             f"{model_dir}: preprocessor_config.json merge_size {processor.merge_size} differs from the vision "
             f"tower's spatial_merge_size {merge}"
         )
-    return VisionPromptBuilder(processor, image_token_id)
+    return VisionPromptBuilder(processor, image_token_id, limit_per_prompt)

@@ -132,3 +132,61 @@ def test_images_sent_to_a_text_only_model_are_refused() -> None:
     with pytest.raises(InvalidRequestError, match="takes text only") as err:
         llm.generate({"prompt": "hi", "multi_modal_data": {"image": [picture(40, 40, 0)]}}, GREEDY, use_tqdm=False)
     assert err.value.param == "multi_modal_data"
+
+
+def data_url(image) -> str:  # noqa: ANN001
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_llm_chat_with_image_parts_equals_transformers(checkpoint, hf, tmp_path) -> None:
+    """OpenAI image_url parts (a data URL, a file under the allowed directory) and Python image parts, rendered
+    by the checkpoint's template (transformers renders the reference prompt)."""
+    from transformers import PreTrainedTokenizerFast
+
+    first, second = picture(60, 90, 7), picture(84, 56, 8)
+    second_path = tmp_path / "second.png"
+    second.save(second_path)
+    content = [
+        {"type": "text", "text": "Look at "},
+        {"type": "image_url", "image_url": {"url": data_url(first)}},
+        {"type": "text", "text": " and "},
+        {"type": "image_url", "image_url": {"url": f"file://{second_path}"}},
+        {"type": "text", "text": " now."},
+    ]
+    messages = [{"role": "user", "content": content}]
+    llm = LLM(str(checkpoint), dtype="float32", block_size=4, allowed_local_media_path=str(tmp_path))
+    reference_tokenizer = PreTrainedTokenizerFast.from_pretrained(str(checkpoint))
+    ids = reference_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    expected = reference_greedy(
+        hf, checkpoint, {"prompt_token_ids": list(ids), "multi_modal_data": {"image": [first, second]}}
+    )
+    assert llm.chat(messages, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected
+    python_parts = [{**part, "type": "image", "image": second} if "file://" in str(part) else part for part in content]
+    python_messages = [{"role": "user", "content": python_parts}]
+    assert llm.chat(python_messages, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected
+
+
+def test_image_urls_outside_the_policy_are_refused(checkpoint, tmp_path) -> None:
+    llm = LLM(str(checkpoint), dtype="float32", block_size=4)  # no local files, no hosts
+    inside = tmp_path / "x.png"
+    picture(40, 40, 0).save(inside)
+    for url, words in [
+        (f"file://{inside}", "local files are not allowed"),
+        ("https://example.com/cat.png", "not in --allowed-media-domains"),
+        ("ftp://example.com/cat.png", "scheme 'ftp'"),
+    ]:
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+        with pytest.raises(InvalidRequestError, match=words) as err:
+            llm.chat(messages, GREEDY, use_tqdm=False)
+        assert err.value.param == "messages[0].content[0].image_url"
+    confined = LLM(str(checkpoint), dtype="float32", block_size=4, allowed_local_media_path=str(tmp_path / "sub"))
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(inside)}}]}]
+    with pytest.raises(InvalidRequestError, match="outside the allowed media directory"):
+        confined.chat(messages, GREEDY, use_tqdm=False)
