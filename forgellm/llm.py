@@ -11,7 +11,7 @@ from forgellm.engine.input_processor import Prompt
 from forgellm.engine.llm_engine import LLMEngine
 from forgellm.errors import InvalidRequestError
 from forgellm.hf.tokenizer import Tokenizer
-from forgellm.multimodal.chat_content import split_images
+from forgellm.multimodal.chat_content import refuse_images_for_text_only_model, split_images
 from forgellm.outputs import RequestOutput
 from forgellm.sampling_params import SamplingParams
 
@@ -96,6 +96,8 @@ class LLM:
             # Image parts (image_url, or image in Python) become the template's placeholders; the images go
             # with the prompt as multi_modal_data.
             rendered, images = split_images(conversation, self.engine.media_policy)
+            if images and self.engine.input_processor.vision is None:
+                refuse_images_for_text_only_model()
             ids = self.render_chat(rendered, add_generation_prompt, chat_template, tools, chat_template_kwargs)
             prompts.append({"prompt_token_ids": ids, "multi_modal_data": {"image": images}} if images else ids)
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)

@@ -87,6 +87,7 @@ class AsyncLLM:
         self.engine = engine
         self._input_processor = engine.input_processor
         self._tokenizer = engine.tokenizer
+        self.media_policy = engine.media_policy
         self.model_info = engine.model_info
         self._snapshot = _Snapshot(engine.stats(), 0)
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -145,6 +146,11 @@ class AsyncLLM:
     async def run_in_pool(self, fn: Any, *args: Any) -> Any:
         """Run a CPU-bound helper (tokenizing, rendering) off the event loop and off the engine thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def accepts_images(self) -> bool:
+        """Whether the model is a vision-language model (prompts may carry multi_modal_data)."""
+        return self._input_processor.vision is not None
 
     async def process(self, prompt: Prompt, params: SamplingParams | None = None) -> ProcessedPrompt:
         """Tokenize and validate a prompt without queuing it (raises a typed error on bad input)."""

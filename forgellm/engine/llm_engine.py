@@ -226,9 +226,8 @@ class LLMEngine:
             self.eos_token_ids,
             vision_prompt_builder(model_dir, arch, config.limit_mm_per_prompt),
         )
-        domains = tuple(d.strip() for d in (config.allowed_media_domains or "").split(",") if d.strip())
         # Where chat messages' image URLs may point (LLM.chat and the server resolve them with it).
-        self.media_policy = MediaPolicy(config.allowed_local_media_path, domains)
+        self.media_policy = MediaPolicy.from_options(config.allowed_local_media_path, config.allowed_media_domains)
         self.output_processor = OutputProcessor(self.tokenizer)
         # Engine ids of samples: a counter prefix makes them unique whatever ids callers choose.
         self._sample_counter = itertools.count()

@@ -29,8 +29,11 @@ from forgellm.engine.input_processor import InputProcessor
 from forgellm.engine.llm_engine import LLMEngine, resolve_model_dir, resolve_tokenizer_dir
 from forgellm.engine.wire import decode_error, decode_output, encode_error, encode_output, wire_request_id
 from forgellm.errors import EngineDeadError, ForgeLLMError
+from forgellm.hf.config import load_model_config
 from forgellm.hf.generation_config import load_generation_defaults
 from forgellm.hf.tokenizer import Tokenizer
+from forgellm.multimodal.chat_content import MediaPolicy
+from forgellm.multimodal.inputs import vision_prompt_builder
 from forgellm.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
@@ -75,7 +78,12 @@ class ProcessAsyncLLM(AsyncLLM):
         _, limits, stats, self.model_info = message
         model_dir = resolve_model_dir(config.model)
         self._tokenizer = Tokenizer.from_dir(resolve_tokenizer_dir(config, model_dir))
-        self._input_processor = InputProcessor(self._tokenizer, limits, load_generation_defaults(model_dir))
+        arch = load_model_config(model_dir)
+        vision = vision_prompt_builder(model_dir, arch, config.limit_mm_per_prompt)
+        self._input_processor = InputProcessor(
+            self._tokenizer, limits, load_generation_defaults(model_dir), vision=vision
+        )
+        self.media_policy = MediaPolicy.from_options(config.allowed_local_media_path, config.allowed_media_domains)
         self._snapshot = _Snapshot(stats, 0)
         self._outbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, name="forgellm-engine-writer", daemon=True)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from forgellm.errors import InvalidRequestError
+from forgellm.multimodal.media import load_image
 
 DEFAULT_MAX_FETCH_BYTES = 20 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT_S = 10.0
@@ -31,6 +32,12 @@ class MediaPolicy:
     allowed_media_domains: tuple[str, ...] = ()
     max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES
     fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
+
+    @classmethod
+    def from_options(cls, allowed_local_media_path: str | None, allowed_media_domains: str | None) -> MediaPolicy:
+        """From the engine options (EngineConfig: a directory, comma-separated hosts)."""
+        domains = tuple(d.strip() for d in (allowed_media_domains or "").split(",") if d.strip())
+        return cls(allowed_local_media_path, domains)
 
     def resolve(self, url: str, param: str) -> Any:
         """What load_image takes for `url`: the data URL itself, a Path, or the fetched bytes."""
@@ -90,7 +97,8 @@ def split_images(
                 url = value.get("url") if isinstance(value, dict) else value
                 if not isinstance(url, str):
                     raise InvalidRequestError(f'{where}: an image_url part needs {{"url": "..."}}', where)
-                images.append(policy.resolve(url, f"{where}.image_url"))
+                # Decoded here, so a bad image is named by its place in the messages.
+                images.append(load_image(policy.resolve(url, f"{where}.image_url"), f"{where}.image_url"))
                 parts.append({"type": "image"})
             elif kind == "image":  # Python callers only (the server takes image_url): trusted as given
                 images.append(part.get("image"))
@@ -99,3 +107,8 @@ def split_images(
                 parts.append(part)
         rendered.append({**message, "content": parts})
     return rendered, images
+
+
+def refuse_images_for_text_only_model() -> None:
+    """Raise the error for image parts sent to a model without a vision tower (before its template fails)."""
+    raise InvalidRequestError("this model takes text only: send the messages without image parts", "messages")

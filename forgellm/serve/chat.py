@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from forgellm.errors import InvalidRequestError
+from forgellm.multimodal.chat_content import refuse_images_for_text_only_model, split_images
 from forgellm.outputs import RequestOutput
 from forgellm.serve.chat_output import ChatOutput
 from forgellm.serve.context import ServerContext, now_seconds
@@ -18,7 +19,7 @@ from forgellm.serve.deltas import DeltaTracker
 from forgellm.serve.generation import error_event, final_outputs, respond_when_done, start_streams, usage
 from forgellm.serve.logprobs import chat_logprobs, prompt_logprobs_list
 from forgellm.serve.openapi import GENERATION_ERRORS, ChatCompletion, ChatCompletionChunk, openapi_extra, responses
-from forgellm.serve.output_constraints import after_reasoning
+from forgellm.serve.output_constraints import after_reasoning, naming_constraint_errors
 from forgellm.serve.protocol import ChatCompletionRequest
 from forgellm.serve.reasoning_parsers import REASONING_PARSERS
 from forgellm.serve.sse import DONE_EVENT, EventStreamResponse, sse_event
@@ -55,9 +56,19 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
                     f"tool_choice requires a call, which {constraint_field} forbids", "tool_choice"
                 )
             params, constraint_field = replace(params, structured_outputs=forced), "tool_choice"
+        # Image parts resolve (data URLs decode, allowed files and hosts are read) off the event loop.
+        messages, images = await ctx.engine.run_in_pool(split_images, body.template_messages(), ctx.engine.media_policy)
+        if images and not ctx.engine.accepts_images:
+            refuse_images_for_text_only_model()
         prompt_ids = await ctx.engine.render_chat(
-            body.template_messages(), tools=body.tools or None, chat_template_kwargs=body.chat_template_kwargs
+            messages, tools=body.tools or None, chat_template_kwargs=body.chat_template_kwargs
         )
+        prompt: Any = prompt_ids
+        if images:  # processed here: the images' tokens count in the prompt (usage of streamed chunks)
+            with naming_constraint_errors(constraint_field):
+                mm_prompt = {"prompt_token_ids": prompt_ids, "multi_modal_data": {"image": images}}
+                prompt = await ctx.engine.process(mm_prompt, params)
+            prompt_ids = prompt.prompt_token_ids
         reasoning = REASONING_PARSERS[ctx.settings.reasoning_parser] if ctx.settings.reasoning_parser else None
         constraint = params.structured_outputs
         # A reasoning model thinks freely, then answers under the constraint; a structural tag the client sent
@@ -73,7 +84,7 @@ def chat_router(ctx: ServerContext, auth: Any) -> APIRouter:
         output = ChatOutput(calling, reasoning)
         header = {"id": request_id, "created": created, "model": ctx.settings.model_name}
         top_k = params.logprobs
-        [stream] = await start_streams(ctx, [prompt_ids], params, request_id, body.stream, constraint_field)
+        [stream] = await start_streams(ctx, [prompt], params, request_id, body.stream, constraint_field)
         if body.stream:
             report = StreamUsage.of(body.stream_options)
             return EventStreamResponse(_events(stream, header, params.n, top_k, report, len(prompt_ids), output))

@@ -241,12 +241,27 @@ class SamplingRequest(_Strict):
         return given
 
 
-class ContentPart(BaseModel):
-    """One part of a message's content; only {"type": "text"} parts are supported."""
+_IMAGE_URL: dict[str, Any] = {
+    "type": "object",
+    "required": ["url"],
+    "properties": {"url": {"type": "string", "minLength": 1}, "detail": {"enum": ["auto", "low", "high"]}},
+}
 
-    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"required": ["type", "text"]})
-    type: str = Field(json_schema_extra={"enum": ["text"]})
+
+class ContentPart(BaseModel):
+    """One part of a message's content: {"type": "text", "text": ...} or, for a vision-language model,
+    {"type": "image_url", "image_url": {"url": ...}} (a data URL; files and hosts the server allows)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"required": ["type"]})
+    type: str = Field(json_schema_extra={"enum": ["text", "image_url"]})
     text: str | None = Field(None, json_schema_extra=lambda schema: _replace(schema, {"type": "string"}))
+    image_url: Any = _doc(**_IMAGE_URL)
+
+    def template_part(self) -> dict[str, Any]:
+        """The part as chat templates (and forgellm.multimodal.chat_content) read it."""
+        if self.type == "image_url":
+            return {"type": "image_url", "image_url": {"url": self.image_url["url"]}}
+        return {"type": "text", "text": self.text or ""}
 
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -339,7 +354,9 @@ class ChatCompletionRequest(SamplingRequest):
         result = []
         for message in self.messages:
             content = message.content
-            if isinstance(content, list):  # text parts join into one string, as vLLM does
+            if isinstance(content, list) and any(part.type == "image_url" for part in content):
+                content = [part.template_part() for part in content]  # images stay parts, in place
+            elif isinstance(content, list):  # text parts join into one string, as vLLM does
                 content = "\n".join(part.text or "" for part in content)
             entry: dict[str, Any] = {"role": _ROLES[message.role], "content": content or ""}
             if message.name is not None:
@@ -382,9 +399,18 @@ def _check_message(message: ChatMessage, where: str) -> None:
         raise InvalidRequestError(f"{unsupported[0]} in messages is not supported yet", f"{where}.{unsupported[0]}")
     if isinstance(message.content, list):
         for j, part in enumerate(message.content):
-            if part.type != "text" or part.text is None:
+            if part.type == "image_url":
+                url = part.image_url.get("url") if isinstance(part.image_url, dict) else None
+                if not isinstance(url, str) or not url:
+                    raise InvalidRequestError(
+                        'an image_url part must be {"type": "image_url", "image_url": {"url": "data:image/...'
+                        ';base64,..."}}',
+                        f"{where}.content.{j}.image_url",
+                    )
+            elif part.type != "text" or part.text is None:
                 raise InvalidRequestError(
-                    f"content part type {part.type!r} is not supported yet; only text parts", f"{where}.content.{j}"
+                    f"content part type {part.type!r} is not supported; send text or image_url parts",
+                    f"{where}.content.{j}",
                 )
 
 

@@ -132,6 +132,9 @@ def test_images_sent_to_a_text_only_model_are_refused() -> None:
     with pytest.raises(InvalidRequestError, match="takes text only") as err:
         llm.generate({"prompt": "hi", "multi_modal_data": {"image": [picture(40, 40, 0)]}}, GREEDY, use_tqdm=False)
     assert err.value.param == "multi_modal_data"
+    messages = [{"role": "user", "content": [{"type": "image", "image": picture(40, 40, 0)}]}]
+    with pytest.raises(InvalidRequestError, match="takes text only"):
+        llm.chat(messages, GREEDY, use_tqdm=False)
 
 
 def data_url(image) -> str:  # noqa: ANN001

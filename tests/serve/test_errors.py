@@ -68,7 +68,7 @@ BAD_CHATS = [
     ({"tools": [{"type": "function"}]}, "tools.0"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     (
-        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
         "messages.0.content.0",
     ),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
