@@ -9,6 +9,7 @@ from typing import Any
 
 from forgellm.cli.engine_args import add_engine_args, engine_config_from_args
 from forgellm.cli.escapes import ESCAPES_HELP, escaped_text
+from forgellm.cli.images import add_image_arg, image_chat_prompt
 from forgellm.cli.sampling_args import add_sampling_args, sampling_params_from_args
 from forgellm.cli.streaming import stream_to
 from forgellm.errors import ContextLengthError, ForgeLLMError
@@ -21,7 +22,7 @@ EXIT_ERROR = 2
 # A lone word after a slash is a command; "/usr/bin is where?" is a question.
 _COMMAND_RE = re.compile(r"/\w+")
 
-Message = dict[str, str]
+Message = dict[str, Any]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help=f"system prompt opening the conversation; {ESCAPES_HELP}",
     )
+    add_image_arg(parser, "shown with the first message")
     add_sampling_args(parser)
     add_engine_args(parser)
     parser.set_defaults(handler=run)
@@ -71,18 +73,18 @@ def run(args: argparse.Namespace) -> int:
         from forgellm import LLM
 
         llm = LLM(config=config)
-        tokenizer = llm.get_tokenizer()
     except ForgeLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     _enable_line_editing()
     print(f"{RESET_COMMAND} clears the conversation, {EXIT_COMMANDS[0]} quits", file=sys.stderr)
-    chat_loop(llm, tokenizer, params, args.system)
+    chat_loop(llm, params, args.system, args.image)
     return 0
 
 
-def chat_loop(llm: Any, tokenizer: Any, params: SamplingParams, system: str | None) -> None:
-    """Read lines from stdin and stream answers to stdout, keeping the conversation history."""
+def chat_loop(llm: Any, params: SamplingParams, system: str | None, images: list[str] | None = None) -> None:
+    """Read lines from stdin and stream answers to stdout, keeping the conversation history; `images` (paths)
+    go with the first message (and stay in the history)."""
     history = new_history(system)
     while True:
         try:
@@ -102,19 +104,21 @@ def chat_loop(llm: Any, tokenizer: Any, params: SamplingParams, system: str | No
             continue
         if not text:
             continue
-        user_message = {"role": "user", "content": text}
-        answer = answer_turn(llm, tokenizer, params, history + [user_message])
+        user_message: Message = {"role": "user", "content": text}
+        if images and not any(m["role"] == "user" for m in history):
+            user_message["content"] = [
+                *({"type": "image", "image": path} for path in images),
+                {"type": "text", "text": text},
+            ]
+        answer = answer_turn(llm, params, history + [user_message])
         if answer is not None:
             history += [user_message, {"role": "assistant", "content": answer}]
 
 
-def answer_turn(llm: Any, tokenizer: Any, params: SamplingParams, messages: list[Message]) -> str | None:
+def answer_turn(llm: Any, params: SamplingParams, messages: list[Message]) -> str | None:
     """Stream the assistant's answer to `messages`; None (history unchanged) on error or Ctrl-C."""
     try:
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        # The rendered template already holds its special tokens; adding more would corrupt it.
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        result = stream_to(llm, prompt_ids, params, sys.stdout)
+        result = stream_to(llm, image_chat_prompt(llm, messages), params, sys.stdout)
     except ForgeLLMError as exc:
         sys.stdout.flush()
         hint = f" ({RESET_COMMAND} starts a shorter conversation)" if isinstance(exc, ContextLengthError) else ""

@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 from forgellm.cli.engine_args import add_engine_args, engine_config_from_args
+from forgellm.cli.images import add_image_arg, image_chat_prompt
 from forgellm.cli.sampling_args import add_sampling_args, sampling_params_from_args
 from forgellm.cli.streaming import stream_to
 from forgellm.errors import ForgeLLMError, InvalidRequestError
@@ -34,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "'-' or nothing reads it from stdin (one trailing newline is dropped)"
         ),
     )
+    add_image_arg(parser, "the prompt then goes through the chat template as one user message, images first")
     add_sampling_args(parser)
     add_engine_args(parser)
     parser.set_defaults(handler=run)
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         from forgellm import LLM
 
         llm = LLM(config=config)
-        result = stream_to(llm, prompt, params, sys.stdout)
+        request = image_chat_prompt(llm, [{"role": "user", "content": prompt}], args.image) if args.image else prompt
+        result = stream_to(llm, request, params, sys.stdout)
     except ForgeLLMError as exc:
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr)

@@ -48,6 +48,10 @@ def fake_llm(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         def get_tokenizer(self) -> FakeTokenizer:
             return FakeTokenizer()
 
+        def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
+            tokenizer = FakeTokenizer()
+            return tokenizer.encode(tokenizer.apply_chat_template(messages, True), add_special_tokens=False)
+
         def stream(self, prompt: str | list[int], params: SamplingParams) -> Iterator[RequestOutput]:
             text = prompt if isinstance(prompt, str) else "".join(map(chr, prompt))
             if "too long" in text:
@@ -290,3 +294,34 @@ def test_chat_with_the_demo_model() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(">>> ") and len(proc.stdout) > len(">>> \n>>> ")
     assert "Traceback" not in proc.stderr
+
+
+# --- images, the tiny Qwen2-VL checkpoint ------------------------------------------------------------
+
+
+def test_generate_and_chat_show_images_to_a_vision_language_model(tmp_path, monkeypatch, capsys) -> None:
+    """`--image PATH` puts the image first in the (first) user message; the answer is LLM.chat's."""
+    import numpy as np
+    from PIL import Image
+
+    from forgellm import LLM
+    from tests.fixtures.make_tiny_vlm import make
+
+    checkpoint = make(tmp_path, "qwen2_vl")
+    image = tmp_path / "picture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(image)
+    engine = ["--model", str(checkpoint), "--dtype", "float32", "--block-size", "4"]
+    sampling = ["--temperature", "0", "--max-tokens", "5", "--ignore-eos"]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": "What?"}]}
+    ]
+    greedy = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    expected = LLM(str(checkpoint), dtype="float32", block_size=4).chat(messages, greedy, use_tqdm=False)
+    expected_text = expected[0].outputs[0].text
+    assert main(["generate", "What?", "--image", str(image), *engine, *sampling]) == 0
+    assert capsys.readouterr().out == expected_text + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What?\n/exit\n"))
+    assert main(["chat", "--image", str(image), *engine, *sampling]) == 0
+    assert expected_text in capsys.readouterr().out
+    assert main(["generate", "What?", "--image", str(tmp_path / "missing.png"), *engine, *sampling]) == 2
+    assert "no image file" in capsys.readouterr().err
