@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from forgellm.bench import engine_setup, report
 from forgellm.bench.datasets import random_requests
+from forgellm.bench.images import add_image_size_arg, image_prompt
 from forgellm.bench.progress import progress_bar
 from forgellm.bench.speculation import force_acceptance, speculation_summary, summary_rows
 from forgellm.bench.stats import Summary, ratio, summarize
@@ -111,12 +112,14 @@ def measure_latency(
     disable_tqdm: bool = False,
     forced_acceptance: float | None = None,
     structured_outputs: dict[str, Any] | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> LatencyResult:
     """Warm up, then time `num_iters` batches of `batch_size` random prompts.
 
     With `forced_acceptance` a, verify steps accept each draft position with probability a
     (spec_decode/forced_acceptance.py): speculation measured on random weights. `structured_outputs`
-    constrains every request (its grammar should outlast output_len, so every token is masked).
+    constrains every request (its grammar should outlast output_len, so every token is masked). With
+    `image_size` (width, height) each request also shows the model a random image of that size.
     """
     if batch_size > engine.config.max_num_seqs:
         raise ConfigError(
@@ -135,7 +138,11 @@ def measure_latency(
         for index in range(num_warmup + num_iters):
             # Fresh prompts every iteration: repeated ones would be served from the prefix cache.
             requests = random_requests(batch_size, input_len, output_len, vocab, seed=seed + index)
-            prompts = [r.prompt_token_ids for r in requests]
+            prompts: list[Any] = [r.prompt_token_ids for r in requests]
+            if image_size is not None:
+                prompts = [
+                    image_prompt(engine, p, image_size, (seed + index) * 1_000_003 + i) for i, p in enumerate(prompts)
+                ]
             before = engine.stats()
             timing = run_batch(engine, prompts, params, f"lat{index}")
             if index >= num_warmup:
@@ -197,6 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-iters", type=int, default=10, help="measured batches (default: 10)")
     group.add_argument("--num-iters-warmup", type=int, default=2, help="unmeasured batches first (default: 2)")
     group.add_argument("--output", metavar="FILE.json", default=None, help="also write the results as JSON")
+    add_image_size_arg(group)
     group.add_argument(
         "--spec-acceptance",
         metavar="A",
@@ -237,11 +245,15 @@ def run(args: argparse.Namespace) -> int:
             config.seed,
             args.disable_tqdm,
             args.spec_acceptance,
+            image_size=args.image_size,
         )
     except ForgeLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     shape = f"batch {args.batch_size}, input {args.input_len}, output {args.output_len}"
+    if args.image_size is not None:
+        shape += ", one {}x{} image each".format(*args.image_size)
+        facts["image_size"] = "{}x{}".format(*args.image_size)
     header = {**facts, "requests": shape, "iterations": f"{args.num_iters} (+{args.num_iters_warmup} warm-up)"}
     if config.speculative_config is not None:
         header["speculation"] = config.speculative_config.describe()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from forgellm.bench import engine_setup, report
 from forgellm.bench.datasets import BenchRequest, load_sharegpt, parse_range, random_requests
+from forgellm.bench.images import add_image_size_arg, image_prompt
 from forgellm.bench.progress import progress_bar
 from forgellm.bench.speculation import speculation_summary, summary_rows
 from forgellm.bench.stats import Summary, ratio, summarize
@@ -53,7 +54,14 @@ class ThroughputResult:
         return ratio(self.prompt_tokens + self.output_tokens, self.elapsed_s)
 
 
-def warm_up(engine: LLMEngine, requests: list[BenchRequest], count: int, temperature: float, seed: int) -> None:
+def warm_up(
+    engine: LLMEngine,
+    requests: list[BenchRequest],
+    count: int,
+    temperature: float,
+    seed: int,
+    image_size: tuple[int, int] | None = None,
+) -> None:
     """Run a few short requests shaped like the first ones (random ids, so nothing lands in the prefix cache)."""
     shapes = requests[:count]
     if not shapes:
@@ -62,7 +70,10 @@ def warm_up(engine: LLMEngine, requests: list[BenchRequest], count: int, tempera
     params = engine_setup.bench_sampling_params(WARMUP_OUTPUT_LEN, temperature)
     for i, shape in enumerate(shapes):
         prompt = random_requests(1, len(shape.prompt_token_ids), 1, vocab, seed=seed + 7919 + i)[0]
-        engine.add_request(f"warmup-{i}", prompt.prompt_token_ids, params)
+        warm: Any = prompt.prompt_token_ids
+        if image_size is not None:  # the vision tower warms up too
+            warm = image_prompt(engine, warm, image_size, seed + 7919 + i)
+        engine.add_request(f"warmup-{i}", warm, params)
     while engine.has_unfinished_requests():
         engine.step()
 
@@ -73,6 +84,7 @@ def measure_throughput(
     temperature: float = 1.0,
     disable_tqdm: bool = False,
     time_limit_s: float | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> ThroughputResult:
     """Queue all requests, step until done (or `time_limit_s`, then abort the rest); time from queueing."""
     params_by_len: dict[int, Any] = {}
@@ -81,7 +93,10 @@ def measure_throughput(
     for r in requests:
         if r.output_len not in params_by_len:
             params_by_len[r.output_len] = engine_setup.bench_sampling_params(r.output_len, temperature)
-        processed.append(engine.process(r.prompt_token_ids, params_by_len[r.output_len]))
+        prompt: Any = r.prompt_token_ids
+        if image_size is not None:  # each its own random image, preprocessed here, before the clock
+            prompt = image_prompt(engine, prompt, image_size, 7_000_003 + len(processed))
+        processed.append(engine.process(prompt, params_by_len[r.output_len]))
     ids = [f"tput-{i}" for i in range(len(processed))]
     finished, prompt_tokens, output_tokens, ttfts = 0, 0, 0, []
     complete = True
@@ -171,6 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--num-warmup-requests", type=int, default=4, help="short untimed requests first (default: 4)")
     group.add_argument("--output", metavar="FILE.json", default=None, help="also write the results as JSON")
+    add_image_size_arg(group)
 
 
 def build_requests(args: argparse.Namespace, engine: LLMEngine, seed: int) -> list[BenchRequest]:
@@ -225,8 +241,8 @@ def run(args: argparse.Namespace) -> int:
         engine = engine_setup.build_engine(config)
         requests = build_requests(args, engine, config.seed)
         facts = {"model": engine_setup.model_label(args, config), **engine_setup.describe_engine(engine)}
-        warm_up(engine, requests, args.num_warmup_requests, args.temperature, config.seed)
-        result = measure_throughput(engine, requests, args.temperature, args.disable_tqdm)
+        warm_up(engine, requests, args.num_warmup_requests, args.temperature, config.seed, args.image_size)
+        result = measure_throughput(engine, requests, args.temperature, args.disable_tqdm, image_size=args.image_size)
     except ForgeLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
