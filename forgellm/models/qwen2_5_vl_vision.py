@@ -14,6 +14,7 @@ from torch import nn
 from forgellm.models.qwen2_vl_vision import (
     PatchEmbed,
     PatchMerger,
+    Segments,
     VisionBlock,
     VisionConfig,
     VisionRotary,
@@ -102,10 +103,10 @@ class Qwen2_5VisionTransformer(VisionTowerBase):
         x = x.view(-1, unit, x.shape[-1])[order].flatten(0, 1)
         positions = positions.view(-1, unit, 2)[order].flatten(0, 1)
         rope = self.rotary(positions)
-        frame_cu = frame_cu_seqlens(grid_thw).tolist()
-        window_cu_list = window_cu.tolist()
+        frames = Segments.from_cu_seqlens(frame_cu_seqlens(grid_thw).tolist(), x.device)
+        windows = Segments.from_cu_seqlens(window_cu.tolist(), x.device)
         full = set(self.config.fullatt_block_indexes)
         for i, block in enumerate(self.blocks):
-            x = block(x, frame_cu if i in full else window_cu_list, rope)
+            x = block(x, frames if i in full else windows, rope)
         merged = self.merger(x)
         return merged[torch.argsort(order)]

@@ -207,6 +207,36 @@ def frame_cu_seqlens(grid_thw: torch.Tensor) -> torch.Tensor:
     return F.pad(lengths.cumsum(0), (1, 0)).to(torch.int64)
 
 
+@dataclass
+class Segments:
+    """Attention segments (images, frames or windows) grouped by length: each group runs as one batched SDPA
+    call, so a 896 x 896 image's 64 equal windows cost one kernel launch per layer, not 64."""
+
+    groups: list[tuple[int, torch.Tensor]]  # (length, token indices [segments, length])
+
+    @classmethod
+    def from_cu_seqlens(cls, cu_seqlens: list[int], device: torch.device) -> Segments:
+        by_length: dict[int, list[int]] = {}
+        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+            if end > start:
+                by_length.setdefault(end - start, []).append(start)
+        groups = []
+        for length, starts in by_length.items():
+            index = torch.tensor(starts)[:, None] + torch.arange(length)
+            groups.append((length, index.to(device)))
+        return cls(groups)
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
+    """Bidirectional attention of q, k, v [heads, N, head_dim] within each segment; out [heads, N, head_dim]."""
+    out = torch.empty_like(q)
+    for _, index in segments.groups:
+        # [heads, segments, length, dim] -> segments as the batch; SDPA picks its fused kernel on the GPU.
+        q_g, k_g, v_g = (t[:, index].transpose(0, 1) for t in (q, k, v))
+        out[:, index] = F.scaled_dot_product_attention(q_g, k_g, v_g).transpose(0, 1)
+    return out
+
+
 class VisionAttention(nn.Module):
     """Bidirectional self-attention with 2D rotary, within each cu_seqlens segment."""
 
@@ -216,21 +246,13 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, cu_seqlens: list[int], rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
         q = apply_vision_rotary(q, *rope).transpose(0, 1)
         k = apply_vision_rotary(k, *rope).transpose(0, 1)
-        v = v.transpose(0, 1)
-        # One SDPA call per segment keeps images, frames and windows apart without a dense [N, N]
-        # mask. The fast path on GPU will be varlen flash attention over cu_seqlens in one call.
-        out = torch.cat(
-            [
-                F.scaled_dot_product_attention(q[:, s:e], k[:, s:e], v[:, s:e])
-                for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:])
-            ],
-            dim=1,
-        )
+        # Segments keep images, frames and windows apart without a dense [N, N] mask.
+        out = segment_attention(q, k, v.transpose(0, 1), segments)
         return self.proj(out.transpose(0, 1).reshape(n, -1))
 
 
@@ -257,8 +279,8 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(config.embed_dim, config.num_heads)
         self.mlp = mlp
 
-    def forward(self, x: torch.Tensor, cu_seqlens: list[int], rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cu_seqlens, rope)
+    def forward(self, x: torch.Tensor, segments: Segments, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), segments, rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -327,7 +349,7 @@ class Qwen2VisionTransformer(VisionTowerBase):
         """Patches [N, C*T*P*P] of images/videos with grids [num, 3] -> LM embeddings [N / merge^2, out]."""
         x, positions = self._embed(pixel_values, grid_thw)
         rope = self.rotary(positions)
-        cu_seqlens = frame_cu_seqlens(grid_thw).tolist()
+        frames = Segments.from_cu_seqlens(frame_cu_seqlens(grid_thw).tolist(), x.device)
         for block in self.blocks:
-            x = block(x, cu_seqlens, rope)
+            x = block(x, frames, rope)
         return self.merger(x)
