@@ -41,7 +41,7 @@ def image_prompt(engine: LLMEngine, token_ids: list[int], size: tuple[int, int],
     frame = [raw.get("vision_start_token_id"), vision.image_token_id, raw.get("vision_end_token_id")]
     frame = [t for t in frame if isinstance(t, int)]
     # Random text must not hold vision tokens of its own (a stray placeholder would need an image).
-    text = [0 if t in frame else t for t in token_ids]
+    text = [0 if t in frame or t == vision.video_token_id else t for t in token_ids]
     width, height = size
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return {"prompt_token_ids": text + frame, "multi_modal_data": {"image": [pixels]}}

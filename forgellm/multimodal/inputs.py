@@ -21,14 +21,15 @@ from forgellm.errors import InvalidRequestError, ModelLoadError
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.multimodal.media import load_image
 from forgellm.multimodal.mrope import VisionSpan, mrope_positions
-from forgellm.multimodal.qwen2_vl_processor import Qwen2VLImageProcessor
+from forgellm.multimodal.qwen2_vl_processor import ImageInputs, Qwen2VLImageProcessor
 
 DEFAULT_LIMIT_PER_PROMPT = 8
+DEFAULT_VIDEO_FPS = 2.0  # frames per second of a video given as bare frames (qwen-vl-utils' default)
 
 
 @dataclass(frozen=True, eq=False)
 class VisionItem:
-    """One image of a request: its patches and grid, its placeholder tokens' place, its content hash."""
+    """One image or video of a request: its patches and grid, its placeholder tokens' place, its content hash."""
 
     pixel_values: torch.Tensor  # [t*h*w, C * temporal_patch * patch * patch] float32, on the host
     grid_thw: tuple[int, int, int]
@@ -74,8 +75,16 @@ class MultimodalPrompt:
         ]
 
 
+@dataclass(frozen=True)
+class _Media:
+    """One image or video, preprocessed, before its place in the prompt is known."""
+
+    inputs: ImageInputs
+    time_interval: float  # M-RoPE temporal step per temporal patch
+
+
 class VisionPromptBuilder:
-    """Expands a Qwen2-VL family prompt's image placeholders and preprocesses its images."""
+    """Expands a Qwen2-VL family prompt's image and video placeholders and preprocesses the media."""
 
     def __init__(
         self,
@@ -83,58 +92,105 @@ class VisionPromptBuilder:
         image_token_id: int,
         limit_per_prompt: int = DEFAULT_LIMIT_PER_PROMPT,
         max_image_pixels: int | None = None,
+        video_token_id: int | None = None,
+        tokens_per_second: float | None = None,
     ) -> None:
+        """`tokens_per_second`: Qwen2.5-VL's temporal position step per second of video (None: Qwen2-VL, one
+        step per temporal patch)."""
         self.processor = processor
         self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
         self.limit_per_prompt = limit_per_prompt
         self.max_image_pixels = max_image_pixels
+        self.tokens_per_second = tokens_per_second
 
     def build(self, token_ids: list[int], data: Mapping[str, Any]) -> tuple[list[int], MultimodalPrompt | None]:
-        """(token ids with each image's placeholder expanded, the images) for `multi_modal_data` `data`."""
-        unknown = sorted(set(data) - {"image"})
+        """(token ids with each image's and video's placeholder expanded, the media) for `multi_modal_data`.
+
+        data["image"]: images (or one); data["video"]: videos (or one), each a list of frames or
+        {"frames": [...], "fps": frames per second (default 2)}."""
+        unknown = sorted(set(data) - {"image", "video"})
         if unknown:
-            message = "video input is not implemented yet" if "video" in unknown else f"unknown keys {unknown}"
-            raise InvalidRequestError(f"multi_modal_data: {message}; give {{'image': [...]}}", "multi_modal_data")
-        images = data.get("image")
-        if images is None:
+            raise InvalidRequestError(
+                f"multi_modal_data: unknown keys {unknown}; give {{'image': [...], 'video': [...]}}", "multi_modal_data"
+            )
+        images, videos = _as_list(data.get("image"), "image"), _as_list(data.get("video"), "video")
+        if videos and self.video_token_id is None:
+            raise InvalidRequestError("this model takes no video", "multi_modal_data.video")
+        if len(images) + len(videos) > self.limit_per_prompt:
+            raise InvalidRequestError(
+                f"{len(images) + len(videos)} images and videos in one prompt, over the limit of "
+                f"{self.limit_per_prompt} (--limit-mm-per-prompt)",
+                "multi_modal_data.image" if images else "multi_modal_data.video",
+            )
+        media = {
+            self.image_token_id: iter([self._image(image, index) for index, image in enumerate(images)]),
+            self.video_token_id: iter([self._video(video, index) for index, video in enumerate(videos)]),
+        }
+        for kind, token, given in (("image", self.image_token_id, images), ("video", self.video_token_id, videos)):
+            count = sum(t == token for t in token_ids) if token is not None else 0
+            if count != len(given):
+                raise InvalidRequestError(
+                    f"the prompt has {count} {kind} placeholder token(s) (id {token}, <|{kind}_pad|> in the chat "
+                    f"template) for {len(given)} {kind}(s); give one placeholder per {kind}",
+                    f"multi_modal_data.{kind}",
+                )
+        if not images and not videos:
             return token_ids, None
-        if not isinstance(images, Sequence) or isinstance(images, (str, bytes, bytearray)):
-            images = [images]
-        if len(images) > self.limit_per_prompt:
-            raise InvalidRequestError(
-                f"{len(images)} images in one prompt, over the limit of {self.limit_per_prompt} "
-                "(--limit-mm-per-prompt)",
-                "multi_modal_data.image",
-            )
-        placeholders = [i for i, token in enumerate(token_ids) if token == self.image_token_id]
-        if len(placeholders) != len(images):
-            raise InvalidRequestError(
-                f"the prompt has {len(placeholders)} image placeholder token(s) (id {self.image_token_id}, "
-                f"<|image_pad|> in the chat template) for {len(images)} image(s); give one placeholder per image",
-                "multi_modal_data.image",
-            )
-        loaded = []
-        for index, image in enumerate(images):
-            param = f"multi_modal_data.image[{index}]"
-            limit = {} if self.max_image_pixels is None else {"max_pixels": self.max_image_pixels}
-            loaded.append(self.processor.preprocess([load_image(image, param, **limit)], param))
         expanded: list[int] = []
-        items, spans, previous = [], [], 0
+        items, spans = [], []
         merge = self.processor.merge_size
-        for position, inputs in zip(placeholders, loaded):
-            expanded += token_ids[previous:position]
-            grid = tuple(int(v) for v in inputs.grid_thw[0])
-            span = VisionSpan(len(expanded), grid)
+        for token in token_ids:
+            source = media.get(token) if token in (self.image_token_id, self.video_token_id) else None
+            if source is None:
+                expanded.append(token)
+                continue
+            item = next(source)
+            grid = tuple(int(v) for v in item.inputs.grid_thw[0])
+            span = VisionSpan(len(expanded), grid, item.time_interval)
             count = span.num_tokens(merge)
-            items.append(
-                VisionItem(inputs.pixel_values, grid, len(expanded), count, _content_hash(inputs.pixel_values, grid))
-            )
+            pixels = item.inputs.pixel_values
+            items.append(VisionItem(pixels, grid, len(expanded), count, _content_hash(pixels, grid)))
             spans.append(span)
-            expanded += [self.image_token_id] * count
-            previous = position + 1
-        expanded += token_ids[previous:]
+            expanded += [token] * count
         positions, delta = mrope_positions(len(expanded), spans, merge)
         return expanded, MultimodalPrompt(tuple(items), positions, delta)
+
+    def _image(self, image: Any, index: int) -> _Media:
+        param = f"multi_modal_data.image[{index}]"
+        limit = {} if self.max_image_pixels is None else {"max_pixels": self.max_image_pixels}
+        return _Media(self.processor.preprocess([load_image(image, param, **limit)], param), 1.0)
+
+    def _video(self, video: Any, index: int) -> _Media:
+        param = f"multi_modal_data.video[{index}]"
+        frames, fps = (
+            (video.get("frames"), video.get("fps", DEFAULT_VIDEO_FPS))
+            if isinstance(video, Mapping)
+            else (video, DEFAULT_VIDEO_FPS)
+        )
+        if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)) or not frames:
+            raise InvalidRequestError(
+                f"{param}: a video is a non-empty list of frames (or {{'frames': [...], 'fps': x}})", param
+            )
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise InvalidRequestError(f"{param}: fps must be a positive number, got {fps!r}", param)
+        loaded = [load_image(frame, f"{param}.frames[{i}]") for i, frame in enumerate(frames)]
+        inputs = self.processor.preprocess_video(loaded, param)
+        # Qwen2.5-VL spaces temporal positions by time: tokens_per_second x seconds per temporal patch.
+        seconds_per_patch = self.processor.temporal_patch_size / fps
+        interval = 1.0 if self.tokens_per_second is None else self.tokens_per_second * seconds_per_patch
+        return _Media(inputs, interval)
+
+
+def _as_list(value: Any, kind: str) -> list[Any]:
+    """One item or a list of them (a video's own frames list counts as one video only inside a list)."""
+    if value is None:
+        return []
+    if kind == "image" and (not isinstance(value, Sequence) or isinstance(value, (str, bytes, bytearray))):
+        return [value]
+    if kind == "video" and isinstance(value, Mapping):
+        return [value]
+    return list(value)
 
 
 def _content_hash(pixel_values: torch.Tensor, grid: tuple[int, int, int]) -> int:
@@ -161,4 +217,12 @@ def vision_prompt_builder(
             f"{model_dir}: preprocessor_config.json merge_size {processor.merge_size} differs from the vision "
             f"tower's spatial_merge_size {merge}"
         )
-    return VisionPromptBuilder(processor, image_token_id, limit_per_prompt)
+    video_token_id = arch.raw.get("video_token_id")
+    tokens_per_second = vision.get("tokens_per_second") if arch.model_type == "qwen2_5_vl" else None
+    return VisionPromptBuilder(
+        processor,
+        image_token_id,
+        limit_per_prompt,
+        video_token_id=video_token_id if isinstance(video_token_id, int) else None,
+        tokens_per_second=tokens_per_second,
+    )

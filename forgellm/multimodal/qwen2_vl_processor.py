@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +45,36 @@ class Qwen2VLImageProcessor:
     merge_size: int = 2
     image_mean: tuple[float, ...] = CLIP_MEAN
     image_std: tuple[float, ...] = CLIP_STD
+    # Per-frame pixel bounds of videos (transformers' Qwen2-VL video processor defaults).
+    video_min_pixels: int = 128 * 28 * 28
+    video_max_pixels: int = 28 * 28 * 768
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Qwen2VLImageProcessor:
         """From the checkpoint's preprocessor_config.json (the defaults where it is absent or silent)."""
         path = Path(model_dir) / "preprocessor_config.json"
-        if not path.is_file():
-            return cls()
-        return cls.from_dict(json.loads(path.read_text()))
+        processor = cls.from_dict(json.loads(path.read_text())) if path.is_file() else cls()
+        video_path = Path(model_dir) / "video_preprocessor_config.json"  # transformers 5 keeps videos apart
+        if video_path.is_file():
+            video = cls.from_dict({**json.loads(video_path.read_text())}, defaults=(128 * 28 * 28, 28 * 28 * 768))
+            processor = replace(processor, video_min_pixels=video.min_pixels, video_max_pixels=video.max_pixels)
+        return processor
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> Qwen2VLImageProcessor:
-        """Both spellings of the pixel bounds: min_pixels / max_pixels, or size.shortest_edge / longest_edge."""
+    def from_dict(cls, config: dict[str, Any], defaults: tuple[int, int] | None = None) -> Qwen2VLImageProcessor:
+        """Both spellings of the pixel bounds: min_pixels / max_pixels, or size.shortest_edge / longest_edge
+        (`defaults`: the (min, max) bounds where the config states none)."""
         size = config.get("size") or {}
-        defaults = cls()
+        base = cls()
+        low, high = defaults or (base.min_pixels, base.max_pixels)
         return cls(
-            min_pixels=int(config.get("min_pixels") or size.get("shortest_edge") or defaults.min_pixels),
-            max_pixels=int(config.get("max_pixels") or size.get("longest_edge") or defaults.max_pixels),
-            patch_size=int(config.get("patch_size", defaults.patch_size)),
-            temporal_patch_size=int(config.get("temporal_patch_size", defaults.temporal_patch_size)),
-            merge_size=int(config.get("merge_size", defaults.merge_size)),
-            image_mean=tuple(config.get("image_mean", defaults.image_mean)),
-            image_std=tuple(config.get("image_std", defaults.image_std)),
+            min_pixels=int(config.get("min_pixels") or size.get("shortest_edge") or low),
+            max_pixels=int(config.get("max_pixels") or size.get("longest_edge") or high),
+            patch_size=int(config.get("patch_size", base.patch_size)),
+            temporal_patch_size=int(config.get("temporal_patch_size", base.temporal_patch_size)),
+            merge_size=int(config.get("merge_size", base.merge_size)),
+            image_mean=tuple(config.get("image_mean", base.image_mean)),
+            image_std=tuple(config.get("image_std", base.image_std)),
         )
 
     @property
@@ -74,20 +82,24 @@ class Qwen2VLImageProcessor:
         """Both resized sides are multiples of this: one merged token covers factor x factor pixels."""
         return self.patch_size * self.merge_size
 
-    def resized_size(self, height: int, width: int, param: str = "image") -> tuple[int, int]:
-        """The (height, width) an image is resized to (transformers' smart_resize)."""
+    def resized_size(
+        self, height: int, width: int, param: str = "image", bounds: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
+        """The (height, width) an image is resized to (transformers' smart_resize) within `bounds` (min, max
+        pixels; default the image bounds)."""
+        min_pixels, max_pixels = bounds or (self.min_pixels, self.max_pixels)
         if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
             raise InvalidRequestError(
                 f"{param}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1; crop or pad the image", param
             )
         factor = self.factor
         h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
-        if h_bar * w_bar > self.max_pixels:
-            beta = math.sqrt(height * width / self.max_pixels)
+        if h_bar * w_bar > max_pixels:
+            beta = math.sqrt(height * width / max_pixels)
             h_bar = max(factor, math.floor(height / beta / factor) * factor)
             w_bar = max(factor, math.floor(width / beta / factor) * factor)
-        elif h_bar * w_bar < self.min_pixels:
-            beta = math.sqrt(self.min_pixels / (height * width))
+        elif h_bar * w_bar < min_pixels:
+            beta = math.sqrt(min_pixels / (height * width))
             h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
         return h_bar, w_bar
 
@@ -106,9 +118,26 @@ class Qwen2VLImageProcessor:
             grids.append(grid)
         return ImageInputs(torch.from_numpy(np.concatenate(patches)), torch.tensor(grids, dtype=torch.int64))
 
-    def _normalised(self, image: Any, param: str) -> np.ndarray:
+    def preprocess_video(self, frames: list[Any], param: str = "video") -> ImageInputs:
+        """Patches and grid of one video given as RGB PIL frames of one size: each frame resized within the video
+        bounds, the frame count padded to a multiple of temporal_patch_size by repeating the last frame.
+
+        Resizing is PIL's bicubic, as for images; transformers' video processor resizes with torchvision,
+        whose bicubic differs in the last bits, so video pixels are close to transformers', not identical."""
+        if not frames:
+            raise InvalidRequestError(f"{param}: a video needs at least one frame", param)
+        if len({frame.size for frame in frames}) > 1:
+            raise InvalidRequestError(f"{param}: all frames of a video must have one size", param)
+        bounds = (self.video_min_pixels, self.video_max_pixels)
+        stack = np.stack([self._normalised(frame, param, bounds) for frame in frames])
+        if pad := -len(frames) % self.temporal_patch_size:
+            stack = np.concatenate([stack, np.repeat(stack[-1:], pad, axis=0)])
+        patches, grid = self._patchify(stack)
+        return ImageInputs(torch.from_numpy(patches), torch.tensor([grid], dtype=torch.int64))
+
+    def _normalised(self, image: Any, param: str, bounds: tuple[int, int] | None = None) -> np.ndarray:
         """[3, H', W'] float32: resized, scaled to [0, 1], normalised."""
-        height, width = self.resized_size(image.height, image.width, param)
+        height, width = self.resized_size(image.height, image.width, param, bounds)
         resized = image.resize((width, height), resample=pil().Resampling.BICUBIC)
         # float64 then float32, mean and std in float32: transformers' rounding, so the pixels match exactly.
         pixels = (np.asarray(resized).astype(np.float64) * (1 / 255)).astype(np.float32)

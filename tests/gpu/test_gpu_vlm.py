@@ -33,4 +33,4 @@ def test_image_prompts_on_cuda_equal_transformers_and_decode_replays_graphs(chec
     hf = build(checkpoint.name)  # on the CPU: the reference
     assert ours == [reference_greedy(hf, checkpoint, p) for p in batch]
     assert replays["decode"] > 0  # image requests decode under the captured graphs
-    assert llm.engine.core.runner.encoder_cache.num_encoded == 4
+    assert llm.engine.core.runner.encoder_cache.num_encoded == 7  # 5 images, 2 videos

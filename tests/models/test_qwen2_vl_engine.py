@@ -1,6 +1,7 @@
-"""Images through the engine (LLM.generate with multi_modal_data) against transformers on the tiny random
-Qwen2-VL / Qwen2.5-VL checkpoints: greedy tokens identical for one image, two images of different sizes,
-and text alone, batched together; with chunked prefill cutting through image tokens; with a prefix-cache
+"""Images and videos through the engine (LLM.generate with multi_modal_data) against transformers on the tiny
+random Qwen2-VL / Qwen2.5-VL checkpoints: greedy tokens identical for one image, two images of different
+sizes, a video (3 frames at 1 fps: Qwen2.5-VL's time-spaced positions), an image with a video, and text
+alone, batched together; with chunked prefill cutting through image tokens; with a prefix-cache
 hit on a repeated image (and none for a different image behind the same token ids); after preemption. Each
 image is encoded once; bad image input is a typed error and the engine goes on."""
 
@@ -14,7 +15,7 @@ from PIL import Image
 from forgellm import LLM, SamplingParams
 from forgellm.errors import InvalidRequestError
 from forgellm.multimodal.qwen2_vl_processor import Qwen2VLImageProcessor
-from tests.fixtures.make_tiny_vlm import IMAGE_TOKEN, VISION_END, VISION_START, build, make
+from tests.fixtures.make_tiny_vlm import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, build, make
 
 NEW_TOKENS = 6
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
@@ -42,32 +43,58 @@ def image_prompt(text_ids: list[list[int]], images: list) -> dict:  # noqa: ANN2
     return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}}
 
 
+def video_prompt(text_ids: list[list[int]], videos: list) -> dict:  # noqa: ANN201
+    """Token ids with one <|vision_start|><|video_pad|><|vision_end|> between consecutive text pieces."""
+    ids = list(text_ids[0])
+    for piece in text_ids[1:]:
+        ids += [VISION_START, VIDEO_TOKEN, VISION_END, *piece]
+    return {"prompt_token_ids": ids, "multi_modal_data": {"video": videos}}
+
+
 def reference_greedy(hf, checkpoint, prompt: dict, new_tokens: int = NEW_TOKENS) -> list[int]:  # noqa: ANN001
-    """transformers' greedy tokens, recomputing the whole sequence each step (no cache to get wrong)."""
-    images = prompt.get("multi_modal_data", {}).get("image", [])
+    """transformers' greedy tokens, recomputing the whole sequence each step (no cache to get wrong). Videos are
+    preprocessed by our processor (transformers' video processor needs torchvision) and given as patches."""
+    data = prompt.get("multi_modal_data", {})
     processor = Qwen2VLImageProcessor.from_dir(checkpoint)
-    inputs = processor.preprocess(images) if images else None
-    ids, counts = [], iter([] if inputs is None else [int(g.prod()) // 4 for g in inputs.grid_thw])
+    kwargs: dict = {}
+    counts = {IMAGE_TOKEN: iter([]), VIDEO_TOKEN: iter([])}
+    if data.get("image"):
+        images = processor.preprocess(data["image"])
+        kwargs.update(pixel_values=images.pixel_values, image_grid_thw=images.grid_thw)
+        counts[IMAGE_TOKEN] = iter([int(g.prod()) // 4 for g in images.grid_thw])
+    if data.get("video"):
+        videos = [v if isinstance(v, dict) else {"frames": v} for v in data["video"]]
+        clips = [processor.preprocess_video(v["frames"]) for v in videos]
+        grids = torch.cat([c.grid_thw for c in clips])
+        kwargs.update(pixel_values_videos=torch.cat([c.pixel_values for c in clips]), video_grid_thw=grids)
+        if "2_5" in type(hf).__name__:
+            kwargs["second_per_grid_ts"] = torch.tensor([2 / v.get("fps", 2.0) for v in videos])
+        counts[VIDEO_TOKEN] = iter([int(g.prod()) // 4 for g in grids])
+    ids = []
     for token in prompt["prompt_token_ids"]:
-        ids += [IMAGE_TOKEN] * next(counts) if token == IMAGE_TOKEN else [token]
+        ids += [token] * next(counts[token]) if token in counts else [token]
     out = []
     for _ in range(new_tokens):
         seq = torch.tensor([ids + out])
-        kwargs = {}
-        if inputs is not None:
-            types = (seq == IMAGE_TOKEN).to(torch.int32)
-            kwargs = dict(pixel_values=inputs.pixel_values, image_grid_thw=inputs.grid_thw, mm_token_type_ids=types)
+        types = (seq == IMAGE_TOKEN).to(torch.int32) + 2 * (seq == VIDEO_TOKEN).to(torch.int32)
+        extra = {**kwargs, "mm_token_type_ids": types} if kwargs else {}
         with torch.no_grad():
-            out.append(int(hf(input_ids=seq, **kwargs).logits[0, -1].argmax()))
+            out.append(int(hf(input_ids=seq, **extra).logits[0, -1].argmax()))
     return out
 
 
 def prompts() -> list:
+    clip = [picture(50, 70, 10 + i) for i in range(3)]  # 3 frames: padded to 4, 2 temporal patches
     return [
         image_prompt([[5, 6, 7], [8, 9]], [picture(60, 90, 0)]),
         image_prompt([[11], [12, 13], [14, 15, 16]], [picture(120, 50, 1), picture(56, 56, 2)]),
         {"prompt_token_ids": list(range(20, 45))},
         image_prompt([[17, 18], []], [picture(90, 60, 3)]),  # the image is the prompt's end
+        video_prompt([[21, 22], [23, 24, 25]], [{"frames": clip, "fps": 1.0}]),
+        {  # an image and a video in one prompt
+            "prompt_token_ids": [26, VISION_START, VIDEO_TOKEN, VISION_END, 27, VISION_START, IMAGE_TOKEN, VISION_END],
+            "multi_modal_data": {"image": [picture(84, 84, 4)], "video": [clip[:2]]},
+        },
     ]
 
 
@@ -87,7 +114,7 @@ def test_greedy_with_images_equals_transformers(checkpoint, hf, options) -> None
     llm = LLM(str(checkpoint), dtype="float32", block_size=4, **options)
     batch = prompts()
     assert generate(llm, batch) == [reference_greedy(hf, checkpoint, p) for p in batch]
-    assert llm.engine.core.runner.encoder_cache.num_encoded == 4  # each image once, chunked or not
+    assert llm.engine.core.runner.encoder_cache.num_encoded == 7  # each image and video once, chunked or not
 
 
 def test_a_repeated_image_hits_the_prefix_cache_and_another_image_does_not(checkpoint, hf) -> None:
@@ -108,7 +135,7 @@ def test_greedy_with_images_after_preemption_equals_transformers(checkpoint, hf)
     batch, longer = prompts(), SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     assert generate(llm, batch, longer) == [reference_greedy(hf, checkpoint, p, 20) for p in batch]
     assert llm.engine.stats().num_preemptions > 0  # outputs outgrow the 56 cached tokens: someone recomputes
-    assert llm.engine.core.runner.encoder_cache.num_encoded == 4  # the recompute reads the cached embeddings
+    assert llm.engine.core.runner.encoder_cache.num_encoded == 7  # the recompute reads the cached embeddings
 
 
 @pytest.mark.parametrize(
@@ -116,7 +143,9 @@ def test_greedy_with_images_after_preemption_equals_transformers(checkpoint, hf)
     [
         (image_prompt([[5], [6]], [b"not an image"]), "not a readable image"),
         (image_prompt([[5], [6]], [picture(40, 40, 0), picture(40, 40, 1)]), "1 image placeholder"),
-        ({"prompt_token_ids": [5, 6], "multi_modal_data": {"video": [[picture(40, 40, 0)]]}}, "video input"),
+        ({"prompt_token_ids": [5, 6], "multi_modal_data": {"video": [[picture(40, 40, 0)]]}}, "0 video placeholder"),
+        (video_prompt([[5], [6]], [{"frames": [picture(40, 40, 0)], "fps": 0}]), "fps must be a positive number"),
+        (video_prompt([[5], [6]], [[picture(40, 40, 0), picture(40, 48, 1)]]), "all frames of a video"),
         (image_prompt([[5], [6]], [picture(1, 400, 0)]), "aspect ratio"),
     ],
 )
