@@ -7,7 +7,7 @@ exactly where it was).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from forgellm.layers.attention import Attention
 from forgellm.layers.linear import LinearBase
 from forgellm.models.registry import get_model_class
 from forgellm.multimodal.encoder_cache import EncoderCache
+from forgellm.multimodal.step_inputs import set_rope_positions, with_media_embeddings
 from forgellm.quantization.config import QuantizationConfig
 from forgellm.sampling.sampler import Sampler, compute_prompt_logprobs
 from forgellm.sampling.sampling_metadata import SamplingMetadata
@@ -27,7 +28,7 @@ from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutp
 from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward import forward_logits
-from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk, build_forward_batch, build_host_batch
+from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
 from forgellm.worker.in_flight import InFlightStep, StepHiddenStates
 from forgellm.worker.pinned_staging import PinnedStaging
 
@@ -247,7 +248,9 @@ class ModelRunner:
         staging = self._next_staging()
         host = build_host_batch(chunks, self.block_size, staging=staging)
         if any(c.mrope_positions is not None for c in chunks):
-            host = self._with_image_embeddings(host, scheduler_output)
+            host = with_media_embeddings(
+                host, scheduler_output, self.encoder_cache, self.model.encode_images, self.device
+            )
         destinations, pending_ids = None, None
         if placeholders:
             destinations, sources = self._placeholder_indices(placeholders, staging)
@@ -291,7 +294,7 @@ class ModelRunner:
             if s.spec_token_ids:  # a verify step: the last token and the drafts, with logits at every one
                 tokens = [request.all_token_ids[s.start], *s.spec_token_ids]
                 chunks.append(SequenceChunk(tokens, s.start, s.block_ids, list(range(len(tokens)))))
-                _set_rope_positions(chunks[-1], request)
+                set_rope_positions(chunks[-1], request)
                 verifiers.append((request, row, s.spec_token_ids))
                 row += len(tokens)
                 num_tokens += len(tokens)
@@ -310,28 +313,9 @@ class ModelRunner:
                 placeholders.append(self._placeholder(request, num_tokens + len(tokens), in_flight))
                 tokens = [*tokens, 0]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
-            _set_rope_positions(chunks[-1], request)
+            set_rope_positions(chunks[-1], request)
             num_tokens += s.num_new_tokens
         return chunks, samplers, prompt_rows, placeholders, verifiers
-
-    def _with_image_embeddings(self, host: ForwardBatch, scheduler_output: SchedulerOutput) -> ForwardBatch:
-        """The batch with the image rows its placeholder tokens take (ForwardBatch.mm_embeds / indices), the
-        images encoded once each (EncoderCache) in one call of the tower per step."""
-        wanted, first = [], 0
-        for s in scheduler_output.scheduled:
-            count = len(s.spec_token_ids) + 1 if s.spec_token_ids else s.num_new_tokens
-            if s.request.multimodal is not None:
-                for item, row_start, row_end in s.request.multimodal.overlaps(s.start, count):
-                    wanted.append((s.request.request_id, item, row_start, row_end, first + item.offset - s.start))
-            first += count
-        if not wanted:
-            return host
-        cached = self.encoder_cache.embeddings(
-            [(request_id, item) for request_id, item, *_ in wanted], self.model.encode_images, self.device
-        )
-        rows = [cached[item.content_hash][a:b] for _, item, a, b, _ in wanted]
-        indices = [index for *_, a, b, base in wanted for index in range(base + a, base + b)]
-        return replace(host, mm_embeds=torch.cat(rows), mm_token_indices=torch.tensor(indices, dtype=torch.int64))
 
     def collect(self, step: InFlightStep) -> ModelRunnerOutput:
         """Wait for a launched step and turn its results into host values."""
@@ -437,14 +421,6 @@ class ModelRunner:
         targets = self._to_device(request.prompt_token_ids[positions.start + 1 : positions.stop + 1])
         step.prompt_logprobs.append((request, positions.start + 1, k, compute_prompt_logprobs(logits, targets, k)))
         self.prompt_logprobs_done[request.request_id] = positions.stop
-
-
-def _set_rope_positions(chunk: SequenceChunk, request: Request) -> None:
-    """M-RoPE positions of a chunk of a request with images (others keep their token indices)."""
-    if request.multimodal is not None:
-        chunk.position_offset, chunk.mrope_positions = request.multimodal.rope_positions(
-            chunk.start, len(chunk.token_ids)
-        )
 
 
 def _hidden_states(features: torch.Tensor, output: SchedulerOutput, chunks: list[SequenceChunk]) -> StepHiddenStates:
