@@ -14,6 +14,14 @@ class ParallelContext:
     tp_rank: int = 0
     tp_size: int = 1
 
+    def kv_heads(self, num_kv_heads: int) -> tuple[int, int]:
+        """(KV heads on this rank, index of its first global KV head): a 1/tp_size share, or, with fewer KV
+        heads than ranks, one head replicated on tp_size / num_kv_heads consecutive ranks."""
+        if num_kv_heads >= self.tp_size:
+            local = num_kv_heads // self.tp_size
+            return local, self.tp_rank * local
+        return 1, self.tp_rank * num_kv_heads // self.tp_size
+
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum x over the tensor-parallel group (a no-op on one device)."""
         if self.tp_size == 1:

@@ -81,7 +81,8 @@ class ParallelLMHead(LinearBase):
             hidden_size, [rows], [prefix], bias=False, dtype=dtype, parallel=parallel, quant_config=quant_config
         )
 
-    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None, part: int = 0) -> torch.Tensor:
+        """This rank's vocabulary rows, the last rank's padded to the common size."""
         rows = self.output_size
         return _pad_rows(loaded[self.start : self.start + rows], rows) if self.parallel.tp_size > 1 else loaded
 

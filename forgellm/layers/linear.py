@@ -54,8 +54,9 @@ class LinearBase(nn.Module):
         """(offset, size) of part number `part` in this layer's outputs."""
         return sum(self.output_sizes[:part]), self.output_sizes[part]
 
-    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-        """This rank's slice of a full checkpoint tensor along `dim` (default: the layer's split dim)."""
+    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None, part: int = 0) -> torch.Tensor:
+        """This rank's slice of a full checkpoint tensor of part `part` along `dim` (default: the layer's
+        split dim)."""
         dim = self.tp_dim if dim is None else dim
         size = loaded.shape[dim] // self.parallel.tp_size
         return loaded.narrow(dim, self.parallel.tp_rank * size, size)
@@ -71,7 +72,7 @@ class LinearBase(nn.Module):
     def _load_bias(self, loaded: torch.Tensor, part: int, ckpt_name: str) -> None:
         assert self.bias is not None
         offset, size = self.part_slice(part)
-        copy_checked(self.bias.narrow(0, offset, size), self.rank_slice(loaded, 0), ckpt_name)
+        copy_checked(self.bias.narrow(0, offset, size), self.rank_slice(loaded, 0, part), ckpt_name)
 
     def finish_loading(self) -> None:
         """Let the method repack what it loaded (called once, after every tensor is in)."""
@@ -142,15 +143,35 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         parallel: ParallelContext = SINGLE_DEVICE,
         quant_config: QuantizationConfig | None = None,
     ) -> None:
-        if num_heads % parallel.tp_size or num_kv_heads % parallel.tp_size:
+        tp = parallel.tp_size
+        if num_heads % tp or (num_kv_heads % tp if num_kv_heads >= tp else tp % num_kv_heads):
             raise ModelLoadError(
-                f"tensor_parallel_size {parallel.tp_size} must divide the {num_heads} query heads "
-                f"and {num_kv_heads} KV heads"
+                f"tensor_parallel_size {tp} must divide the {num_heads} query heads, and divide or be a multiple "
+                f"of the {num_kv_heads} KV heads"
             )
-        sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
-        super().__init__(
-            hidden_size, sizes, prefixes=prefixes, bias=bias, dtype=dtype, parallel=parallel, quant_config=quant_config
+        # With fewer KV heads than ranks, each KV head is replicated on tp / num_kv_heads ranks.
+        local_kv_heads, first_kv_head = parallel.kv_heads(num_kv_heads)
+        kv_size = local_kv_heads * head_dim
+        # LinearBase directly: MergedColumnParallelLinear would split every part by tp_size.
+        LinearBase.__init__(
+            self,
+            hidden_size,
+            [num_heads // tp * head_dim, kv_size, kv_size],
+            prefixes,
+            bias=bias,
+            dtype=dtype,
+            parallel=parallel,
+            quant_config=quant_config,
         )
+        self.head_dim, self.local_kv_heads, self.first_kv_head = head_dim, local_kv_heads, first_kv_head
+
+    def rank_slice(self, loaded: torch.Tensor, dim: int | None = None, part: int = 0) -> torch.Tensor:
+        """q: this rank's heads; k and v: its KV heads (replicated ones included)."""
+        dim = self.tp_dim if dim is None else dim
+        if part == 0 or dim != 0:
+            return super().rank_slice(loaded, dim, part)
+        size = self.local_kv_heads * self.head_dim
+        return loaded.narrow(0, self.first_kv_head * self.head_dim, size)
 
 
 class RowParallelLinear(LinearBase):

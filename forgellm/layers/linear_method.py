@@ -70,7 +70,7 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def load(self, layer: LinearBase, name: str, loaded: torch.Tensor, part: int, ckpt_name: str) -> None:
         offset, size = layer.part_slice(part)
-        copy_checked(layer.weight.narrow(0, offset, size), layer.rank_slice(loaded), ckpt_name)
+        copy_checked(layer.weight.narrow(0, offset, size), layer.rank_slice(loaded, part=part), ckpt_name)
 
     def apply(self, layer: LinearBase, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, layer.weight, bias)

@@ -41,7 +41,7 @@ class LlamaAttention(nn.Module):
         super().__init__()
         d = config.head_dim
         self.num_heads = config.num_attention_heads // parallel.tp_size
-        self.num_kv_heads = config.num_key_value_heads // parallel.tp_size
+        self.num_kv_heads = parallel.kv_heads(config.num_key_value_heads)[0]
         self.head_dim = d
         self.qkv_proj = QKVParallelLinear(
             input_size or config.hidden_size,

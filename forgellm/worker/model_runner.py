@@ -122,11 +122,10 @@ def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -
 
 def allocate_kv_cache(model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
     """Give every attention layer of `model` its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
-    arch: ModelArchConfig = model.config
     device = next(model.parameters()).device
-    shape = (num_blocks, block_size, arch.num_key_value_heads, arch.head_dim)
     for layer in model.modules():
-        if isinstance(layer, Attention):
+        if isinstance(layer, Attention):  # this rank's KV heads (a share of them under tensor parallelism)
+            shape = (num_blocks, block_size, layer.num_kv_heads, layer.head_dim)
             layer.k_cache = torch.empty(shape, dtype=dtype, device=device)
             layer.v_cache = torch.empty(shape, dtype=dtype, device=device)
 
