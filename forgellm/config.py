@@ -130,9 +130,12 @@ class EngineConfig:
             raise ConfigError(f"kv_cache_dtype must be auto or fp8, got {self.kv_cache_dtype!r}")
         if self.nvfp4_mode not in ("weight_only", "fp8"):
             raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
-        if self.tensor_parallel_size != 1:
-            raise ConfigError("tensor_parallel_size > 1 is not implemented yet; use 1")
         self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
+        if self.tensor_parallel_size > 1 and (self.speculative_config is not None or self.async_scheduling == "on"):
+            raise ConfigError(
+                "tensor_parallel_size > 1 runs synchronously without speculative decoding for now; drop "
+                "speculative_config and use async_scheduling auto or off"
+            )
         if self.speculative_config is not None and self.async_scheduling == "on":
             raise ConfigError(
                 "async_scheduling on does not work with speculative_config yet (a verify step's tokens must be on "

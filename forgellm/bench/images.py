@@ -5,12 +5,14 @@ shortcuts any of them."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forgellm.engine.llm_engine import LLMEngine
 from forgellm.errors import ConfigError
+
+if TYPE_CHECKING:  # the CLI builds its parser without loading torch
+    from forgellm.engine.llm_engine import LLMEngine
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 
 from forgellm import kernels
 from forgellm.config import EngineConfig
+from forgellm.distributed import SINGLE_DEVICE
+from forgellm.distributed.executor import TensorParallelExecutor
 from forgellm.engine.admission import RequestLimits
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
@@ -168,7 +171,15 @@ class LLMEngine:
             model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
         )
         kv_cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
-        model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config)
+        # Tensor parallelism: this process is rank 0; the other ranks start now and load their shards too.
+        self.executor = None
+        if config.tensor_parallel_size > 1:
+            if isinstance(arch.raw.get("vision_config"), dict):
+                raise ConfigError("vision-language models with tensor_parallel_size > 1 are not implemented yet")
+            self.executor = TensorParallelExecutor(config, device)
+            weakref.finalize(self, self.executor.shutdown)
+        parallel = self.executor.parallel if self.executor is not None else SINGLE_DEVICE
+        model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
         self.model_info = ModelInfo(
             quant_config.describe() if quant_config is not None else None,
             model_weight_bytes(model),
@@ -186,6 +197,9 @@ class LLMEngine:
         # A draft model gets as many blocks as the target: it holds K/V for the same tokens, and a few guesses.
         blocks = num_kv_blocks(config, runner, self.max_model_len, draft.block_bytes if draft else 0)
         runner.allocate_kv_cache(blocks)
+        if self.executor is not None:  # every rank holds its heads' share of the same blocks
+            self.executor.broadcast(blocks)
+            runner.executor = self.executor
         if draft is not None:
             draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
@@ -193,7 +207,7 @@ class LLMEngine:
             draft.prepare_host_buffers(
                 config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens
             )
-        if use_cuda_graphs(config, device):
+        if use_cuda_graphs(config, device) and self.executor is None:  # graphs with collectives: later
             # Verify steps with k drafts for every request compute k + 1 tokens each: a uniform batch.
             verify_len = 0 if spec_config is None else spec_config.num_speculative_tokens + 1
             runner.capture_cuda_graphs(
@@ -214,7 +228,9 @@ class LLMEngine:
         )
         mode = config.async_scheduling
         # A verify step's accepted tokens must reach the host before the next step is scheduled.
-        async_scheduling = spec_decoder is None and (mode == "on" or (mode == "auto" and device.type == "cuda"))
+        # Tensor parallelism runs synchronously for now: the other ranks get each step's tokens from the host.
+        overlap_allowed = spec_decoder is None and self.executor is None
+        async_scheduling = overlap_allowed and (mode == "on" or (mode == "auto" and device.type == "cuda"))
         self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling, spec_decoder)
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
@@ -244,6 +260,8 @@ class LLMEngine:
             f"CUDA graphs {graphs}, "
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
+        if self.executor is not None:
+            summary += f"; tensor parallel over {config.tensor_parallel_size} ranks ({self.executor.backend})"
         if spec_config is not None:
             summary += f"; speculative decoding {spec_config.describe()} (asynchronous scheduling off)"
         logger.info("%s", summary)
@@ -301,6 +319,11 @@ class LLMEngine:
         except BaseException:
             self.abort_request(request_id)  # leave no half-added request behind
             raise
+
+    def shutdown(self) -> None:
+        """Stop the other tensor-parallel ranks, if any (also done when the engine is collected)."""
+        if self.executor is not None:
+            self.executor.shutdown()
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request at once and free its KV blocks; returns its final output (finish_reason

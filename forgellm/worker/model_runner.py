@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from forgellm.distributed import SINGLE_DEVICE, ParallelContext
+from forgellm.distributed.executor import TensorParallelExecutor
 from forgellm.engine.request import Request
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
 from forgellm.hf.config_types import ModelArchConfig
@@ -74,11 +76,13 @@ def load_model(
     device: torch.device,
     load_format: str = "auto",
     quant_config: QuantizationConfig | None = None,
+    parallel: ParallelContext = SINGLE_DEVICE,
 ) -> nn.Module:
-    """Build the model for `arch` on `device`; load safetensors weights, or random ones for "dummy"."""
+    """Build the model for `arch` on `device` (this rank's shard under tensor parallelism); load safetensors
+    weights, or random ones for "dummy"."""
     model_class = get_model_class(arch.architecture)
     with torch.device(device):
-        model = model_class(arch, dtype, quant_config=quant_config)
+        model = model_class(arch, dtype, parallel, quant_config=quant_config)
     if load_format == "dummy":
         init_random_weights(model, device)
     else:
@@ -149,6 +153,7 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.prompt_logprobs_done: dict[str, int] = {}
         self.encoder_cache = EncoderCache()  # a vision-language model's image embeddings
+        self.executor: TensorParallelExecutor | None = None  # rank 0 of tensor parallelism: sends each batch
         self.graph_runner: CudaGraphRunner | None = None
         # The verify step's rule (benchmarks of random weights swap in spec_decode.forced_acceptance).
         self.verify_drafts = verify_drafts
@@ -254,6 +259,8 @@ class ModelRunner:
         if placeholders:
             destinations, sources = self._placeholder_indices(placeholders, staging)
             pending_ids = in_flight.sampled.index_select(0, sources)
+        if self.executor is not None:  # the other ranks run the same forward pass (synchronous engine only)
+            self.executor.broadcast(host)
         logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])
         features = getattr(self.model, "aux_hidden", None)

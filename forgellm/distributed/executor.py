@@ -1,0 +1,85 @@
+"""TensorParallelExecutor: rank 0's side of tensor parallelism on one node.
+
+The engine process is rank 0: it schedules, samples and owns its shard of the model. Ranks 1 .. n-1 are
+worker processes (forgellm/worker/tp_worker.py), each owning its shard and KV cache. They join one
+torch.distributed process group (gloo on CPUs, NCCL on GPUs) and run every forward pass in lockstep:
+rank 0 broadcasts each step's batch, every rank runs the same forward (its collectives pair up with
+the others'), and only rank 0 reads the logits. A rank that dies or hangs surfaces as a collective
+timeout on rank 0, not a hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing as mp
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from forgellm.config import EngineConfig
+from forgellm.distributed.parallel_state import ParallelContext
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TensorParallelExecutor:
+    """Starts ranks 1 .. tp_size-1, joins their process group as rank 0, and broadcasts to them."""
+
+    def __init__(self, config: EngineConfig, device: torch.device) -> None:
+        from forgellm.worker.tp_worker import run_worker  # the worker's entry point, in its own module
+
+        self.world_size = config.tensor_parallel_size
+        self.backend = "nccl" if device.type == "cuda" else "gloo"
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        context = mp.get_context("spawn")  # never fork a process that may hold CUDA state
+        self.workers = [
+            context.Process(
+                target=run_worker,
+                args=(config, rank, self.world_size, init_method),
+                name=f"forgellm-tp-rank{rank}",
+                daemon=True,
+            )
+            for rank in range(1, self.world_size)
+        ]
+        for worker in self.workers:
+            worker.start()
+        dist.init_process_group(
+            self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=COLLECTIVE_TIMEOUT
+        )
+        self.parallel = ParallelContext(tp_rank=0, tp_size=self.world_size)
+        self._closed = False
+
+    def broadcast(self, value: Any) -> None:
+        """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank."""
+        self.check_workers()
+        dist.broadcast_object_list([value], src=0)
+
+    def check_workers(self) -> None:
+        """Raise naming the rank whose process has ended (instead of waiting for a collective timeout)."""
+        for rank, worker in enumerate(self.workers, start=1):
+            if not worker.is_alive():
+                raise RuntimeError(f"tensor-parallel rank {rank} exited (exit code {worker.exitcode})")
+
+    def shutdown(self) -> None:
+        """Stop the workers and leave the process group (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if all(worker.is_alive() for worker in self.workers):
+                dist.broadcast_object_list([None], src=0)
+        finally:
+            for worker in self.workers:
+                worker.join(timeout=10)
+                if worker.is_alive():
+                    worker.terminate()
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -1,0 +1,60 @@
+"""A tensor-parallel worker: rank 1 .. n-1 of the engine, in its own process.
+
+It builds its shard of the model, allocates its share of every KV block once rank 0 says how many, then
+runs the forward pass of every batch rank 0 broadcasts (the logits stay unread: rank 0 samples) until it
+receives None.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from forgellm.config import EngineConfig
+from forgellm.distributed.parallel_state import ParallelContext
+
+
+def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: str) -> None:
+    """Entry point of rank `rank`'s process (see TensorParallelExecutor)."""
+    from forgellm.distributed.executor import COLLECTIVE_TIMEOUT
+    from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
+    from forgellm.hf.config import load_model_config, resolve_dtype
+    from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
+    from forgellm.worker.forward import forward_logits
+    from forgellm.worker.model_runner import allocate_kv_cache, load_model
+
+    device = resolve_device(config.device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
+    )
+    try:
+        model_dir = resolve_model_dir(config.model)
+        arch = load_model_config(model_dir)
+        dtype = resolve_dtype(config.dtype, arch)
+        quant_config = resolve_quantization(
+            model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
+        )
+        parallel = ParallelContext(tp_rank=rank, tp_size=world_size)
+        model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
+        [num_blocks] = _receive()
+        allocate_kv_cache(
+            model, num_blocks, config.block_size, resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
+        )
+        with torch.inference_mode():
+            while True:
+                [batch] = _receive()
+                if batch is None:
+                    break
+                forward_logits(model, None, batch, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _receive() -> list:
+    box: list = [None]
+    dist.broadcast_object_list(box, src=0)
+    return box

@@ -1,0 +1,43 @@
+"""The whole engine under tensor_parallel_size 2 on the CPU (this process is rank 0, one gloo worker process is
+rank 1): batched requests, chunked prefill, prefix caching, preemption and an abort give TP=1's greedy tokens;
+bad parallel configurations are refused by name; the worker stops with the engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgellm import LLM, SamplingParams
+from forgellm.errors import ConfigError
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+PROMPTS = [[5, 6, 7, 8, 9], list(range(100, 141)), [42] * 3, list(range(300, 322))]
+
+
+def tokens(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
+    return [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa4-llama3", "llama-mqa-dynamic"])  # KV heads split / replicated
+def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
+    path = str(tiny_model_dir(variant))
+    options = dict(dtype="float32", block_size=4, max_num_batched_tokens=16, num_kv_blocks=20, max_num_seqs=4)
+    expected = tokens(LLM(path, **options), PROMPTS + PROMPTS[:2])
+    sharded = LLM(path, tensor_parallel_size=2, **options)
+    try:
+        assert sharded.engine.executor is not None and sharded.engine.executor.world_size == 2
+        # Chunks of 16 tokens, a 20-block cache that must preempt, repeated prompts served from the prefix cache.
+        assert tokens(sharded, PROMPTS + PROMPTS[:2]) == expected
+        stats = sharded.engine.stats()
+        assert stats.num_preemptions > 0 and stats.prefix_cache_hit_rate > 0
+        sharded.engine.add_request("gone", PROMPTS[1], GREEDY)
+        sharded.engine.step()
+        sharded.engine.abort_request("gone")
+        assert tokens(sharded, PROMPTS[:1]) == expected[:1]  # the ranks stay in step after an abort
+    finally:
+        sharded.engine.shutdown()
+    assert all(not worker.is_alive() for worker in sharded.engine.executor.workers)
+
+
+def test_parallel_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
+    with pytest.raises(ConfigError, match="runs synchronously without speculative decoding"):
+        LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, async_scheduling="on")
