@@ -10,9 +10,12 @@ timeout on rank 0, not a hang.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import multiprocessing as mp
+import json
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import torch
@@ -34,23 +37,30 @@ class TensorParallelExecutor:
     """Starts ranks 1 .. tp_size-1, joins their process group as rank 0, and broadcasts to them."""
 
     def __init__(self, config: EngineConfig, device: torch.device) -> None:
-        from forgellm.worker.tp_worker import run_worker  # the worker's entry point, in its own module
-
         self.world_size = config.tensor_parallel_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         init_method = f"tcp://127.0.0.1:{_free_port()}"
-        context = mp.get_context("spawn")  # never fork a process that may hold CUDA state
+        options = json.dumps(dataclasses.asdict(config))
+        # Plain processes (python -m forgellm.worker.tp_worker), not multiprocessing children: the engine may
+        # itself run in a daemonic child (forgellm serve), which multiprocessing forbids to have children.
         self.workers = [
-            context.Process(
-                target=run_worker,
-                args=(config, rank, self.world_size, init_method),
-                name=f"forgellm-tp-rank{rank}",
-                daemon=True,
-            )
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "forgellm.worker.tp_worker",
+                    "--rank",
+                    str(rank),
+                    "--world-size",
+                    str(self.world_size),
+                    "--init-method",
+                    init_method,
+                    "--config",
+                    options,
+                ]
+            )  # fmt: skip
             for rank in range(1, self.world_size)
         ]
-        for worker in self.workers:
-            worker.start()
         dist.init_process_group(
             self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=COLLECTIVE_TIMEOUT
         )
@@ -65,8 +75,8 @@ class TensorParallelExecutor:
     def check_workers(self) -> None:
         """Raise naming the rank whose process has ended (instead of waiting for a collective timeout)."""
         for rank, worker in enumerate(self.workers, start=1):
-            if not worker.is_alive():
-                raise RuntimeError(f"tensor-parallel rank {rank} exited (exit code {worker.exitcode})")
+            if worker.poll() is not None:
+                raise RuntimeError(f"tensor-parallel rank {rank} exited (exit code {worker.returncode})")
 
     def shutdown(self) -> None:
         """Stop the workers and leave the process group (idempotent)."""
@@ -74,12 +84,14 @@ class TensorParallelExecutor:
             return
         self._closed = True
         try:
-            if all(worker.is_alive() for worker in self.workers):
+            if all(worker.poll() is None for worker in self.workers):
                 dist.broadcast_object_list([None], src=0)
         finally:
             for worker in self.workers:
-                worker.join(timeout=10)
-                if worker.is_alive():
-                    worker.terminate()
+                try:
+                    worker.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
             if dist.is_initialized():
                 dist.destroy_process_group()

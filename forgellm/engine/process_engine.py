@@ -185,6 +185,14 @@ def _child_main(config: EngineConfig, conn: Any, log_level: int) -> None:
 
     conn.send(("ready", engine.limits, engine.stats(), engine.model_info))
     try:
+        _serve(engine, receive, publish, conn)
+    finally:
+        engine.shutdown()  # tensor-parallel workers end with the engine, however it ends
+
+
+def _serve(engine: LLMEngine, receive: Any, publish: Any, conn: Any) -> None:
+    """Run the EngineLoop until the server stops it, reporting a failure over the pipe."""
+    try:
         EngineLoop(engine, receive, publish).run()
     except (EOFError, BrokenPipeError):  # the server process is gone
         return

@@ -1,4 +1,5 @@
-"""A tensor-parallel worker: rank 1 .. n-1 of the engine, in its own process.
+"""A tensor-parallel worker: rank 1 .. n-1 of the engine, in its own process
+(`python -m forgellm.worker.tp_worker --rank R --world-size N --init-method tcp://... --config JSON`).
 
 It builds its shard of the model, allocates its share of every KV block once rank 0 says how many, then
 runs the forward pass of every batch rank 0 broadcasts (the logits stay unread: rank 0 samples) until it
@@ -6,6 +7,9 @@ receives None.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import torch
 import torch.distributed as dist
@@ -58,3 +62,19 @@ def _receive() -> list:
     box: list = [None]
     dist.broadcast_object_list(box, src=0)
     return box
+
+
+def main() -> None:
+    """Command-line entry point: the executor starts each worker with its rank and the engine options."""
+    parser = argparse.ArgumentParser(description="a forgellm tensor-parallel worker (started by the engine)")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world-size", type=int, required=True)
+    parser.add_argument("--init-method", required=True)
+    parser.add_argument("--config", required=True, help="the engine's EngineConfig as JSON")
+    args = parser.parse_args()
+    config = EngineConfig.from_dict(json.loads(args.config))
+    run_worker(config, args.rank, args.world_size, args.init_method)
+
+
+if __name__ == "__main__":
+    main()
