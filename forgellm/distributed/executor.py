@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from forgellm.config import EngineConfig
 from forgellm.distributed.parallel_state import ParallelContext
+from forgellm.errors import EngineDeadError
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
 
@@ -68,15 +69,20 @@ class TensorParallelExecutor:
         self._closed = False
 
     def broadcast(self, value: Any) -> None:
-        """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank."""
+        """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank; a rank that
+        is gone, or a collective that times out, is an EngineDeadError naming it."""
         self.check_workers()
-        dist.broadcast_object_list([value], src=0)
+        try:
+            dist.broadcast_object_list([value], src=0)
+        except RuntimeError as exc:  # gloo / NCCL: a peer closed the connection or the timeout passed
+            self.check_workers()
+            raise EngineDeadError(f"a tensor-parallel collective failed: {exc}") from exc
 
     def check_workers(self) -> None:
         """Raise naming the rank whose process has ended (instead of waiting for a collective timeout)."""
         for rank, worker in enumerate(self.workers, start=1):
             if worker.poll() is not None:
-                raise RuntimeError(f"tensor-parallel rank {rank} exited (exit code {worker.returncode})")
+                raise EngineDeadError(f"tensor-parallel rank {rank} exited (exit code {worker.returncode})")
 
     def shutdown(self) -> None:
         """Stop the workers and leave the process group (idempotent)."""

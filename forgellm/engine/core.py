@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from forgellm.engine.request import Request, RequestStatus
+from forgellm.errors import EngineDeadError
 from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
 from forgellm.scheduling.scheduler_output import SchedulerOutput
@@ -239,7 +240,9 @@ class EngineCore:
 
 
 def is_device_failure(exc: BaseException) -> bool:
-    """True for errors after which the device cannot be trusted (a CUDA error, not out-of-memory)."""
+    """True for errors after which the engine cannot go on (a CUDA error, not out-of-memory; a lost rank)."""
+    if isinstance(exc, EngineDeadError):  # e.g. a tensor-parallel rank that died: no step can run any more
+        return True
     accelerator_error = getattr(torch, "AcceleratorError", None)
     if accelerator_error is not None and isinstance(exc, accelerator_error):
         return True

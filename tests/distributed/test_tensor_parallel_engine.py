@@ -41,3 +41,17 @@ def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
 def test_parallel_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
     with pytest.raises(ConfigError, match="runs synchronously without speculative decoding"):
         LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, async_scheduling="on")
+
+
+def test_a_rank_that_dies_ends_the_engine_naming_it(tiny_model_dir) -> None:
+    from forgellm.errors import EngineDeadError
+
+    llm = LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, dtype="float32")
+    try:
+        worker = llm.engine.executor.workers[0]
+        worker.kill()
+        worker.wait()
+        with pytest.raises(EngineDeadError, match="tensor-parallel rank 1 exited"):
+            llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)
+    finally:
+        llm.engine.shutdown()
