@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 from forgellm.config import EngineConfig
 from forgellm.distributed.parallel_state import ParallelContext
-from forgellm.errors import EngineDeadError
+from forgellm.errors import ConfigError, EngineDeadError
+from forgellm.hf.config_types import ModelArchConfig
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
 
@@ -32,6 +33,22 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def check_shardable(arch: ModelArchConfig, tp_size: int, device: torch.device) -> None:
+    """A ConfigError naming the numbers when `arch` cannot be split over `tp_size` ranks here."""
+    heads, kv_heads = arch.num_attention_heads, arch.num_key_value_heads
+    problems = []
+    if heads % tp_size:
+        problems.append(f"{heads} attention heads")
+    if kv_heads % tp_size if kv_heads >= tp_size else tp_size % kv_heads:
+        problems.append(f"{kv_heads} KV heads (which must divide, or be a multiple of, the ranks)")
+    if arch.intermediate_size % tp_size:
+        problems.append(f"an MLP of {arch.intermediate_size}")
+    if problems:
+        raise ConfigError(f"tensor_parallel_size {tp_size} cannot split {' and '.join(problems)}")
+    if device.type == "cuda" and torch.cuda.device_count() < tp_size:
+        raise ConfigError(f"tensor_parallel_size {tp_size} needs {tp_size} GPUs; {torch.cuda.device_count()} visible")
 
 
 class TensorParallelExecutor:

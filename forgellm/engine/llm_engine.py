@@ -15,7 +15,7 @@ import torch
 from forgellm import kernels
 from forgellm.config import EngineConfig
 from forgellm.distributed import SINGLE_DEVICE
-from forgellm.distributed.executor import TensorParallelExecutor
+from forgellm.distributed.executor import TensorParallelExecutor, check_shardable
 from forgellm.engine.admission import RequestLimits
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
@@ -176,6 +176,7 @@ class LLMEngine:
         if config.tensor_parallel_size > 1:
             if isinstance(arch.raw.get("vision_config"), dict):
                 raise ConfigError("vision-language models with tensor_parallel_size > 1 are not implemented yet")
+            check_shardable(arch, config.tensor_parallel_size, device)  # before any worker starts
             self.executor = TensorParallelExecutor(config, device)
             weakref.finalize(self, self.executor.shutdown)
         parallel = self.executor.parallel if self.executor is not None else SINGLE_DEVICE

@@ -41,6 +41,8 @@ def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
 def test_parallel_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
     with pytest.raises(ConfigError, match="runs synchronously without speculative decoding"):
         LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, async_scheduling="on")
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size 3 cannot split 4 attention heads"):
+        LLM(str(tiny_model_dir("llama")), tensor_parallel_size=3)
 
 
 def test_a_rank_that_dies_ends_the_engine_naming_it(tiny_model_dir) -> None:
