@@ -17,6 +17,7 @@ from torch import nn
 from forgellm.errors import ModelLoadError
 from forgellm.layers.linear_method import CheckpointTensors, LinearMethod, copy_checked
 from forgellm.quantization.parts import Fp4Part, Fp8Part, IntPart, PartReader
+from forgellm.quantization.sharding import shard_part
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
@@ -31,8 +32,6 @@ class StagedLinearMethod(LinearMethod):
         self.dense = getattr(reader, "dense", False)
 
     def create_weights(self, layer: LinearBase, dtype: torch.dtype) -> None:
-        if layer.parallel.tp_size > 1:
-            raise NotImplementedError("quantized layers with tensor parallelism (tensor_parallel_size > 1)")
         layer.compute_dtype = dtype
         layer.compute_device = torch.get_default_device()
         layer.staged = {}
@@ -48,7 +47,7 @@ class StagedLinearMethod(LinearMethod):
     def load(self, layer: LinearBase, name: str, loaded: torch.Tensor, part: int, ckpt_name: str) -> None:
         if name == "weight" and self.dense:
             offset, size = layer.part_slice(part)
-            copy_checked(layer.weight.narrow(0, offset, size), loaded, ckpt_name)
+            copy_checked(layer.weight.narrow(0, offset, size), layer.rank_slice(loaded, part=part), ckpt_name)
         else:
             layer.staged[(name, part)] = loaded
 
@@ -62,7 +61,10 @@ class StagedLinearMethod(LinearMethod):
                 offset, size = layer.part_slice(part)
                 tensors["weight"] = layer.weight.narrow(0, offset, size)
             with torch.device(layer.compute_device):  # quantizing at load runs on the GPU, one part at a time
-                parts.append(self.reader.read(tensors, prefix))
+                canonical = self.reader.read(tensors, prefix)
+            # Checkpoints hold whole projections: this rank keeps its share (the dense weight is sliced already).
+            sharded = layer.parallel.tp_size > 1 and not self.dense
+            parts.append(shard_part(layer, canonical, part, prefix) if sharded else canonical)
         del layer.staged
         if self.dense:
             del layer.weight
