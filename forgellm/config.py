@@ -46,6 +46,7 @@ class EngineConfig:
         "auto", "prepare the next step on the host while the GPU runs the current one: auto (on with a GPU), on, off"
     )
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
+    data_parallel_size: int = _opt(1, "engine replicas behind one server (forgellm serve), each routed requests")
     # Quantization (forgellm/quantization): a quantized checkpoint loads as saved; these quantize others.
     quantization: Literal["fp8", "int8", "int4", "nvfp4"] | None = _opt(
         None, "quantize an unquantized checkpoint at load (round to nearest): fp8, int8, int4 or nvfp4"
@@ -91,6 +92,7 @@ class EngineConfig:
             "max_num_batched_tokens",
             "block_size",
             "tensor_parallel_size",
+            "data_parallel_size",
             "max_n",
             "max_stop_str_len",
             "limit_mm_per_prompt",

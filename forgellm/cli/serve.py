@@ -133,7 +133,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--max-waiting-requests must be >= 1, got {args.max_waiting_requests}")
         # The engine steps in its own process: on the H200 a thread sharing the GIL with the HTTP side
         # reached 0.78 of offline throughput at concurrency 64, a process 1.01 (benchmarks/RESULTS.md).
-        engine = ProcessAsyncLLM(config=config, max_waiting_requests=args.max_waiting_requests)
+        if config.data_parallel_size > 1:  # replicas behind this one front, each request to the least loaded
+            from forgellm.engine.data_parallel import DataParallelEngine
+
+            engine = DataParallelEngine.start(ProcessAsyncLLM, config, max_waiting_requests=args.max_waiting_requests)
+        else:
+            engine = ProcessAsyncLLM(config=config, max_waiting_requests=args.max_waiting_requests)
     except (ForgeLLMError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

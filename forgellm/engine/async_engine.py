@@ -137,6 +137,11 @@ class AsyncLLM:
         """The engine's counters and gauges as of its last step."""
         return self._snapshot.stats
 
+    @property
+    def num_live_requests(self) -> int:
+        """Requests admitted and not finished (what a data-parallel front balances)."""
+        return len(self._live)
+
     def num_waiting(self) -> int:
         """Sequences admitted and not yet running: the engine's queue, its inbox, and those tokenizing."""
         snapshot = self._snapshot

@@ -171,6 +171,10 @@ class LLMEngine:
             model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
         )
         kv_cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
+        if config.data_parallel_size > 1:
+            raise ConfigError(
+                "data_parallel_size > 1 runs engine replicas behind forgellm serve; an LLM is one engine (use 1)"
+            )
         # Tensor parallelism: this process is rank 0; the other ranks start now and load their shards too.
         self.executor = None
         if config.tensor_parallel_size > 1:
