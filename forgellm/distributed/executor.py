@@ -85,6 +85,17 @@ class TensorParallelExecutor:
         self.parallel = ParallelContext(tp_rank=0, tp_size=self.world_size)
         self._closed = False
 
+    def describe(self, arch: ModelArchConfig, device: torch.device) -> str:
+        """Every rank's device and share of the model, for the start-up log."""
+        ranks = []
+        for rank in range(self.world_size):
+            where = f"cuda:{rank}" if device.type == "cuda" else device.type
+            local, first = ParallelContext(rank, self.world_size).kv_heads(arch.num_key_value_heads)
+            heads = arch.num_attention_heads // self.world_size
+            kv = f"KV head{'s' if local > 1 else ''} {first}" + (f"-{first + local - 1}" if local > 1 else "")
+            ranks.append(f"rank {rank} on {where}: {heads} of {arch.num_attention_heads} query heads, {kv}")
+        return f"tensor parallel over {self.world_size} ranks ({self.backend}): " + "; ".join(ranks)
+
     def broadcast(self, value: Any) -> None:
         """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank; a rank that
         is gone, or a collective that times out, is an EngineDeadError naming it."""

@@ -266,7 +266,7 @@ class LLMEngine:
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
         if self.executor is not None:
-            summary += f"; tensor parallel over {config.tensor_parallel_size} ranks ({self.executor.backend})"
+            summary += "; " + self.executor.describe(arch, device)
         if spec_config is not None:
             summary += f"; speculative decoding {spec_config.describe()} (asynchronous scheduling off)"
         logger.info("%s", summary)

@@ -38,6 +38,19 @@ def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
     assert all(worker.poll() is not None for worker in sharded.engine.executor.workers)
 
 
+def test_the_start_up_log_names_every_rank_and_its_share(tiny_model_dir, caplog) -> None:
+    caplog.set_level("INFO", logger="forgellm")
+    llm = LLM(str(tiny_model_dir("llama-mqa-dynamic")), tensor_parallel_size=2, dtype="float32")
+    llm.engine.shutdown()
+    text = caplog.text
+    assert "tensor parallel over 2 ranks (gloo)" in text
+    # MQA: the one KV head is replicated on both ranks.
+    assert (
+        "rank 0 on cpu: 2 of 4 query heads, KV head 0" in text
+        and "rank 1 on cpu: 2 of 4 query heads, KV head 0" in text
+    )
+
+
 def test_parallel_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
     with pytest.raises(ConfigError, match="runs synchronously without speculative decoding"):
         LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, async_scheduling="on")
