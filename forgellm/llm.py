@@ -91,16 +91,27 @@ class LLM:
         template), then generate. Image content parts ({"type": "image_url", ...} or {"type": "image",
         "image": ...}) go to a vision-language model with the prompt."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts: list[Prompt] = []
-        for conversation in conversations:
-            # Image parts (image_url, or image in Python) become the template's placeholders; the images go
-            # with the prompt as multi_modal_data.
-            rendered, images = split_images(conversation, self.engine.media_policy)
-            if images and self.engine.input_processor.vision is None:
-                refuse_images_for_text_only_model()
-            ids = self.render_chat(rendered, add_generation_prompt, chat_template, tools, chat_template_kwargs)
-            prompts.append({"prompt_token_ids": ids, "multi_modal_data": {"image": images}} if images else ids)
+        prompts = [
+            self.chat_prompt(c, add_generation_prompt, chat_template, tools, chat_template_kwargs)
+            for c in conversations
+        ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def chat_prompt(
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> Prompt:
+        """The prompt of a conversation: its rendered token ids, with multi_modal_data when it holds image parts
+        (those become the template's placeholders)."""
+        rendered, images = split_images(messages, self.engine.media_policy)
+        if images and self.engine.input_processor.vision is None:
+            refuse_images_for_text_only_model()
+        ids = self.render_chat(rendered, add_generation_prompt, chat_template, tools, chat_template_kwargs)
+        return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}} if images else ids
 
     def render_chat(
         self,

@@ -127,7 +127,7 @@ class MergedColumnParallelLinear(LinearBase):
         )
 
 
-class QKVParallelLinear(MergedColumnParallelLinear):
+class QKVParallelLinear(LinearBase):
     """q, k and v projections fused into one matmul; parts 0, 1, 2 are q, k, v."""
 
     def __init__(
@@ -152,9 +152,7 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         # With fewer KV heads than ranks, each KV head is replicated on tp / num_kv_heads ranks.
         local_kv_heads, first_kv_head = parallel.kv_heads(num_kv_heads)
         kv_size = local_kv_heads * head_dim
-        # LinearBase directly: MergedColumnParallelLinear would split every part by tp_size.
-        LinearBase.__init__(
-            self,
+        super().__init__(
             hidden_size,
             [num_heads // tp * head_dim, kv_size, kv_size],
             prefixes,

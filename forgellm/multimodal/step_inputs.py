@@ -8,18 +8,15 @@ from dataclasses import replace
 
 import torch
 
-from forgellm.engine.request import Request
 from forgellm.multimodal.encoder_cache import EncoderCache
+from forgellm.multimodal.inputs import MultimodalPrompt
 from forgellm.scheduling.scheduler_output import SchedulerOutput
 from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk
 
 
-def set_rope_positions(chunk: SequenceChunk, request: Request) -> None:
+def set_rope_positions(chunk: SequenceChunk, media: MultimodalPrompt) -> None:
     """M-RoPE positions of a chunk of a request with media (others keep their token indices)."""
-    if request.multimodal is not None:
-        chunk.position_offset, chunk.mrope_positions = request.multimodal.rope_positions(
-            chunk.start, len(chunk.token_ids)
-        )
+    chunk.position_offset, chunk.mrope_positions = media.rope_positions(chunk.start, len(chunk.token_ids))
 
 
 def with_media_embeddings(

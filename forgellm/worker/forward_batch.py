@@ -104,6 +104,7 @@ def build_host_batch(
     seq_lens: list[int] = []
     num_prefills = 0
     max_query_len = 0
+    has_mrope = False
     for chunk in chunks:
         n = len(chunk.token_ids)
         offset = query_start_loc[-1]
@@ -117,6 +118,7 @@ def build_host_batch(
         seq_lens.append(chunk.start + n)
         num_prefills += n > 1
         max_query_len = max(max_query_len, n)
+        has_mrope = has_mrope or chunk.mrope_positions is not None
     width = max((len(c.block_ids) for c in chunks), default=1) or 1
     table = [c.block_ids + [0] * (width - len(c.block_ids)) for c in chunks]
 
@@ -126,7 +128,7 @@ def build_host_batch(
         t = torch.tensor(values, dtype=dtype)
         return t.pin_memory() if pin else t
 
-    if any(c.mrope_positions is not None for c in chunks):
+    if has_mrope:
         rows, first = [], 0
         for c in chunks:  # [3, T]: images' own rows, the others' positions on all three streams
             n = len(c.token_ids)

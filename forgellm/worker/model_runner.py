@@ -251,7 +251,7 @@ class ModelRunner:
         chunks, samplers, prompt_rows, placeholders, verifiers = self._plan(scheduler_output, in_flight)
         staging = self._next_staging()
         host = build_host_batch(chunks, self.block_size, staging=staging)
-        if any(c.mrope_positions is not None for c in chunks):
+        if host.positions.dim() == 2:  # M-RoPE rows: some chunk holds prompt tokens of a request with media
             host = with_media_embeddings(
                 host, scheduler_output, self.encoder_cache, self.model.encode_images, self.device
             )
@@ -300,7 +300,8 @@ class ModelRunner:
             if s.spec_token_ids:  # a verify step: the last token and the drafts, with logits at every one
                 tokens = [request.all_token_ids[s.start], *s.spec_token_ids]
                 chunks.append(SequenceChunk(tokens, s.start, s.block_ids, list(range(len(tokens)))))
-                set_rope_positions(chunks[-1], request)
+                if request.multimodal is not None:
+                    set_rope_positions(chunks[-1], request.multimodal)
                 verifiers.append((request, row, s.spec_token_ids))
                 row += len(tokens)
                 num_tokens += len(tokens)
@@ -319,7 +320,8 @@ class ModelRunner:
                 placeholders.append(self._placeholder(request, num_tokens + len(tokens), in_flight))
                 tokens = [*tokens, 0]
             chunks.append(SequenceChunk(tokens, s.start, s.block_ids, logits_positions))
-            set_rope_positions(chunks[-1], request)
+            if request.multimodal is not None:  # a plain text request pays one attribute test
+                set_rope_positions(chunks[-1], request.multimodal)
             num_tokens += s.num_new_tokens
         return chunks, samplers, prompt_rows, placeholders, verifiers
 

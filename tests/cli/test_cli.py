@@ -48,7 +48,7 @@ def fake_llm(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         def get_tokenizer(self) -> FakeTokenizer:
             return FakeTokenizer()
 
-        def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
             tokenizer = FakeTokenizer()
             return tokenizer.encode(tokenizer.apply_chat_template(messages, True), add_special_tokens=False)
 

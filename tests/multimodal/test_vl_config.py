@@ -7,17 +7,10 @@ import pytest
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
 from forgellm.hf.config import parse_model_config
+from tests.fixtures.make_tiny_vlm import TEXT as FIXTURE_TEXT
 
-TEXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=500,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-)
+# The tiny fixture's language model, without its rope (each spelling states its own below).
+TEXT = {key: value for key, value in FIXTURE_TEXT.items() if key != "rope_parameters"}
 
 
 @pytest.mark.parametrize("config_class", [Qwen2VLConfig, Qwen2_5_VLConfig])
