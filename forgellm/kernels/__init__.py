@@ -30,7 +30,7 @@ from forgellm.kernels.fp8_quant import (
 from forgellm.kernels.int_weight_gemm import int_weight_matmul_ref
 from forgellm.kernels.kv_cache import write_kv_cache_ref
 from forgellm.kernels.norm import fused_add_rms_norm_ref, rms_norm_ref
-from forgellm.kernels.rotary import apply_rotary_ref
+from forgellm.kernels.rotary import apply_rotary_fp32_ref, apply_rotary_ref
 from forgellm.kernels.rotary_kv import rotary_and_write_kv_ref
 
 
@@ -100,6 +100,7 @@ rms_norm = dispatch(rms_norm_ref, triton_op("triton_norm", "rms_norm_triton"))
 fused_add_rms_norm = dispatch(fused_add_rms_norm_ref, triton_op("triton_norm", "fused_add_rms_norm_triton"))
 silu_and_mul = dispatch(silu_and_mul_ref, triton_op("triton_activation", "silu_and_mul_triton"))
 apply_rotary = dispatch(apply_rotary_ref, triton_op("triton_rotary", "apply_rotary_triton"))
+apply_rotary_fp32 = dispatch(apply_rotary_fp32_ref, triton_op("triton_rotary", "apply_rotary_fp32_triton"))
 write_kv_cache = dispatch(write_kv_cache_ref, triton_op("triton_kv_cache", "write_kv_cache_triton"))
 rotary_and_write_kv = dispatch(rotary_and_write_kv_ref, triton_op("triton_rotary_kv", "rotary_and_write_kv_triton"))
 paged_attention = dispatch(paged_attention_ref, triton_op("triton_attention", "paged_attention_triton"))
@@ -115,6 +116,7 @@ int_weight_matmul = dispatch(int_weight_matmul_ref, triton_op("triton_int_weight
 
 __all__ = [
     "apply_rotary",
+    "apply_rotary_fp32",
     "cuda_implementation",
     "dispatch",
     "fp8_linear",

@@ -26,6 +26,17 @@ def apply_rotary_ref(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Te
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
+def apply_rotary_fp32_ref(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hk, D] in float32, each result rounded once to its input's dtype.
+
+    The vision towers' rounding (transformers' apply_rotary_pos_emb_vision): their positions reach the
+    hundreds, where angles and products in bf16 would drift.
+    """
+    check_rotary_shapes(q, k, cos, sin)
+    cos, sin = cos.float(), sin.float()
+    return _rotate(q.float(), cos, sin).to(q.dtype), _rotate(k.float(), cos, sin).to(k.dtype)
+
+
 def check_rotary_shapes(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
     """Raise ValueError unless q/k are [T, H, D] and cos/sin [T, D]: one message for every rotary version."""
     if cos.shape != sin.shape or cos.dim() != 2:

@@ -18,8 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:  # FlashAttention over variable-length segments (torch >= 2.9 on CUDA)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # older torch: segments run as grouped SDPA calls
+    varlen_attn = None
+
 from forgellm.errors import ModelLoadError
-from forgellm.models.weight_loading import WeightMap, load_weights
+from forgellm.kernels import apply_rotary_fp32
+from forgellm.models.weight_loading import WeightMap, finish_loading, load_weights
 
 # Where the tower's tensors sit: published checkpoints use `visual.*`; a transformers 5 model's own
 # state_dict (and checkpoints saved from it) uses `model.visual.*`.
@@ -132,18 +138,22 @@ def vision_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tupl
 
 
 class _ParamTarget:
-    """Adapts a plain parameter to WeightMap's Loadable: a shape-checked copy."""
+    """Adapts a plain parameter (or the `size` slices from `start` on along `dim`) to WeightMap's Loadable: a
+    shape-checked copy."""
 
-    def __init__(self, param: nn.Parameter) -> None:
+    def __init__(self, param: nn.Parameter, dim: int = 0, start: int = 0, size: int | None = None) -> None:
         self.param = param
+        self.dim, self.start = dim, start
+        self.size = param.shape[dim] if size is None else size
 
     def load(self, param_name: str, loaded: torch.Tensor, shard: str | int | None, ckpt_name: str) -> None:
-        if loaded.shape != self.param.shape:
+        target = self.param.narrow(self.dim, self.start, self.size)
+        if loaded.shape != target.shape:
             raise ModelLoadError(
                 f"checkpoint tensor {ckpt_name} has shape {tuple(loaded.shape)}, "
-                f"the vision tower expects {tuple(self.param.shape)}; does vision_config match the checkpoint?"
+                f"the vision tower expects {tuple(target.shape)}; does vision_config match the checkpoint?"
             )
-        self.param.copy_(loaded)
+        target.copy_(loaded)
 
 
 class PatchEmbed(nn.Module):
@@ -171,22 +181,11 @@ class VisionRotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [N, 1, head_dim] float32 for (row, col) positions [N, 2]."""
+        """cos, sin [N, head_dim] float32 for (row, col) positions [N, 2]."""
         freqs = positions.to(self.inv_freq.device, torch.float32)[..., None] * self.inv_freq  # [N, 2, D/4]
         angles = freqs.flatten(1)  # rows' angles then columns'
-        emb = torch.cat((angles, angles), dim=-1)[:, None, :]
+        emb = torch.cat((angles, angles), dim=-1)
         return emb.cos(), emb.sin()
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_vision_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [N, heads, head_dim] in float32 (positions reach hundreds: bf16 angles would drift)."""
-    xf = x.float()
-    return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
 
 
 def patch_positions(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
@@ -209,9 +208,12 @@ def frame_cu_seqlens(grid_thw: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Segments:
-    """Attention segments (images, frames or windows) grouped by length: each group runs as one batched SDPA
-    call, so a 896 x 896 image's 64 equal windows cost one kernel launch per layer, not 64."""
+    """Attention segments (images, frames or windows): their boundaries for a variable-length kernel, and the
+    same segments grouped by length, each group one batched SDPA call (a 896 x 896 image's 64 equal windows
+    cost one call per layer, not 64) where that kernel is not available."""
 
+    cu_seqlens: torch.Tensor  # int32 [segments + 1] on the tokens' device
+    max_length: int
     groups: list[tuple[int, torch.Tensor]]  # (length, token indices [segments, length])
 
     @classmethod
@@ -224,16 +226,21 @@ class Segments:
         for length, starts in by_length.items():
             index = torch.tensor(starts)[:, None] + torch.arange(length)
             groups.append((length, index.to(device)))
-        return cls(groups)
+        bounds = torch.tensor(cu_seqlens, dtype=torch.int32, device=device)
+        return cls(bounds, max(by_length, default=0), groups)
 
 
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
-    """Bidirectional attention of q, k, v [heads, N, head_dim] within each segment; out [heads, N, head_dim]."""
+    """Bidirectional attention of q, k, v [N, heads, head_dim] within each segment; out [N, heads, head_dim]."""
+    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        # FlashAttention over all segments at once, on the [N, heads, dim] layout: no gathers, no padding.
+        cu, longest = segments.cu_seqlens, segments.max_length
+        return varlen_attn(q, k, v, cu, cu, longest, longest)
     out = torch.empty_like(q)
     for _, index in segments.groups:
-        # [heads, segments, length, dim] -> segments as the batch; SDPA picks its fused kernel on the GPU.
-        q_g, k_g, v_g = (t[:, index].transpose(0, 1) for t in (q, k, v))
-        out[:, index] = F.scaled_dot_product_attention(q_g, k_g, v_g).transpose(0, 1)
+        # [segments, length, heads, dim] -> [segments, heads, length, dim]: segments as SDPA's batch.
+        q_g, k_g, v_g = (t[index].transpose(1, 2) for t in (q, k, v))
+        out[index] = F.scaled_dot_product_attention(q_g, k_g, v_g).transpose(1, 2)
     return out
 
 
@@ -249,11 +256,9 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor, segments: Segments, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
-        q = apply_vision_rotary(q, *rope).transpose(0, 1)
-        k = apply_vision_rotary(k, *rope).transpose(0, 1)
+        q, k = apply_rotary_fp32(q, k, *rope)
         # Segments keep images, frames and windows apart without a dense [N, N] mask.
-        out = segment_attention(q, k, v.transpose(0, 1), segments)
-        return self.proj(out.transpose(0, 1).reshape(n, -1))
+        return self.proj(segment_attention(q, k, v, segments).reshape(n, -1))
 
 
 class VisionMLP(nn.Module):
@@ -299,35 +304,96 @@ class PatchMerger(nn.Module):
         return self.mlp(self.ln_q(x).reshape(-1, self.merged_dim))
 
 
+@dataclass
+class TowerPlan:
+    """What a tower's pass needs besides the pixels, built on the host from the grids alone: rotary tables and
+    attention segments per block and, for window attention, the token order. A pass given a plan runs on the
+    device without reading anything back, so it can be captured in a CUDA graph and replayed."""
+
+    grid_thw: tuple[tuple[int, int, int], ...]
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [N, head_dim] float32
+    block_segments: list[Segments]  # one per block (shared objects where blocks attend alike)
+    order: torch.Tensor | None = None  # merge-unit order that makes windows contiguous
+    restore: torch.Tensor | None = None  # its inverse, applied to the merged output
+
+    @property
+    def num_patches(self) -> int:
+        return sum(t * h * w for t, h, w in self.grid_thw)
+
+
 class VisionTowerBase(nn.Module):
-    """What both towers share: input checks, patch embedding, rotary tables and weight loading."""
+    """What both towers share: input checks, patch embedding, the plan/run split and weight loading."""
 
     config: VisionConfig
+    rotary: VisionRotary
+    blocks: nn.ModuleList
+    merger: PatchMerger
 
-    def _embed(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch embeddings [N, dim] and rotary angles' positions [N, 2]; checks the inputs agree."""
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Patches [N, C*T*P*P] of images/videos with grids [num, 3] -> LM embeddings [N / merge^2, out]."""
+        return self.run(pixel_values, self.plan(grid_thw, pixel_values.device))
+
+    def plan(self, grid_thw: torch.Tensor, device: torch.device) -> TowerPlan:
+        """The host-side part of a pass over images with grids [num, 3] (best on the CPU: no read-back)."""
+        c = self.config
+        grids = tuple(tuple(int(v) for v in row) for row in grid_thw.tolist())
+        if any(h % c.spatial_merge_size or w % c.spatial_merge_size for _, h, w in grids):
+            raise ValueError(f"grid_thw {list(grids)}: h and w must be multiples of {c.spatial_merge_size}")
+        grid_cpu = torch.tensor(grids, dtype=torch.int64).view(-1, 3)
+        positions = patch_positions(grid_cpu, c.spatial_merge_size)
+        frames = Segments.from_cu_seqlens(frame_cu_seqlens(grid_cpu).tolist(), device)
+        order, segments = self._attention_layout(grid_cpu, frames, device)
+        if order is None:
+            return TowerPlan(grids, self.rotary(positions.to(device)), segments)
+        unit = c.spatial_merge_size**2
+        positions = positions.view(-1, unit, 2)[order].flatten(0, 1)
+        restore = torch.argsort(order)
+        return TowerPlan(grids, self.rotary(positions.to(device)), segments, order.to(device), restore.to(device))
+
+    def _attention_layout(
+        self, grid_thw: torch.Tensor, frames: Segments, device: torch.device
+    ) -> tuple[torch.Tensor | None, list[Segments]]:
+        """(merge-unit order or None, each block's segments): here every block attends over whole frames."""
+        return None, [frames] * len(self.blocks)
+
+    def run(self, pixel_values: torch.Tensor, plan: TowerPlan) -> torch.Tensor:
+        """The device-side part: patch embedding, the blocks, the merger (no host synchronisation)."""
         c = self.config
         per_patch = c.in_channels * c.temporal_patch_size * c.patch_size**2
-        expected = int((grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).sum())
-        if pixel_values.dim() != 2 or pixel_values.shape != (expected, per_patch):
+        if pixel_values.dim() != 2 or pixel_values.shape != (plan.num_patches, per_patch):
             raise ValueError(
-                f"pixel_values has shape {tuple(pixel_values.shape)}; grid_thw {grid_thw.tolist()} needs "
-                f"({expected}, {per_patch})"
+                f"pixel_values has shape {tuple(pixel_values.shape)}; grid_thw {list(plan.grid_thw)} needs "
+                f"({plan.num_patches}, {per_patch})"
             )
-        if bool(((grid_thw[:, 1:] % c.spatial_merge_size) != 0).any()):
-            raise ValueError(f"grid_thw {grid_thw.tolist()}: h and w must be multiples of {c.spatial_merge_size}")
-        return self.patch_embed(pixel_values), patch_positions(grid_thw, c.spatial_merge_size)
+        x = self.patch_embed(pixel_values)
+        if plan.order is not None:
+            unit = c.spatial_merge_size**2
+            x = x.view(-1, unit, x.shape[-1])[plan.order].flatten(0, 1)
+        for block, segments in zip(self.blocks, plan.block_segments):
+            x = block(x, segments, plan.rope)
+        merged = self.merger(x)
+        return merged if plan.restore is None else merged[plan.restore]
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load tensors named relative to the tower (see vision_weights); a missing or extra name raises."""
         wmap = WeightMap(ignored_suffixes=("rotary_pos_emb.inv_freq",))
-        for name, param in self.named_parameters():
-            wmap.add(name, _ParamTarget(param), name)
+        params = dict(self.named_parameters())
+        stored_in_parts = set()
+        for module_name, module in self.named_modules():
+            parts = getattr(module, "checkpoint_parts", None)
+            for ckpt_name, (param_name, dim, start, size) in (parts() if parts else {}).items():
+                full_name = f"{module_name}.{param_name}"
+                wmap.add(f"{module_name}.{ckpt_name}", _ParamTarget(params[full_name], dim, start, size), full_name)
+                stored_in_parts.add(full_name)
+        for name, param in params.items():
+            if name not in stored_in_parts:
+                wmap.add(name, _ParamTarget(param), name)
         try:
             load_weights(wmap, weights)
         except ModelLoadError as exc:
             raise ModelLoadError(f"vision tower: {exc}") from None
+        finish_loading(self.modules())  # e.g. the gated MLP's zero padding
 
 
 class Qwen2VisionTransformer(VisionTowerBase):
@@ -344,12 +410,3 @@ class Qwen2VisionTransformer(VisionTowerBase):
             for _ in range(config.depth)
         )
         self.merger = PatchMerger(config, norm)
-
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Patches [N, C*T*P*P] of images/videos with grids [num, 3] -> LM embeddings [N / merge^2, out]."""
-        x, positions = self._embed(pixel_values, grid_thw)
-        rope = self.rotary(positions)
-        frames = Segments.from_cu_seqlens(frame_cu_seqlens(grid_thw).tolist(), x.device)
-        for block in self.blocks:
-            x = block(x, frames, rope)
-        return self.merger(x)

@@ -47,8 +47,9 @@ class EncoderCache:
                 missing[key] = item
         if missing:
             items = list(missing.values())
-            pixels = torch.cat([item.pixel_values for item in items]).to(device, non_blocking=True)
-            grids = torch.tensor([item.grid_thw for item in items], device=device)
+            host = items[0].pixel_values if len(items) == 1 else torch.cat([item.pixel_values for item in items])
+            pixels = host.to(device, non_blocking=True)
+            grids = torch.tensor([item.grid_thw for item in items])  # on the host: the tower plans from it
             encoded = encode(pixels, grids).split([item.num_tokens for item in items])
             for key, rows in zip(missing, encoded):
                 self._entries[key] = rows

@@ -9,7 +9,6 @@ so two requests with the same image share KV and two different images never alia
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +148,8 @@ class VisionPromptBuilder:
             grid = tuple(int(v) for v in item.inputs.grid_thw[0])
             span = VisionSpan(len(expanded), grid, item.time_interval)
             count = span.num_tokens(merge)
-            pixels = item.inputs.pixel_values
-            items.append(VisionItem(pixels, grid, len(expanded), count, _content_hash(pixels, grid)))
+            content_hash = int.from_bytes(item.inputs.digests[0][:16], "little")
+            items.append(VisionItem(item.inputs.pixel_values, grid, len(expanded), count, content_hash))
             spans.append(span)
             expanded += [token] * count
         positions, delta = mrope_positions(len(expanded), spans, merge)
@@ -191,13 +190,6 @@ def _as_list(value: Any, kind: str) -> list[Any]:
     if kind == "video" and isinstance(value, Mapping):
         return [value]
     return list(value)
-
-
-def _content_hash(pixel_values: torch.Tensor, grid: tuple[int, int, int]) -> int:
-    """SHA-256 of the preprocessed pixels and grid: equal images (after preprocessing) share it."""
-    digest = hashlib.sha256(repr(grid).encode())
-    digest.update(pixel_values.contiguous().numpy().tobytes())
-    return int.from_bytes(digest.digest()[:16], "little")
 
 
 def vision_prompt_builder(

@@ -88,6 +88,7 @@ class CudaGraphRunner:
         self.prefill_logits_rows = torch.zeros(num_tokens, dtype=torch.int64, device=device)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.hidden: dict[tuple[str, int], torch.Tensor] = {}
+        self.pool: object | None = None  # the graphs' shared memory pool, once captured
 
     def _batch(self, kind: str, size: int) -> ForwardBatch:
         if kind == "prefill":
@@ -113,7 +114,7 @@ class CudaGraphRunner:
     def capture(self) -> None:
         """Capture one graph per shape, largest first so smaller ones reuse its pool."""
         start = time.perf_counter()
-        pool = torch.cuda.graph_pool_handle()
+        pool = self.pool = torch.cuda.graph_pool_handle()
         keys = [(kind, s) for kind in self.query_lens for s in self.sizes]
         keys += [("prefill", s) for s in self.prefill_sizes]
         for key in sorted(keys, key=lambda k: -self._batch(*k).num_tokens):

@@ -29,6 +29,7 @@ from forgellm.sampling.sampling_metadata import SamplingMetadata
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
 from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
+from forgellm.worker.encoder_graphs import EncoderGraphRunner
 from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
 from forgellm.worker.in_flight import InFlightStep, StepHiddenStates
@@ -108,8 +109,8 @@ def init_random_weights(model: nn.Module, device: torch.device, seed: int = 0) -
                 param.copy_(
                     torch.empty(param.shape, dtype=param.dtype, device=device).normal_(0.0, 0.02, generator=generator)
                 )
-        if isinstance(module, LinearBase):
-            module.finish_loading()
+        if isinstance(module, LinearBase) or hasattr(module, "finish_loading"):
+            module.finish_loading()  # repacking, or a layer's own invariants (e.g. zero padding)
 
 
 def model_weight_bytes(model: nn.Module) -> int:
@@ -155,6 +156,8 @@ class ModelRunner:
         self.encoder_cache = EncoderCache()  # a vision-language model's image embeddings
         self.executor: TensorParallelExecutor | None = None  # rank 0 of tensor parallelism: sends each batch
         self.graph_runner: CudaGraphRunner | None = None
+        # Images -> LM embeddings: the model's eager tower, or its CUDA graphs once captured.
+        self.encode_images = getattr(model, "encode_images", None)
         # The verify step's rule (benchmarks of random weights swap in spec_decode.forced_acceptance).
         self.verify_drafts = verify_drafts
         self.stagings: list[PinnedStaging] = []  # two, set by prepare_host_buffers on a GPU
@@ -202,6 +205,9 @@ class ModelRunner:
             self.model, max_num_seqs, max_blocks, max_model_len, self.device, max_prefill_tokens, verify_len
         )
         self.graph_runner.capture()
+        tower = getattr(self.model, "visual", None)
+        if tower is not None:  # a vision-language model: its tower replays graphs per image size too
+            self.encode_images = EncoderGraphRunner(tower, pool=self.graph_runner.pool)
 
     def _generator(self, request: Request) -> torch.Generator | None:
         seed = request.sampling_params.sample_seed(request.sample_index)
@@ -252,9 +258,7 @@ class ModelRunner:
         staging = self._next_staging()
         host = build_host_batch(chunks, self.block_size, staging=staging)
         if host.positions.dim() == 2:  # M-RoPE rows: some chunk holds prompt tokens of a request with media
-            host = with_media_embeddings(
-                host, scheduler_output, self.encoder_cache, self.model.encode_images, self.device
-            )
+            host = with_media_embeddings(host, scheduler_output, self.encoder_cache, self.encode_images, self.device)
         destinations, pending_ids = None, None
         if placeholders:
             destinations, sources = self._placeholder_indices(placeholders, staging)

@@ -15,11 +15,11 @@ from forgellm import kernels  # noqa: E402
 from forgellm.kernels.activation import silu_and_mul_ref  # noqa: E402
 from forgellm.kernels.kv_cache import write_kv_cache_ref  # noqa: E402
 from forgellm.kernels.norm import fused_add_rms_norm_ref, rms_norm_ref  # noqa: E402
-from forgellm.kernels.rotary import apply_rotary_ref  # noqa: E402
+from forgellm.kernels.rotary import apply_rotary_fp32_ref, apply_rotary_ref  # noqa: E402
 from forgellm.kernels.triton_activation import silu_and_mul_triton  # noqa: E402
 from forgellm.kernels.triton_kv_cache import write_kv_cache_triton  # noqa: E402
 from forgellm.kernels.triton_norm import fused_add_rms_norm_triton, rms_norm_triton  # noqa: E402
-from forgellm.kernels.triton_rotary import apply_rotary_triton  # noqa: E402
+from forgellm.kernels.triton_rotary import apply_rotary_fp32_triton, apply_rotary_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -92,6 +92,23 @@ def test_apply_rotary_on_qkv_views(dtype, num_heads, num_kv_heads, head_dim):
     q_ref, k_ref = apply_rotary_ref(q, k, cos, sin)
     assert_close(q_out, q_ref)
     assert_close(k_out, k_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_apply_rotary_fp32_math_on_vision_tower_views(dtype):
+    """The vision towers' rotary: head_dim 80 (a padded half), q and k strided views of one qkv output,
+    positions in the hundreds; float32 math rounded once, as transformers' vision rotary."""
+    tokens, heads, head_dim = 7, 3, 80
+    qkv = randn(tokens, 3, heads, head_dim, dtype=dtype, seed=11)
+    q, k, _ = qkv.unbind(1)
+    angles = (torch.arange(tokens)[:, None] * 97.0 + 300.0) * randn(1, head_dim // 2, seed=12).abs()
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    q_out, k_out = apply_rotary_fp32_triton(q, k, cos, sin)
+    q_ref, k_ref = apply_rotary_fp32_ref(q, k, cos, sin)
+    assert_close(q_out, q_ref)
+    assert_close(k_out, k_ref)
+    if dtype == torch.bfloat16:  # the fp32 path really differs from rounding every product to bf16
+        assert not torch.equal(q_ref, apply_rotary_ref(q, k, cos, sin)[0])
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,30 @@ def test_load_rejects_missing_and_unexpected_names(qwen2):
         ours.load_weights(state.items())
 
 
+def test_gated_mlp_halves_load_into_one_projection_and_each_is_required(qwen2_5):
+    """Checkpoints store gate_proj and up_proj; the tower runs them as one gate_up_proj."""
+    hf, ours = qwen2_5
+    block = ours.blocks[2].mlp
+    hidden = block.hidden
+    state = dict(hf.state_dict())
+    padded = block.padded
+    assert padded % 64 == 0 and padded > hidden  # the fixture's 48 pads to 64
+    torch.testing.assert_close(
+        block.gate_up_proj.weight[padded : padded + hidden], state["blocks.2.mlp.up_proj.weight"]
+    )
+    torch.testing.assert_close(block.gate_up_proj.bias[:hidden], state["blocks.2.mlp.gate_proj.bias"])
+    torch.testing.assert_close(block.down_proj.weight[:, :hidden], state["blocks.2.mlp.down_proj.weight"])
+    assert not block.gate_up_proj.weight[hidden:padded].any() and not block.down_proj.weight[:, hidden:].any()
+    del state["blocks.2.mlp.up_proj.bias"]
+    fresh = Qwen2_5VisionTransformer(ours.config)
+    with pytest.raises(ModelLoadError, match=r"blocks\.2\.mlp\.up_proj\.bias"):
+        fresh.load_weights(state.items())
+    state = dict(hf.state_dict())
+    state["blocks.0.mlp.gate_proj.weight"] = torch.zeros(hidden + 1, ours.config.embed_dim)
+    with pytest.raises(ModelLoadError, match=r"blocks\.0\.mlp\.gate_proj\.weight has shape"):
+        fresh.load_weights(state.items())
+
+
 def test_vision_weights_strips_both_prefixes():
     t = torch.zeros(1)
     names = [n for n, _ in vision_weights([("visual.blocks.0.norm1.weight", t), ("model.visual.merger.ln_q.bias", t)])]
