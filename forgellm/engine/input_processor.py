@@ -108,6 +108,8 @@ class InputProcessor:
             ids, multimodal = self.vision.build(ids, data)
         else:
             text, ids = self.tokenize(prompt)
+            if self.vision is not None:  # placeholders without images are refused, not read as text
+                self.vision.build(ids, {})
         max_tokens = self.limits.check_length(len(ids), params)
         if params.max_tokens is None:
             params = replace(params, max_tokens=max_tokens)

@@ -127,7 +127,7 @@ class VisionPromptBuilder:
             self.video_token_id: iter([self._video(video, index) for index, video in enumerate(videos)]),
         }
         for kind, token, given in (("image", self.image_token_id, images), ("video", self.video_token_id, videos)):
-            count = sum(t == token for t in token_ids) if token is not None else 0
+            count = token_ids.count(token) if token is not None else 0
             if count != len(given):
                 raise InvalidRequestError(
                     f"the prompt has {count} {kind} placeholder token(s) (id {token}, <|{kind}_pad|> in the chat "

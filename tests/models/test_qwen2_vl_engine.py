@@ -147,6 +147,7 @@ def test_greedy_with_images_after_preemption_equals_transformers(checkpoint, hf)
         (video_prompt([[5], [6]], [{"frames": [picture(40, 40, 0)], "fps": 0}]), "fps must be a positive number"),
         (video_prompt([[5], [6]], [[picture(40, 40, 0), picture(40, 48, 1)]]), "all frames of a video"),
         (image_prompt([[5], [6]], [picture(1, 400, 0)]), "aspect ratio"),
+        ({"prompt_token_ids": [5, VISION_START, IMAGE_TOKEN, VISION_END, 6]}, "1 image placeholder.*for 0 image"),
     ],
 )
 def test_bad_image_input_is_refused_and_the_engine_goes_on(checkpoint, prompt, words) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import openai
@@ -19,11 +21,25 @@ from tests.fixtures.make_tiny_vlm import make
 OPTIONS = dict(dtype="float32", block_size=4)
 
 
-def data_url(seed: int, size: tuple[int, int] = (60, 90)) -> str:
+def image_bytes(seed: int, size: tuple[int, int] = (60, 90), fmt: str = "PNG") -> bytes:
     image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def data_url(seed: int, size: tuple[int, int] = (60, 90), data: bytes | None = None) -> str:
+    return "data:image/png;base64," + base64.b64encode(image_bytes(seed, size) if data is None else data).decode()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (and no pixels): enough for a size check, cheap to send."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
 
 
 def user(*images: str, text: str = "What is in the picture?") -> list[dict]:
@@ -72,6 +88,9 @@ def test_an_image_over_http_answers_as_the_python_api(vlm_server, checkpoint) ->
         (user("/etc/passwd"), "messages[0].content[1].image_url", "local files are not allowed"),
         (user(data_url(2), data_url(3), data_url(4)), "multi_modal_data.image", "over the limit of 2"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages.0.content.0", "url"),
+        (user(data_url(0, data=image_bytes(6)[:300])), "messages[0].content[1].image_url", "corrupt or truncated"),
+        (user(data_url(0, data=image_bytes(7, fmt="ICO"))), "messages[0].content[1].image_url", "format ICO"),
+        (user(data_url(0, data=png_header(9000, 8000))), "messages[0].content[1].image_url", "9000x8000"),
     ],
 )
 def test_bad_images_are_400s_naming_the_field_and_the_server_goes_on(vlm_server, messages, param, words) -> None:
@@ -81,6 +100,19 @@ def test_bad_images_are_400s_naming_the_field_and_the_server_goes_on(vlm_server,
     error = err.value.body
     assert words in error["message"] and error["param"].startswith(param), error
     ok = client.chat.completions.create(model=vlm_server.settings.model_name, messages=user(data_url(5)), max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_image_placeholders_without_images_are_a_400(vlm_server) -> None:
+    from tests.fixtures.make_tiny_vlm import IMAGE_TOKEN, VISION_END, VISION_START
+
+    client = vlm_server.client()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(
+            model=vlm_server.settings.model_name, prompt=[5, VISION_START, IMAGE_TOKEN, VISION_END, 6], max_tokens=4
+        )
+    assert "1 image placeholder token(s)" in err.value.body["message"], err.value.body
+    ok = client.completions.create(model=vlm_server.settings.model_name, prompt=[5, 6, 7], max_tokens=4)
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
