@@ -118,8 +118,12 @@ class EngineCore:
         scheduler_output = self.scheduler.schedule()
         launched = None
         failed: list[EngineCoreOutput] = []
+        if self._in_flight is not None and self._in_flight.deferred is not None:
+            failed += self._sample_in_flight()
         # A constrained request's mask needs its last token on the host: queue this step's forward pass,
-        # finish the step in flight while the device runs it, then queue the sampling with the new masks.
+        # finish the step in flight while the device runs it, start filling the new masks on the grammars'
+        # pool, and queue the sampling at the next step, before its forward pass: the masks fill while the
+        # host hands out this step's outputs and schedules the next.
         defer = self._in_flight is not None and _waits_for_tokens(scheduler_output)
         if scheduler_output.is_empty:
             self.runner.release(scheduler_output.finished_request_ids)
@@ -137,7 +141,7 @@ class EngineCore:
             failed += self._finish_or_fail(done, started)
             if launched is not None:
                 try:
-                    self.runner.sample_deferred(launched)
+                    self.runner.prefetch_masks(launched)
                 except Exception as exc:
                     failed += self._fail_step(scheduler_output, exc)
                     launched = None
@@ -148,6 +152,17 @@ class EngineCore:
         if done is None:
             return failed
         return failed + self._finish_or_fail(done, started)
+
+    def _sample_in_flight(self) -> list[EngineCoreOutput]:
+        """Queue the deferred sampling of the step in flight (its masks filled meanwhile); if that raises,
+        the step's requests fail and nothing is in flight."""
+        step = self._in_flight
+        try:
+            self.runner.sample_deferred(step)
+        except Exception as exc:
+            self._in_flight = None
+            return self._fail_step(step.scheduler_output, exc)
+        return []
 
     def _finish_or_fail(self, step: InFlightStep, started: float) -> list[EngineCoreOutput]:
         """`_finish_step`, or `_fail_step` for its requests when finishing raises."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from forgellm.engine.request import Request
-from forgellm.structured.state import bitmask_width, fill_bitmasks
+from forgellm.structured.state import bitmask_width, fill_bitmasks_async
 
 # Up to this k, torch.topk costs about a quarter of a full sort (H200, 152k vocabulary, 256 rows:
 # 0.65 ms for k = 4096 against 2.8 ms); above it, the sort path is used.
@@ -78,13 +78,15 @@ class SamplingMetadata:
         device: torch.device,
         num_prior_outputs: Sequence[int] | None = None,
         histories: Sequence[Sequence[int]] | None = None,
+        grammar_bitmask: torch.Tensor | None = None,
     ) -> SamplingMetadata:
         """Build the metadata of one step; `generators[i]` is request i's seeded generator or None.
 
         `num_prior_outputs[i]`: request i's output tokens before this sample, counting tokens still
         in flight that its host list lacks (default: the host list's length). `histories[i]`: the
         output tokens row i follows that the host knows (default: request i's; a verify step's rows
-        add their drafts); at most one more may be in flight.
+        add their drafts); at most one more may be in flight. `grammar_bitmask`: the rows' host bitmask,
+        already filled (see `grammar_bitmask_async`); by default constrained rows are filled here.
         """
         if len(generators) != len(requests):
             raise ValueError(f"got {len(requests)} requests but {len(generators)} generators")
@@ -120,10 +122,11 @@ class SamplingMetadata:
             prompt_mask = _token_counts([r.prompt_token_ids for r in requests], vocab_size, device) > 0
         min_rows, min_ids = _min_tokens_pairs(requests, num_prior_outputs, vocab_size)
         controls = _logit_controls(requests, histories, num_prior_outputs, vocab_size, put)
-        if any(r.grammar is not None for r in requests):
-            bitmask = torch.full((len(requests), bitmask_width(vocab_size)), -1, dtype=torch.int32)
-            fill_bitmasks([(row, r.grammar) for row, r in enumerate(requests) if r.grammar is not None], bitmask)
-            controls["grammar_bitmask"] = put(bitmask, None)
+        if grammar_bitmask is None and any(r.grammar is not None for r in requests):
+            grammar_bitmask, wait = grammar_bitmask_async(requests, vocab_size)
+            wait()
+        if grammar_bitmask is not None:
+            controls["grammar_bitmask"] = put(grammar_bitmask, None)
 
         return cls(
             num_rows=len(requests),
@@ -246,3 +249,11 @@ def _bad_word_bans(words: Sequence[Sequence[int]], history: Sequence[int], num_p
         elif len(prefix) - 1 <= len(history) and list(history[len(history) - len(prefix) + 1 :]) == prefix[:-1]:
             bans.add((last, prefix[-1]))
     return bans
+
+
+def grammar_bitmask_async(requests: Sequence[Request], vocab_size: int) -> tuple[torch.Tensor, Callable[[], None]]:
+    """A host bitmask [N, ceil(V / 32)] for the rows' grammars (all ones for unconstrained rows), and the wait
+    for its filling, which runs on the grammars' pool meanwhile."""
+    bitmask = torch.full((len(requests), bitmask_width(vocab_size)), -1, dtype=torch.int32)
+    wait = fill_bitmasks_async([(row, r.grammar) for row, r in enumerate(requests) if r.grammar is not None], bitmask)
+    return bitmask, wait

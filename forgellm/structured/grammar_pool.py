@@ -37,21 +37,43 @@ class GrammarPool:
 
     def fill(self, rows: list[int], matchers: list[Any], bitmask: torch.Tensor) -> None:
         """Fill bitmask[rows[i]] with what matchers[i] allows next."""
+        self.fill_async(rows, matchers, bitmask)()
+
+    def fill_async(self, rows: list[int], matchers: list[Any], bitmask: torch.Tensor) -> Callable[[], None]:
+        """Start filling bitmask[rows[i]] with what matchers[i] allows next; returns the wait for it. Until
+        then no other thread may touch these matchers (filling moves their parsers and back)."""
         if self._batch is not None and len(rows) > 1:
-            self._batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)
-            return
-        self.map(lambda row, matcher: matcher.fill_next_token_bitmask(bitmask, row), list(zip(rows, matchers)))
+            if self._pool is None:
+                self._batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)
+                return _done
+            return self._pool.submit(self._batch.batch_fill_next_token_bitmask, matchers, bitmask, rows).result
+        return self.map_async(
+            lambda row, matcher: matcher.fill_next_token_bitmask(bitmask, row), list(zip(rows, matchers))
+        )
 
     def map(self, work: Callable[..., Any], items: Sequence[tuple]) -> None:
         """Call work(*item) for every item, slices of the items on the pool's threads (each item's objects
         touched by one thread only)."""
+        self.map_async(work, items)()
+
+    def map_async(self, work: Callable[..., Any], items: Sequence[tuple]) -> Callable[[], None]:
+        """`map` started, not waited for: returns the wait (which re-raises a slice's exception). Too few
+        items for two slices run here and now."""
         slices = min(self.threads, len(items) // self.min_rows_per_thread) if self._pool is not None else 1
         if slices < 2:
             _run_slice(work, items)
-            return
+            return _done
         futures = [self._pool.submit(_run_slice, work, items[i::slices]) for i in range(slices)]
-        for future in futures:
-            future.result()
+
+        def wait() -> None:
+            for future in futures:
+                future.result()
+
+        return wait
+
+
+def _done() -> None:
+    """The wait of work already done."""
 
 
 def _run_slice(work: Callable[..., Any], items: Sequence[tuple]) -> None:

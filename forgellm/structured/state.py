@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,13 +54,18 @@ class GrammarState:
 
 def fill_bitmasks(rows: list[tuple[int, GrammarState]], bitmask: torch.Tensor) -> None:
     """Fill the bitmask rows of several grammars at once, on their backend's GrammarPool when they share one."""
+    fill_bitmasks_async(rows, bitmask)()
+
+
+def fill_bitmasks_async(rows: list[tuple[int, GrammarState]], bitmask: torch.Tensor) -> Callable[[], None]:
+    """`fill_bitmasks` started on the grammars' pool (here and now without one); returns the wait for it."""
     active = [(row, state) for row, state in rows if state.is_active]
     pool = _shared_pool([state for _, state in active])
     if pool is None:
         for row, state in active:
             state.matcher.fill_next_token_bitmask(bitmask, row)
-        return
-    pool.fill([row for row, _ in active], [state.matcher for _, state in active], bitmask)
+        return lambda: None
+    return pool.fill_async([row for row, _ in active], [state.matcher for _, state in active], bitmask)
 
 
 def accept_ahead(tokens: list[tuple[GrammarState, int, int]]) -> None:

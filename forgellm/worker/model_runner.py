@@ -7,6 +7,7 @@ exactly where it was).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from forgellm.multimodal.encoder_cache import EncoderCache
 from forgellm.multimodal.step_inputs import set_rope_positions, with_media_embeddings
 from forgellm.quantization.config import QuantizationConfig
 from forgellm.sampling.sampler import Sampler, compute_prompt_logprobs
-from forgellm.sampling.sampling_metadata import SamplingMetadata
+from forgellm.sampling.sampling_metadata import SamplingMetadata, grammar_bitmask_async
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
 from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
@@ -68,6 +69,10 @@ class DeferredSampling:
     prompt_rows: list[tuple[Request, range, int]]
     staging: PinnedStaging | None
     pending: tuple[list[Request], torch.Tensor | None]
+    # Each sampled request's output count before this sample (host tokens + those in flight), taken at launch:
+    # scheduling the next step adds placeholders before deferred sampling runs.
+    prior: list[int]
+    masks: tuple[torch.Tensor, Callable[[], None]] | None = None  # grammar bitmask being filled, and its wait
 
 
 def load_model(
@@ -272,7 +277,8 @@ class ModelRunner:
             step.hidden_states = _hidden_states(features, scheduler_output, chunks)
         # Tokens still in flight count for penalties and bad words; deferred, they are on the host by then.
         pending = ([], None) if defer_sampling else ([request for request, _, _ in placeholders], pending_ids)
-        step.deferred = DeferredSampling(logits, samplers, verifiers, prompt_rows, staging, pending)
+        prior = [r.num_output_tokens + r.num_pending_tokens - 1 for r in step.sample_requests]
+        step.deferred = DeferredSampling(logits, samplers, verifiers, prompt_rows, staging, pending, prior)
         if not defer_sampling:
             self.sample_deferred(step)
         return step
@@ -286,8 +292,12 @@ class ModelRunner:
         work, step.deferred = step.deferred, None
         logits = work.logits
         pending_requests, pending_ids = work.pending
+        bitmask = None
+        if work.masks is not None:
+            bitmask, wait = work.masks
+            wait()
         if work.samplers:
-            self._sample(logits, work.samplers, step, pending_requests, pending_ids)
+            self._sample(logits, work, step, pending_requests, pending_ids, bitmask)
         if work.verifiers:
             self._verify(logits, work.verifiers, step)
         for request, positions, first_row in work.prompt_rows:
@@ -329,8 +339,18 @@ class ModelRunner:
             num_tokens += s.num_new_tokens
         return chunks, samplers, prompt_rows, placeholders, verifiers
 
+    def prefetch_masks(self, step: InFlightStep) -> None:
+        """Start filling the grammar masks of a step launched with deferred sampling on the grammars' pool, so
+        the host's next work (outputs, the next schedule) overlaps it; `sample_deferred` waits for it. Its
+        grammars must have accepted every token they will see before this sample."""
+        work = step.deferred
+        if work is not None and work.masks is None and any(r.grammar is not None for r in step.sample_requests):
+            work.masks = grammar_bitmask_async(step.sample_requests, work.logits.shape[-1])
+
     def collect(self, step: InFlightStep) -> ModelRunnerOutput:
         """Wait for a launched step and turn its results into host values."""
+        if step.deferred is not None:  # its sampling was never queued (e.g. the engine drains the last step)
+            self.sample_deferred(step)
         step.wait()
         output = ModelRunnerOutput(hidden_states=step.hidden_states)
         sampled = step.sampled_host.tolist() if step.sampled_host is not None else []
@@ -389,20 +409,22 @@ class ModelRunner:
     def _sample(
         self,
         logits: torch.Tensor,
-        samplers: list[tuple[Request, int]],
+        work: DeferredSampling,
         step: InFlightStep,
         pending_requests: list[Request],
         pending_ids: torch.Tensor | None,
+        bitmask: torch.Tensor | None,
     ) -> None:
-        """Sample this step's tokens; `pending_ids` are the in-flight tokens of `pending_requests`."""
+        """Sample this step's tokens; `pending_ids` are the in-flight tokens of `pending_requests`; `bitmask`
+        the grammar masks when they were filled ahead (`prefetch_masks`)."""
         requests = step.sample_requests
-        rows = [r for _, r in samplers]
+        rows = [r for _, r in work.samplers]
         if rows != list(range(logits.shape[0])):  # some rows only score the prompt
             logits = logits[self._to_device(rows)]
         generators = [self._generator(request) for request in requests]
-        # The outputs before this step's sample: those on the host plus any still in flight.
-        prior = [r.num_output_tokens + r.num_pending_tokens - 1 for r in requests]
-        metadata = SamplingMetadata.from_requests(requests, generators, logits.shape[-1], logits.device, prior)
+        metadata = SamplingMetadata.from_requests(
+            requests, generators, logits.shape[-1], logits.device, work.prior, grammar_bitmask=bitmask
+        )
         if pending_requests and (metadata.output_token_counts is not None or metadata.bad_words_rows is not None):
             rows = self._to_device([step.sample_rows[r.request_id] for r in pending_requests])
             if metadata.output_token_counts is not None:

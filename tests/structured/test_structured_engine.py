@@ -228,12 +228,18 @@ def test_async_scheduling_keeps_the_forward_overlap_and_gives_the_sync_tokens():
 
     runner.launch = recording_launch
     runner.collect, runner.sample_deferred = recording("collect", collect), recording("sample", sample_deferred)
+    runner.prefetch_masks = recording("prefetch", runner.prefetch_masks)
     got = outputs(overlapped)
     assert got == outputs(LLM(device="cpu", seed=0, async_scheduling="off"))
     deferred = [i for i, event in enumerate(order) if event == "launch-deferred"]
     assert len(deferred) > 20  # steady decoding defers every step
-    for i in deferred:  # the forward is queued, the step before read, then the sampling queued
-        assert order[i + 1 : i + 3] == ["collect", "sample"], order[i : i + 3]
+    for i in deferred:
+        # The forward is queued, the step before read, its masks started; the sampling is queued next, before
+        # any other forward pass.
+        assert order[i + 1 : i + 3] == ["collect", "prefetch"], order[i : i + 3]
+        later = order[i + 3 :]
+        if later:
+            assert later[0] == "sample", order[i : i + 4]
 
 
 @pytest.mark.parametrize("mode", ["serial", "threads", "xgrammar"])
