@@ -1,10 +1,21 @@
-"""Shared fixtures: tiny random HF checkpoints made once per test session by a committed script."""
+"""Shared fixtures: tiny random HF checkpoints made once per test session by a committed script.
+
+Without a CUDA device Triton can only run in its CPU interpreter, and TRITON_INTERPRET is read when
+`triton.language` is first imported (its built-ins are decorated then): it is set here, before any test can
+import Triton indirectly (torch._dynamo does, e.g. while transformers builds a model), so the kernel tests
+under tests/kernels run interpreted whatever ran before them.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.fixtures.make_tiny_models import make_tiny_model
 

@@ -10,6 +10,7 @@ Qwen2.5-VL's window attention lives in qwen2_5_vl_vision.py.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-try:  # FlashAttention over variable-length segments (torch >= 2.9 on CUDA)
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # older torch: segments run as grouped SDPA calls
-    varlen_attn = None
 
 from forgellm.errors import ModelLoadError
 from forgellm.kernels import apply_rotary_fp32
@@ -230,9 +226,21 @@ class Segments:
         return cls(bounds, max(by_length, default=0), groups)
 
 
+@functools.cache
+def _varlen_attn() -> Callable[..., torch.Tensor] | None:
+    """torch's FlashAttention over variable-length segments (torch >= 2.9), or None. Imported at first use on a
+    GPU: importing it imports Triton, which CPU-only processes (and the Triton interpreter's tests) must not."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # older torch: segments run as grouped SDPA calls
+        return None
+    return varlen_attn
+
+
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
     """Bidirectional attention of q, k, v [N, heads, head_dim] within each segment; out [N, heads, head_dim]."""
-    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    varlen_attn = _varlen_attn() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen_attn is not None:
         # FlashAttention over all segments at once, on the [N, heads, dim] layout: no gathers, no padding.
         cu, longest = segments.cu_seqlens, segments.max_length
         return varlen_attn(q, k, v, cu, cu, longest, longest)

@@ -1,7 +1,7 @@
 """Kernel tests: without a CUDA device, Triton kernels run in its CPU interpreter.
 
-TRITON_INTERPRET must be set before any forgellm.kernels.triton_* module is imported (the
-@triton.jit decorator reads it); forgellm imports those modules lazily, so setting it here works.
+TRITON_INTERPRET must be set before Triton is first imported (its @triton.jit decorator reads it): tests/
+conftest.py sets it for the whole session; this file says so again for a run of tests/kernels alone.
 """
 
 from __future__ import annotations

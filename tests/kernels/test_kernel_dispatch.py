@@ -108,6 +108,30 @@ def test_cpu_only_install_without_triton_generates() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_a_cpu_process_never_imports_triton_even_for_images(tmp_path) -> None:
+    """CPU users do not need Triton, and importing it costs start-up time: running a vision-language model's
+    image prompt on the CPU imports no Triton module (torch's varlen attention would: it is imported lazily)."""
+    from tests.fixtures.make_tiny_vlm import make
+
+    checkpoint = make(tmp_path, "qwen2_5_vl")  # here: transformers builds it, and torch._dynamo imports Triton
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from forgellm import LLM, SamplingParams\n"
+        "from tests.fixtures.make_tiny_vlm import IMAGE_TOKEN, VISION_END, VISION_START\n"
+        f"llm = LLM({str(checkpoint)!r}, device='cpu', dtype='float32')\n"
+        "image = np.zeros((56, 56, 3), dtype=np.uint8)\n"
+        "ids = [5, VISION_START, IMAGE_TOKEN, VISION_END]\n"
+        "prompt = {'prompt_token_ids': ids, 'multi_modal_data': {'image': image}}\n"
+        "out = llm.generate(prompt, SamplingParams(max_tokens=2, temperature=0), use_tqdm=False)\n"
+        "assert len(out[0].outputs[0].token_ids) == 2\n"
+        "assert not [m for m in sys.modules if m == 'triton' or m.startswith('triton.')], 'triton was imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("FORGELLM_KERNELS", "TRITON_INTERPRET")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 # The engine's guard: graphs only with graph-safe (Triton) attention on CUDA tensors.
 
 
