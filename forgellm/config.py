@@ -46,6 +46,7 @@ class EngineConfig:
         "auto", "prepare the next step on the host while the GPU runs the current one: auto (on with a GPU), on, off"
     )
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
+    pipeline_parallel_size: int = _opt(1, "pipeline stages to split the decoder layers over")
     data_parallel_size: int = _opt(1, "engine replicas behind one server (forgellm serve), each routed requests")
     # Quantization (forgellm/quantization): a quantized checkpoint loads as saved; these quantize others.
     quantization: Literal["fp8", "int8", "int4", "nvfp4"] | None = _opt(
@@ -92,6 +93,7 @@ class EngineConfig:
             "max_num_batched_tokens",
             "block_size",
             "tensor_parallel_size",
+            "pipeline_parallel_size",
             "data_parallel_size",
             "max_n",
             "max_stop_str_len",
@@ -133,11 +135,12 @@ class EngineConfig:
         if self.nvfp4_mode not in ("weight_only", "fp8"):
             raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
         self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
-        if self.tensor_parallel_size > 1 and (self.speculative_config is not None or self.async_scheduling == "on"):
-            raise ConfigError(
-                "tensor_parallel_size > 1 runs synchronously without speculative decoding for now; drop "
-                "speculative_config and use async_scheduling auto or off"
-            )
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) > 1 and (self.speculative_config is not None or self.async_scheduling == "on"):
+                raise ConfigError(
+                    f"{name} > 1 runs synchronously without speculative decoding for now; drop "
+                    "speculative_config and use async_scheduling auto or off"
+                )
         if self.speculative_config is not None and self.async_scheduling == "on":
             raise ConfigError(
                 "async_scheduling on does not work with speculative_config yet (a verify step's tokens must be on "

@@ -1,11 +1,12 @@
-"""TensorParallelExecutor: rank 0's side of tensor parallelism on one node.
+"""TensorParallelExecutor: rank 0's side of tensor and pipeline parallelism on one node.
 
-The engine process is rank 0: it schedules, samples and owns its shard of the model. Ranks 1 .. n-1 are
-worker processes (forgellm/worker/tp_worker.py), each owning its shard and KV cache. They join one
-torch.distributed process group (gloo on CPUs, NCCL on GPUs) and run every forward pass in lockstep:
-rank 0 broadcasts each step's batch, every rank runs the same forward (its collectives pair up with
-the others'), and only rank 0 reads the logits. A rank that dies or hangs surfaces as a collective
-timeout on rank 0, not a hang.
+The engine process is rank 0: it schedules, samples and owns its shard of the model (the first pipeline
+stage's first tensor-parallel share). Ranks 1 .. n-1 are worker processes (forgellm/worker/tp_worker.py),
+each owning its shard and the KV cache of its layers. They join one torch.distributed process group (gloo on
+CPUs, NCCL on GPUs) and run every forward pass in lockstep: rank 0 broadcasts each step's batch, every rank
+runs its part (tensor-parallel collectives pair up within a stage, stages hand the residual stream on, the
+last stage sends rank 0 the logits), and only rank 0 reads the logits. A rank that dies or hangs surfaces
+as a collective timeout on rank 0, not a hang.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from forgellm.config import EngineConfig
-from forgellm.distributed.parallel_state import ParallelContext
+from forgellm.distributed.parallel_state import ParallelContext, join_groups
 from forgellm.errors import ConfigError, EngineDeadError
 from forgellm.hf.config_types import ModelArchConfig
 
@@ -35,8 +36,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def check_shardable(arch: ModelArchConfig, tp_size: int, device: torch.device) -> None:
-    """A ConfigError naming the numbers when `arch` cannot be split over `tp_size` ranks here."""
+def check_shardable(arch: ModelArchConfig, tp_size: int, device: torch.device, pp_size: int = 1) -> None:
+    """A ConfigError naming the numbers when `arch` cannot be split over `tp_size` ranks in each of `pp_size`
+    pipeline stages here."""
     heads, kv_heads = arch.num_attention_heads, arch.num_key_value_heads
     problems = []
     if heads % tp_size:
@@ -47,15 +49,24 @@ def check_shardable(arch: ModelArchConfig, tp_size: int, device: torch.device) -
         problems.append(f"an MLP of {arch.intermediate_size}")
     if problems:
         raise ConfigError(f"tensor_parallel_size {tp_size} cannot split {' and '.join(problems)}")
-    if device.type == "cuda" and torch.cuda.device_count() < tp_size:
-        raise ConfigError(f"tensor_parallel_size {tp_size} needs {tp_size} GPUs; {torch.cuda.device_count()} visible")
+    if arch.num_hidden_layers % pp_size:
+        raise ConfigError(
+            f"pipeline_parallel_size {pp_size} cannot split {arch.num_hidden_layers} decoder layers into equal stages"
+        )
+    world = tp_size * pp_size
+    if device.type == "cuda" and torch.cuda.device_count() < world:
+        raise ConfigError(
+            f"tensor_parallel_size {tp_size} x pipeline_parallel_size {pp_size} needs {world} GPUs; "
+            f"{torch.cuda.device_count()} visible"
+        )
 
 
 class TensorParallelExecutor:
     """Starts ranks 1 .. tp_size-1, joins their process group as rank 0, and broadcasts to them."""
 
     def __init__(self, config: EngineConfig, device: torch.device) -> None:
-        self.world_size = config.tensor_parallel_size
+        self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
+        self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         options = json.dumps(dataclasses.asdict(config))
@@ -82,19 +93,34 @@ class TensorParallelExecutor:
         dist.init_process_group(
             self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=COLLECTIVE_TIMEOUT
         )
-        self.parallel = ParallelContext(tp_rank=0, tp_size=self.world_size)
+        self.parallel = join_groups(0, self.tp_size, self.pp_size)
         self._closed = False
+
+    @property
+    def _kind(self) -> str:
+        return "tensor-parallel" if self.pp_size == 1 else "parallel"
 
     def describe(self, arch: ModelArchConfig, device: torch.device) -> str:
         """Every rank's device and share of the model, for the start-up log."""
         ranks = []
         for rank in range(self.world_size):
             where = f"cuda:{rank}" if device.type == "cuda" else device.type
-            local, first = ParallelContext(rank, self.world_size).kv_heads(arch.num_key_value_heads)
-            heads = arch.num_attention_heads // self.world_size
+            pp_rank, tp_rank = divmod(rank, self.tp_size)
+            context = ParallelContext(tp_rank, self.tp_size, pp_rank, self.pp_size)
+            local, first = context.kv_heads(arch.num_key_value_heads)
+            heads = arch.num_attention_heads // self.tp_size
             kv = f"KV head{'s' if local > 1 else ''} {first}" + (f"-{first + local - 1}" if local > 1 else "")
-            ranks.append(f"rank {rank} on {where}: {heads} of {arch.num_attention_heads} query heads, {kv}")
-        return f"tensor parallel over {self.world_size} ranks ({self.backend}): " + "; ".join(ranks)
+            share = f"{heads} of {arch.num_attention_heads} query heads, {kv}"
+            if self.pp_size > 1:
+                layers = context.stage_layers(arch.num_hidden_layers)
+                share = f"stage {pp_rank} (layers {layers.start}-{layers.stop - 1}), " + share
+            ranks.append(f"rank {rank} on {where}: {share}")
+        kind = (
+            f"tensor parallel {self.tp_size} x pipeline parallel {self.pp_size}"
+            if self.pp_size > 1
+            else ("tensor parallel")
+        )
+        return f"{kind} over {self.world_size} ranks ({self.backend}): " + "; ".join(ranks)
 
     def broadcast(self, value: Any) -> None:
         """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank; a rank that
@@ -104,13 +130,13 @@ class TensorParallelExecutor:
             dist.broadcast_object_list([value], src=0)
         except RuntimeError as exc:  # gloo / NCCL: a peer closed the connection or the timeout passed
             self.check_workers()
-            raise EngineDeadError(f"a tensor-parallel collective failed: {exc}") from exc
+            raise EngineDeadError(f"a {self._kind} collective failed: {exc}") from exc
 
     def check_workers(self) -> None:
         """Raise naming the rank whose process has ended (instead of waiting for a collective timeout)."""
         for rank, worker in enumerate(self.workers, start=1):
             if worker.poll() is not None:
-                raise EngineDeadError(f"tensor-parallel rank {rank} exited (exit code {worker.returncode})")
+                raise EngineDeadError(f"{self._kind} rank {rank} exited (exit code {worker.returncode})")
 
     def shutdown(self) -> None:
         """Stop the workers and leave the process group (idempotent)."""

@@ -175,12 +175,16 @@ class LLMEngine:
             raise ConfigError(
                 "data_parallel_size > 1 runs engine replicas behind forgellm serve; an LLM is one engine (use 1)"
             )
-        # Tensor parallelism: this process is rank 0; the other ranks start now and load their shards too.
+        # Tensor / pipeline parallelism: this process is rank 0; the other ranks start now and load their shards.
         self.executor = None
-        if config.tensor_parallel_size > 1:
+        if config.tensor_parallel_size > 1 or config.pipeline_parallel_size > 1:
             if isinstance(arch.raw.get("vision_config"), dict):
-                raise ConfigError("vision-language models with tensor_parallel_size > 1 are not implemented yet")
-            check_shardable(arch, config.tensor_parallel_size, device)  # before any worker starts
+                raise ConfigError(
+                    "vision-language models with tensor_parallel_size or pipeline_parallel_size > 1 are not "
+                    "implemented yet"
+                )
+            # Before any worker starts.
+            check_shardable(arch, config.tensor_parallel_size, device, config.pipeline_parallel_size)
             self.executor = TensorParallelExecutor(config, device)
             weakref.finalize(self, self.executor.shutdown)
         parallel = self.executor.parallel if self.executor is not None else SINGLE_DEVICE

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
+from forgellm.distributed.pipeline import StageActivations
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.activation import SiluAndMul
 from forgellm.layers.attention import Attention
@@ -154,7 +155,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Decoder-only LM: `forward` gives hidden states, `compute_logits` the float32 logits."""
+    """Decoder-only LM: `forward` gives hidden states, `compute_logits` the float32 logits.
+
+    Under pipeline parallelism a stage builds only its layers (the others are empty placeholders), the first
+    stage the token embedding, the last the final norm and LM head; a stage's forward takes and returns the
+    residual stream (StageActivations) instead of token ids or final hidden states where it has no such end.
+    """
 
     def __init__(
         self,
@@ -165,18 +171,29 @@ class LlamaForCausalLM(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
+        self.dtype = dtype  # the activations' (what pipeline stages pass on)
+        self.parallel = parallel
         self.quant_config = quant_config
-        self.embed_tokens = VocabParallelEmbedding(
-            config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel
-        )
+        first, last = parallel.is_first_stage, parallel.is_last_stage
+        tied = config.tie_word_embeddings
+        self.embed_tokens = None
+        if first or (last and tied):  # a tied LM head is the embedding table
+            self.embed_tokens = VocabParallelEmbedding(
+                config.vocab_size, config.hidden_size, dtype=dtype, parallel=parallel
+            )
+        self.stage_layers = parallel.stage_layers(config.num_hidden_layers)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, dtype, parallel, quant_config, f"model.layers.{i}")
+            if i in self.stage_layers
+            else nn.Identity()  # another stage's layer
             for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype) if last else None
         # Every layer rotates by the same angles: compute cos/sin once per step, not once per layer.
         self.rotary = RotaryEmbedding(config.head_dim, config.rope, config.max_position_embeddings)
-        if config.tie_word_embeddings:
+        if not last:
+            self.lm_head = None
+        elif tied:
             self.lm_head = self.embed_tokens
         else:
             self.lm_head = ParallelLMHead(
@@ -201,21 +218,28 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         batch: ForwardBatch,
         inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        stage_input: StageActivations | None = None,
+    ) -> torch.Tensor | StageActivations:
         """Final hidden states [T, hidden]; `inputs_embeds` replaces the token embeddings (a VLM's, with
-        its images' in place of their placeholders)."""
-        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        its images' in place of their placeholders). A later pipeline stage starts from `stage_input`, the
+        stage before's output; a stage before the last returns its residual stream."""
+        if stage_input is not None:
+            hidden, residual = stage_input.hidden, stage_input.residual
+        else:
+            hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
         token_seq_lens = batch.token_seq_lens if self.config.rope.type == "dynamic" else None
         rope = self.rotary.cos_sin(positions, token_seq_lens)
-        residual = None
         size, num_tokens = self.config.hidden_size, input_ids.shape[0]
-        for index, layer in enumerate(self.layers):
+        for index in self.stage_layers:
             if index in self.aux_hidden_layers:
                 stream = hidden if residual is None else hidden + residual
                 for slot, layer_index in enumerate(self.aux_hidden_layers):  # a small target may repeat a layer
                     if layer_index == index:
                         self.aux_hidden[:num_tokens, slot * size : (slot + 1) * size].copy_(stream)
-            hidden, residual = layer(rope, hidden, residual, batch)
+            hidden, residual = self.layers[index](rope, hidden, residual, batch)
+        if self.norm is None:
+            return StageActivations(hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -225,14 +249,23 @@ class LlamaForCausalLM(nn.Module):
 
     def weight_map(self) -> WeightMap:
         """Checkpoint tensor name -> (module, parameter, shard) for every tensor this model loads."""
-        wmap = WeightMap(ignored_suffixes=("rotary_emb.inv_freq",))
-        wmap.add("model.embed_tokens.weight", self.embed_tokens, "weight")
-        wmap.add("model.norm.weight", self.norm, "weight")
+        # Another pipeline stage's tensors are in the checkpoint too: skipped by name.
+        others = tuple(f"model.layers.{i}." for i in range(self.config.num_hidden_layers) if i not in self.stage_layers)
+        wmap = WeightMap(ignored_suffixes=("rotary_emb.inv_freq",), ignored_prefixes=others)
+        if self.embed_tokens is not None:
+            wmap.add("model.embed_tokens.weight", self.embed_tokens, "weight")
+        else:
+            wmap.ignore("model.embed_tokens.weight")
+        if self.norm is not None:
+            wmap.add("model.norm.weight", self.norm, "weight")
+        else:
+            wmap.ignored_prefixes += ("model.norm.", "lm_head.")
         if self.config.tie_word_embeddings:
             wmap.ignore("lm_head.weight")  # some tied checkpoints still store a copy
-        else:
+        elif self.lm_head is not None:
             wmap.add_linear(self.lm_head)
-        for i, layer in enumerate(self.layers):
+        for i in self.stage_layers:
+            layer = self.layers[i]
             prefix = f"model.layers.{i}"
             attn, mlp = layer.self_attn, layer.mlp
             for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):

@@ -28,6 +28,7 @@ class WeightMap:
     optional: set[str] = field(default_factory=set)  # targets a checkpoint may leave out
     ignored: set[str] = field(default_factory=set)
     ignored_suffixes: tuple[str, ...] = ()
+    ignored_prefixes: tuple[str, ...] = ()  # e.g. other pipeline stages' layers
 
     def add(
         self, name: str, module: Loadable, param_name: str, shard: str | int | None = None, *, optional: bool = False
@@ -51,7 +52,7 @@ class WeightMap:
         self.ignored.add(name)
 
     def is_ignored(self, name: str) -> bool:
-        return name in self.ignored or name.endswith(self.ignored_suffixes)
+        return name in self.ignored or name.endswith(self.ignored_suffixes) or name.startswith(self.ignored_prefixes)
 
 
 def _name_list(names: Iterable[str], limit: int = 8) -> str:

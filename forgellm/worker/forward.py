@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from forgellm.distributed.pipeline import pipeline_logits
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward_batch import ForwardBatch
 
@@ -22,7 +23,8 @@ def forward_logits(
     destinations: torch.Tensor | None = None,
     token_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[N, V] logits at the batch's logits rows; the input ids at `destinations` become `token_ids` first."""
+    """[N, V] logits at the batch's logits rows; the input ids at `destinations` become `token_ids` first. Under
+    pipeline parallelism only global rank 0 gets them (the other ranks None)."""
     key = None if graph_runner is None else graph_runner.key_for(host)
     if key is not None:
         graph_runner.load(host, key)
@@ -32,5 +34,8 @@ def forward_logits(
     batch = host.to(device)
     if token_ids is not None:
         batch.input_ids.index_copy_(0, destinations, token_ids)
+    parallel = getattr(model, "parallel", None)
+    if parallel is not None and parallel.pp_size > 1:  # this rank's stage; the logits reach rank 0 only
+        return pipeline_logits(model, batch, parallel)
     hidden = model(batch.input_ids, batch.positions, batch)
     return model.compute_logits(hidden[batch.logits_indices])

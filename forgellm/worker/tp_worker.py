@@ -1,9 +1,9 @@
-"""A tensor-parallel worker: rank 1 .. n-1 of the engine, in its own process
+"""A tensor- or pipeline-parallel worker: rank 1 .. n-1 of the engine, in its own process
 (`python -m forgellm.worker.tp_worker --rank R --world-size N --init-method tcp://... --config JSON`).
 
-It builds its shard of the model, allocates its share of every KV block once rank 0 says how many, then
-runs the forward pass of every batch rank 0 broadcasts (the logits stay unread: rank 0 samples) until it
-receives None.
+It builds its shard of the model (its stage's layers, its share of each), allocates its share of every KV
+block once rank 0 says how many, then runs its part of the forward pass of every batch rank 0 broadcasts
+(rank 0 samples: the last stage sends it the logits) until it receives None.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from forgellm.config import EngineConfig
-from forgellm.distributed.parallel_state import ParallelContext
+from forgellm.distributed.parallel_state import join_groups
 
 
 def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: str) -> None:
@@ -42,7 +42,7 @@ def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: st
         quant_config = resolve_quantization(
             model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
         )
-        parallel = ParallelContext(tp_rank=rank, tp_size=world_size)
+        parallel = join_groups(rank, config.tensor_parallel_size, config.pipeline_parallel_size)
         model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
         [num_blocks] = _receive()
         allocate_kv_cache(

@@ -1,0 +1,72 @@
+"""The whole engine under pipeline parallelism on the CPU (this process is rank 0 and the first stage; gloo
+worker processes run the other stages, and with tensor parallelism inside each stage the other shards):
+batched requests, chunked prefill, prefix caching, preemption and an abort give one device's greedy tokens;
+the start-up log names every rank's stage and layers; configurations that cannot be split are refused by
+name; a dead stage ends the engine naming its rank."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from forgellm import LLM
+from forgellm.errors import ConfigError, EngineDeadError
+from tests.distributed.test_tensor_parallel_engine import GREEDY, PROMPTS, tokens
+
+OPTIONS = dict(dtype="float32", block_size=4, max_num_batched_tokens=16, num_kv_blocks=20, max_num_seqs=4)
+
+
+@pytest.mark.parametrize(
+    ("variant", "tp", "pp"),
+    [("llama-gqa4-llama3", 1, 2), ("qwen2", 1, 2), ("llama-gqa4-llama3", 2, 2)],  # qwen2: a tied LM head
+)
+def test_engine_under_pipeline_parallelism_gives_one_devices_tokens(variant, tp, pp, tiny_model_dir, caplog) -> None:
+    path = str(tiny_model_dir(variant))
+    expected = tokens(LLM(path, **OPTIONS), PROMPTS + PROMPTS[:2])
+    with caplog.at_level(logging.INFO, logger="forgellm"):
+        split = LLM(path, tensor_parallel_size=tp, pipeline_parallel_size=pp, **OPTIONS)
+    try:
+        assert split.engine.executor.world_size == tp * pp
+        assert tokens(split, PROMPTS + PROMPTS[:2]) == expected
+        stats = split.engine.stats()
+        assert stats.num_preemptions > 0 and stats.prefix_cache_hit_rate > 0
+        split.engine.add_request("gone", PROMPTS[1], GREEDY)
+        split.engine.step()
+        split.engine.abort_request("gone")
+        assert tokens(split, PROMPTS[:1]) == expected[:1]  # the stages stay in step after an abort
+    finally:
+        split.engine.shutdown()
+    assert all(worker.poll() is not None for worker in split.engine.executor.workers)
+    log = caplog.text
+    assert f"pipeline parallel {pp} over {tp * pp} ranks" in log
+    assert "rank 0 on cpu: stage 0 (layers 0-0)" in log and f"rank {tp * pp - 1} on cpu: stage 1 (layers 1-1)" in log
+
+
+def test_pipeline_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
+    path = str(tiny_model_dir("llama"))
+    with pytest.raises(ConfigError, match=r"pipeline_parallel_size 3 cannot split 2 decoder layers"):
+        LLM(path, pipeline_parallel_size=3)
+    with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 runs synchronously"):
+        LLM(path, pipeline_parallel_size=2, async_scheduling="on")
+    with pytest.raises(ConfigError, match="pipeline_parallel_size must be a positive integer"):
+        LLM(path, pipeline_parallel_size=0)
+
+
+def test_a_vision_language_model_is_refused_pipeline_parallelism(tmp_path) -> None:
+    from tests.fixtures.make_tiny_vlm import make
+
+    with pytest.raises(ConfigError, match="vision-language models with tensor_parallel_size or pipeline_parallel_size"):
+        LLM(str(make(tmp_path, "qwen2_vl")), pipeline_parallel_size=2)
+
+
+def test_a_dead_stage_ends_the_engine_naming_its_rank(tiny_model_dir) -> None:
+    llm = LLM(str(tiny_model_dir("llama")), pipeline_parallel_size=2, dtype="float32")
+    try:
+        worker = llm.engine.executor.workers[0]
+        worker.kill()
+        worker.wait()
+        with pytest.raises(EngineDeadError, match="parallel rank 1 exited"):
+            llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)
+    finally:
+        llm.engine.shutdown()
