@@ -7,7 +7,6 @@ tensor parallelism 2 inside each of 2 stages gives the same logits."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,34 +16,9 @@ import torch.multiprocessing as mp
 from forgellm.distributed import ParallelContext
 from forgellm.distributed.parallel_state import join_groups
 from forgellm.hf.config import load_model_config
-from forgellm.quantization.resolve import resolve_quantization
-from forgellm.worker.forward import forward_logits
-from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
-from forgellm.worker.model_runner import allocate_kv_cache, load_model
-from tests.distributed.test_tensor_parallel_model import QUANT_DIR, free_port
+from forgellm.worker.model_runner import load_model
+from tests.distributed.test_tensor_parallel_model import QUANT_DIR, free_port, prefill_logits
 from tests.fixtures.make_tiny_models import VARIANTS
-
-BLOCK = 4
-PROMPT_LENGTHS = [3, 11, 26]
-
-
-def prefill_logits(path: str, parallel: ParallelContext) -> torch.Tensor | None:
-    """Logits at every prompt position of 3 prompts of different lengths (None on ranks other than 0)."""
-    config = load_model_config(path)
-    quant_config = resolve_quantization(Path(path), config.raw, None, None, "weight_only")
-    model = load_model(Path(path), config, torch.float32, torch.device("cpu"), "auto", quant_config, parallel)
-    allocate_kv_cache(model, 32, BLOCK, torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    chunks, next_block = [], 0
-    for length in PROMPT_LENGTHS:
-        prompt = torch.randint(1, min(4000, config.vocab_size), (length,), generator=generator).tolist()
-        blocks = list(range(next_block, next_block + -(-length // BLOCK)))
-        next_block += len(blocks)
-        chunks.append(SequenceChunk(prompt, 0, blocks, list(range(length))))
-    batch = build_forward_batch(chunks, BLOCK, torch.device("cpu"))
-    batch = dataclasses.replace(batch, logits_indices=torch.arange(batch.input_ids.shape[0]))
-    with torch.inference_mode():
-        return forward_logits(model, None, batch, torch.device("cpu"))
 
 
 def _rank(rank: int, world: int, tp_size: int, port: int, paths: list[str], results: dict) -> None:

@@ -7,6 +7,7 @@ every format and scheme shard their canonical parts and agree within 1e-4."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch.multiprocessing as mp
 from forgellm.distributed import ParallelContext
 from forgellm.hf.config import load_model_config
 from forgellm.quantization.resolve import resolve_quantization
+from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
 from forgellm.worker.model_runner import allocate_kv_cache, load_model
 from tests.fixtures.make_tiny_models import VARIANTS
@@ -25,8 +27,9 @@ BLOCK = 4
 PROMPT_LENGTHS = [3, 11, 26]
 
 
-def prefill_logits(path: str, parallel: ParallelContext) -> torch.Tensor:
-    """Logits at every prompt position of a batch of 3 prompts, for this rank's shard of the model."""
+def prefill_logits(path: str, parallel: ParallelContext) -> torch.Tensor | None:
+    """Logits at every prompt position of a batch of 3 prompts, for this rank's shard of the model (under
+    pipeline parallelism only global rank 0 gets them, the other ranks None)."""
     config = load_model_config(path)
     # nvfp4 as stored (weight_only): converting it to fp8 picks a scale from each rank's own slice.
     quant_config = resolve_quantization(Path(path), config.raw, None, None, "weight_only")
@@ -40,8 +43,9 @@ def prefill_logits(path: str, parallel: ParallelContext) -> torch.Tensor:
         next_block += len(blocks)
         chunks.append(SequenceChunk(prompt, 0, blocks, list(range(length))))
     batch = build_forward_batch(chunks, BLOCK, torch.device("cpu"))
+    batch = dataclasses.replace(batch, logits_indices=torch.arange(batch.input_ids.shape[0]))
     with torch.inference_mode():
-        return model.compute_logits(model(batch.input_ids, batch.positions, batch))
+        return forward_logits(model, None, batch, torch.device("cpu"))
 
 
 def _rank(rank: int, world: int, port: int, paths: list[str], results: dict) -> None:
