@@ -48,6 +48,11 @@ class EngineConfig:
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
     pipeline_parallel_size: int = _opt(1, "pipeline stages to split the decoder layers over")
     data_parallel_size: int = _opt(1, "engine replicas behind one server (forgellm serve), each routed requests")
+    # Several nodes (tensor x pipeline ranks split evenly): node 0 runs the engine, the others only ranks.
+    nnodes: int = _opt(1, "nodes the tensor- and pipeline-parallel ranks are spread over")
+    node_rank: int = _opt(0, "this node's index: 0 runs the engine (and serves), the others only their ranks")
+    master_addr: str = _opt("127.0.0.1", "address of node 0, where the ranks meet (torch.distributed TCP store)")
+    master_port: int = _opt(0, "port of that meeting point on node 0 (0: a free one; set it with several nodes)")
     # Quantization (forgellm/quantization): a quantized checkpoint loads as saved; these quantize others.
     quantization: Literal["fp8", "int8", "int4", "nvfp4"] | None = _opt(
         None, "quantize an unquantized checkpoint at load (round to nearest): fp8, int8, int4 or nvfp4"
@@ -102,6 +107,21 @@ class EngineConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.nnodes, int) or self.nnodes < 1:
+            raise ConfigError(f"nnodes must be a positive integer, got {self.nnodes!r}")
+        if not isinstance(self.node_rank, int) or not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"node_rank must be in [0, nnodes) = [0, {self.nnodes}), got {self.node_rank!r}")
+        if not isinstance(self.master_port, int) or not 0 <= self.master_port < 65536:
+            raise ConfigError(f"master_port must be a TCP port (0: a free one), got {self.master_port!r}")
+        if self.nnodes > 1:
+            world = self.tensor_parallel_size * self.pipeline_parallel_size
+            if world % self.nnodes:
+                raise ConfigError(
+                    f"{self.nnodes} nodes cannot share tensor_parallel_size x pipeline_parallel_size = {world} ranks "
+                    "evenly"
+                )
+            if self.master_port == 0:
+                raise ConfigError("with nnodes > 1 give master_port: every node must meet node 0 at the same port")
         for name in ("max_logprobs", "max_stop_strings"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")

@@ -129,6 +129,16 @@ def run(args: argparse.Namespace) -> int:
             tool_call_parser=args.tool_call_parser,
             reasoning_parser=args.reasoning_parser,
         )
+        if config.node_rank > 0:  # a node other than the first: its ranks only, no HTTP
+            from forgellm.distributed.executor import ranks_per_node, run_node
+
+            per_node = ranks_per_node(config)
+            first = config.node_rank * per_node
+            logger.warning(
+                "node %d of %d: running ranks %d-%d, meeting node 0 at %s:%d",
+                config.node_rank, config.nnodes, first, first + per_node - 1, config.master_addr, config.master_port,
+            )  # fmt: skip
+            return run_node(config)
         if args.max_waiting_requests < 1:
             raise ConfigError(f"--max-waiting-requests must be >= 1, got {args.max_waiting_requests}")
         # The engine steps in its own process: on the H200 a thread sharing the GIL with the HTTP side

@@ -36,9 +36,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def check_shardable(arch: ModelArchConfig, tp_size: int, device: torch.device, pp_size: int = 1) -> None:
+def check_shardable(
+    arch: ModelArchConfig, tp_size: int, device: torch.device, pp_size: int = 1, nnodes: int = 1
+) -> None:
     """A ConfigError naming the numbers when `arch` cannot be split over `tp_size` ranks in each of `pp_size`
-    pipeline stages here."""
+    pipeline stages, spread over `nnodes` nodes like this one."""
     heads, kv_heads = arch.num_attention_heads, arch.num_key_value_heads
     problems = []
     if heads % tp_size:
@@ -53,43 +55,77 @@ def check_shardable(arch: ModelArchConfig, tp_size: int, device: torch.device, p
         raise ConfigError(
             f"pipeline_parallel_size {pp_size} cannot split {arch.num_hidden_layers} decoder layers into equal stages"
         )
-    world = tp_size * pp_size
-    if device.type == "cuda" and torch.cuda.device_count() < world:
+    local = tp_size * pp_size // nnodes
+    if device.type == "cuda" and torch.cuda.device_count() < local:
         raise ConfigError(
-            f"tensor_parallel_size {tp_size} x pipeline_parallel_size {pp_size} needs {world} GPUs; "
-            f"{torch.cuda.device_count()} visible"
+            f"tensor_parallel_size {tp_size} x pipeline_parallel_size {pp_size} over {nnodes} node(s) needs {local} "
+            f"GPUs on each; {torch.cuda.device_count()} visible"
         )
 
 
+def ranks_per_node(config: EngineConfig) -> int:
+    """Ranks on each node: tensor x pipeline ranks shared evenly (checked by EngineConfig)."""
+    return config.tensor_parallel_size * config.pipeline_parallel_size // config.nnodes
+
+
+def start_rank_processes(config: EngineConfig, ranks: range, init_method: str) -> list[subprocess.Popen]:
+    """Start one worker process per rank in `ranks` on this node (python -m forgellm.worker.tp_worker)."""
+    options = json.dumps(dataclasses.asdict(config))
+    world = config.tensor_parallel_size * config.pipeline_parallel_size
+    # Plain processes, not multiprocessing children: the engine may itself run in a daemonic child (forgellm
+    # serve), which multiprocessing forbids to have children.
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "forgellm.worker.tp_worker",
+                "--rank",
+                str(rank),
+                "--world-size",
+                str(world),
+                "--init-method",
+                init_method,
+                "--config",
+                options,
+            ]
+        )  # fmt: skip
+        for rank in ranks
+    ]
+
+
+def run_node(config: EngineConfig) -> int:
+    """Node `config.node_rank` > 0 of several: run this node's ranks until rank 0 (on node 0) stops them; the
+    exit status is non-zero when a rank failed, so a supervisor sees it."""
+    per_node = ranks_per_node(config)
+    first = config.node_rank * per_node
+    workers = start_rank_processes(config, range(first, first + per_node), _init_method(config))
+    try:
+        codes = [worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait()
+    return max((abs(code) for code in codes), default=0)
+
+
+def _init_method(config: EngineConfig) -> str:
+    return f"tcp://{config.master_addr}:{config.master_port or _free_port()}"
+
+
 class TensorParallelExecutor:
-    """Starts ranks 1 .. tp_size-1, joins their process group as rank 0, and broadcasts to them."""
+    """Starts this node's other ranks, joins the process group as rank 0 (with the other nodes' ranks, which
+    `run_node` starts there), and broadcasts to them."""
 
     def __init__(self, config: EngineConfig, device: torch.device) -> None:
         self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
         self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
-        options = json.dumps(dataclasses.asdict(config))
-        # Plain processes (python -m forgellm.worker.tp_worker), not multiprocessing children: the engine may
-        # itself run in a daemonic child (forgellm serve), which multiprocessing forbids to have children.
-        self.workers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "forgellm.worker.tp_worker",
-                    "--rank",
-                    str(rank),
-                    "--world-size",
-                    str(self.world_size),
-                    "--init-method",
-                    init_method,
-                    "--config",
-                    options,
-                ]
-            )  # fmt: skip
-            for rank in range(1, self.world_size)
-        ]
+        init_method = _init_method(config)
+        # This node's other ranks; with several nodes the others start theirs (`run_node`) and all meet here.
+        self.workers = start_rank_processes(config, range(1, ranks_per_node(config)), init_method)
+        self.nnodes = config.nnodes
         dist.init_process_group(
             self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=COLLECTIVE_TIMEOUT
         )
@@ -103,8 +139,11 @@ class TensorParallelExecutor:
     def describe(self, arch: ModelArchConfig, device: torch.device) -> str:
         """Every rank's device and share of the model, for the start-up log."""
         ranks = []
+        per_node = self.world_size // self.nnodes
         for rank in range(self.world_size):
-            where = f"cuda:{rank}" if device.type == "cuda" else device.type
+            where = f"cuda:{rank % per_node}" if device.type == "cuda" else device.type
+            if self.nnodes > 1:
+                where = f"node {rank // per_node} {where}"
             pp_rank, tp_rank = divmod(rank, self.tp_size)
             context = ParallelContext(tp_rank, self.tp_size, pp_rank, self.pp_size)
             local, first = context.kv_heads(arch.num_key_value_heads)

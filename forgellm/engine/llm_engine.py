@@ -177,6 +177,11 @@ class LLMEngine:
             )
         # Tensor / pipeline parallelism: this process is rank 0; the other ranks start now and load their shards.
         self.executor = None
+        if config.node_rank != 0:
+            raise ConfigError(
+                f"node_rank {config.node_rank} runs only its ranks, not an engine: start it with forgellm serve "
+                "--node-rank N (the engine runs on node 0)"
+            )
         if config.tensor_parallel_size > 1 or config.pipeline_parallel_size > 1:
             if isinstance(arch.raw.get("vision_config"), dict):
                 raise ConfigError(
@@ -184,7 +189,7 @@ class LLMEngine:
                     "implemented yet"
                 )
             # Before any worker starts.
-            check_shardable(arch, config.tensor_parallel_size, device, config.pipeline_parallel_size)
+            check_shardable(arch, config.tensor_parallel_size, device, config.pipeline_parallel_size, config.nnodes)
             self.executor = TensorParallelExecutor(config, device)
             weakref.finalize(self, self.executor.shutdown)
         parallel = self.executor.parallel if self.executor is not None else SINGLE_DEVICE

@@ -20,7 +20,7 @@ from forgellm.distributed.parallel_state import join_groups
 
 def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: str) -> None:
     """Entry point of rank `rank`'s process (see TensorParallelExecutor)."""
-    from forgellm.distributed.executor import COLLECTIVE_TIMEOUT
+    from forgellm.distributed.executor import COLLECTIVE_TIMEOUT, ranks_per_node
     from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
     from forgellm.hf.config import load_model_config, resolve_dtype
     from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
@@ -30,7 +30,7 @@ def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: st
     device = resolve_device(config.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        device = torch.device("cuda", rank)
+        device = torch.device("cuda", rank % ranks_per_node(config))  # this node's GPUs, one per local rank
         torch.cuda.set_device(device)
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
