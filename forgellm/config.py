@@ -53,6 +53,9 @@ class EngineConfig:
     node_rank: int = _opt(0, "this node's index: 0 runs the engine (and serves), the others only their ranks")
     master_addr: str = _opt("127.0.0.1", "address of node 0, where the ranks meet (torch.distributed TCP store)")
     master_port: int = _opt(0, "port of that meeting point on node 0 (0: a free one; set it with several nodes)")
+    distributed_timeout_s: float = _opt(
+        120.0, "seconds a collective waits for a rank before the engine declares that rank hung and stops"
+    )
     # Quantization (forgellm/quantization): a quantized checkpoint loads as saved; these quantize others.
     quantization: Literal["fp8", "int8", "int4", "nvfp4"] | None = _opt(
         None, "quantize an unquantized checkpoint at load (round to nearest): fp8, int8, int4 or nvfp4"
@@ -111,6 +114,8 @@ class EngineConfig:
             raise ConfigError(f"nnodes must be a positive integer, got {self.nnodes!r}")
         if not isinstance(self.node_rank, int) or not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"node_rank must be in [0, nnodes) = [0, {self.nnodes}), got {self.node_rank!r}")
+        if not self.distributed_timeout_s > 0:
+            raise ConfigError(f"distributed_timeout_s must be > 0, got {self.distributed_timeout_s!r}")
         if not isinstance(self.master_port, int) or not 0 <= self.master_port < 65536:
             raise ConfigError(f"master_port must be a TCP port (0: a free one), got {self.master_port!r}")
         if self.nnodes > 1:

@@ -23,11 +23,15 @@ import torch
 import torch.distributed as dist
 
 from forgellm.config import EngineConfig
+from forgellm.distributed.heartbeat import Heartbeats
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
 from forgellm.errors import ConfigError, EngineDeadError
 from forgellm.hf.config_types import ModelArchConfig
 
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
+
+def collective_timeout(config: EngineConfig) -> datetime.timedelta:
+    """How long a collective may wait for a rank (then it raises: a hung rank ends the engine, not a hang)."""
+    return datetime.timedelta(seconds=config.distributed_timeout_s)
 
 
 def _free_port() -> int:
@@ -68,30 +72,19 @@ def ranks_per_node(config: EngineConfig) -> int:
     return config.tensor_parallel_size * config.pipeline_parallel_size // config.nnodes
 
 
-def start_rank_processes(config: EngineConfig, ranks: range, init_method: str) -> list[subprocess.Popen]:
+def start_rank_processes(
+    config: EngineConfig, ranks: range, init_method: str, heartbeat: str | None = None
+) -> list[subprocess.Popen]:
     """Start one worker process per rank in `ranks` on this node (python -m forgellm.worker.tp_worker)."""
     options = json.dumps(dataclasses.asdict(config))
     world = config.tensor_parallel_size * config.pipeline_parallel_size
+    command = [sys.executable, "-m", "forgellm.worker.tp_worker", "--world-size", str(world)]
+    command += ["--init-method", init_method, "--config", options]
+    if heartbeat is not None:
+        command += ["--heartbeat", heartbeat]
     # Plain processes, not multiprocessing children: the engine may itself run in a daemonic child (forgellm
     # serve), which multiprocessing forbids to have children.
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "forgellm.worker.tp_worker",
-                "--rank",
-                str(rank),
-                "--world-size",
-                str(world),
-                "--init-method",
-                init_method,
-                "--config",
-                options,
-            ]
-        )  # fmt: skip
-        for rank in ranks
-    ]
+    return [subprocess.Popen([*command, "--rank", str(rank)]) for rank in ranks]
 
 
 def run_node(config: EngineConfig) -> int:
@@ -123,14 +116,19 @@ class TensorParallelExecutor:
         self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         init_method = _init_method(config)
+        self.timeout_s = config.distributed_timeout_s
+        self.heartbeats = Heartbeats.create(self.world_size)
         # This node's other ranks; with several nodes the others start theirs (`run_node`) and all meet here.
-        self.workers = start_rank_processes(config, range(1, ranks_per_node(config)), init_method)
+        self.local_ranks = range(1, ranks_per_node(config))
+        self.workers = start_rank_processes(config, self.local_ranks, init_method, self.heartbeats.path)
         self.nnodes = config.nnodes
+        timeout = collective_timeout(config)
         dist.init_process_group(
-            self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=COLLECTIVE_TIMEOUT
+            self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=timeout
         )
         self.parallel = join_groups(0, self.tp_size, self.pp_size)
         self._closed = False
+        self._failed = False  # a collective failed: the ranks are out of step
 
     @property
     def _kind(self) -> str:
@@ -165,11 +163,29 @@ class TensorParallelExecutor:
         """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank; a rank that
         is gone, or a collective that times out, is an EngineDeadError naming it."""
         self.check_workers()
+        self.heartbeats.beat()
         try:
             dist.broadcast_object_list([value], src=0)
         except RuntimeError as exc:  # gloo / NCCL: a peer closed the connection or the timeout passed
+            raise self.failure(exc) from exc
+
+    def failure(self, exc: BaseException) -> EngineDeadError:
+        """The EngineDeadError for a collective (or a stage hand-off) that raised `exc`: naming a rank that exited,
+        else one that never picked up the step (hung or stopped), else saying what is known."""
+        self._failed = True
+        try:
             self.check_workers()
-            raise EngineDeadError(f"a {self._kind} collective failed: {exc}") from exc
+        except EngineDeadError as dead:
+            return dead
+        lagging = self.heartbeats.lagging(self.local_ranks)
+        if lagging:
+            names = ", ".join(f"rank {rank} (picked up {got} of {sent} steps)" for rank, got, sent in lagging)
+            return EngineDeadError(
+                f"{self._kind} {names} did not answer within {self.timeout_s:g} s (distributed_timeout_s): hung or "
+                f"stopped; {exc}"
+            )
+        where = " or on another node" if self.nnodes > 1 else ""
+        return EngineDeadError(f"a {self._kind} collective failed (a rank hung inside a forward pass{where}): {exc}")
 
     def check_workers(self) -> None:
         """Raise naming the rank whose process has ended (instead of waiting for a collective timeout)."""
@@ -183,12 +199,15 @@ class TensorParallelExecutor:
             return
         self._closed = True
         try:
-            if all(worker.poll() is None for worker in self.workers):
+            if not self._failed and all(worker.poll() is None for worker in self.workers):
                 dist.broadcast_object_list([None], src=0)
+        except RuntimeError:  # a rank that hangs or is gone cannot be told: it is killed below
+            self._failed = True
         finally:
+            self.heartbeats.close(remove=True)
             for worker in self.workers:
                 try:
-                    worker.wait(timeout=10)
+                    worker.wait(timeout=0 if self._failed else 10)  # after a failure, no rank is listening
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait()

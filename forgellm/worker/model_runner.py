@@ -268,9 +268,14 @@ class ModelRunner:
         if placeholders:
             destinations, sources = self._placeholder_indices(placeholders, staging)
             pending_ids = in_flight.sampled.index_select(0, sources)
-        if self.executor is not None:  # the other ranks run the same forward pass (synchronous engine only)
+        if self.executor is None:
+            logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
+        else:  # the other ranks run the same forward pass (synchronous engine only)
             self.executor.broadcast(host)
-        logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
+            try:
+                logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
+            except RuntimeError as exc:  # a collective timed out or lost a peer: no step can run any more
+                raise self.executor.failure(exc) from exc
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])
         features = getattr(self.model, "aux_hidden", None)
         if features is not None:

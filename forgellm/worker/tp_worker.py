@@ -15,12 +15,16 @@ import torch
 import torch.distributed as dist
 
 from forgellm.config import EngineConfig
+from forgellm.distributed.heartbeat import Heartbeats
 from forgellm.distributed.parallel_state import join_groups
 
 
-def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: str) -> None:
-    """Entry point of rank `rank`'s process (see TensorParallelExecutor)."""
-    from forgellm.distributed.executor import COLLECTIVE_TIMEOUT, ranks_per_node
+def run_worker(
+    config: EngineConfig, rank: int, world_size: int, init_method: str, heartbeat: str | None = None
+) -> None:
+    """Entry point of rank `rank`'s process (see TensorParallelExecutor); `heartbeat`: rank 0's Heartbeats file
+    (same node), counted up as each step arrives."""
+    from forgellm.distributed.executor import collective_timeout, ranks_per_node
     from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
     from forgellm.hf.config import load_model_config, resolve_dtype
     from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
@@ -33,8 +37,9 @@ def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: st
         device = torch.device("cuda", rank % ranks_per_node(config))  # this node's GPUs, one per local rank
         torch.cuda.set_device(device)
     dist.init_process_group(
-        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
+        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=collective_timeout(config)
     )
+    beats = None if heartbeat is None else Heartbeats(heartbeat, world_size, rank)
     try:
         model_dir = resolve_model_dir(config.model)
         arch = load_model_config(model_dir)
@@ -44,23 +49,28 @@ def run_worker(config: EngineConfig, rank: int, world_size: int, init_method: st
         )
         parallel = join_groups(rank, config.tensor_parallel_size, config.pipeline_parallel_size)
         model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
-        [num_blocks] = _receive()
+        [num_blocks] = _receive(beats)
         allocate_kv_cache(
             model, num_blocks, config.block_size, resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
         )
         with torch.inference_mode():
             while True:
-                [batch] = _receive()
+                [batch] = _receive(beats)
                 if batch is None:
                     break
                 forward_logits(model, None, batch, device)
     finally:
+        if beats is not None:
+            beats.close()
         dist.destroy_process_group()
 
 
-def _receive() -> list:
+def _receive(beats: Heartbeats | None) -> list:
+    """What rank 0 broadcasts next; the heartbeat counts it as picked up."""
     box: list = [None]
     dist.broadcast_object_list(box, src=0)
+    if beats is not None:
+        beats.beat()
     return box
 
 
@@ -71,9 +81,10 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, required=True)
     parser.add_argument("--init-method", required=True)
     parser.add_argument("--config", required=True, help="the engine's EngineConfig as JSON")
+    parser.add_argument("--heartbeat", default=None, help="rank 0's heartbeat file (ranks on its node)")
     args = parser.parse_args()
     config = EngineConfig.from_dict(json.loads(args.config))
-    run_worker(config, args.rank, args.world_size, args.init_method)
+    run_worker(config, args.rank, args.world_size, args.init_method, args.heartbeat)
 
 
 if __name__ == "__main__":

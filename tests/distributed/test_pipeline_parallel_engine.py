@@ -70,3 +70,24 @@ def test_a_dead_stage_ends_the_engine_naming_its_rank(tiny_model_dir) -> None:
             llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)
     finally:
         llm.engine.shutdown()
+
+
+@pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
+def test_a_hung_rank_ends_the_engine_within_the_timeout_naming_it(tiny_model_dir, split) -> None:
+    """A rank that stops answering (SIGSTOP: alive, not running) is named within distributed_timeout_s of the
+    step it never picked up, instead of the engine waiting for ever."""
+    import os
+    import signal
+    import time
+
+    llm = LLM(str(tiny_model_dir("llama")), dtype="float32", distributed_timeout_s=3, **split)
+    try:
+        assert len(tokens(llm, [[5, 6, 7]])[0]) == GREEDY.max_tokens
+        worker = llm.engine.executor.workers[0]
+        os.kill(worker.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(EngineDeadError, match=r"rank 1 \(picked up \d+ of \d+ steps\) did not answer within 3 s"):
+            llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)
+        assert time.monotonic() - started < 60  # the timeout, not a hang (generous for a loaded machine)
+    finally:
+        llm.engine.shutdown()  # kills the stopped rank after telling it fails
