@@ -17,6 +17,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from forgellm.distributed.heartbeat import Heartbeats
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
 from forgellm.errors import ConfigError, EngineDeadError
 from forgellm.hf.config_types import ModelArchConfig
+
+EXIT_GRACE_S = 1.0
 
 
 def collective_timeout(config: EngineConfig) -> datetime.timedelta:
@@ -173,10 +176,16 @@ class TensorParallelExecutor:
         """The EngineDeadError for a collective (or a stage hand-off) that raised `exc`: naming a rank that exited,
         else one that never picked up the step (hung or stopped), else saying what is known."""
         self._failed = True
-        try:
-            self.check_workers()
-        except EngineDeadError as dead:
-            return dead
+        # A rank's sockets close a moment before its exit can be collected: give a dying rank that moment.
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while True:
+            try:
+                self.check_workers()
+            except EngineDeadError as dead:
+                return dead
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         lagging = self.heartbeats.lagging(self.local_ranks)
         if lagging:
             names = ", ".join(f"rank {rank} (picked up {got} of {sent} steps)" for rank, got, sent in lagging)
