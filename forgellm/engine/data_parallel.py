@@ -1,10 +1,10 @@
 """DataParallelEngine: several engine replicas behind one front, as `forgellm serve --data-parallel-size N` runs.
 
 Each replica is a whole engine (a ProcessAsyncLLM: its own process, model copy and KV cache; tensor-parallel
-itself if asked). The front takes each request to the replica with the fewest live sequences, so a burst
-spreads over all of them; tokenizing, templates and admission limits are the first replica's (all replicas
-serve the same model with the same options). Prefix-aware routing (a repeated prefix to the replica that
-caches it) is not done yet.
+itself if asked). The front takes each request to the replica that served a prompt with the same beginning
+(its prefix cache likely holds it; engine/prefix_router.py) unless that one is much busier, else to the
+replica with the fewest live sequences, so a burst spreads over all of them; tokenizing, templates and
+admission limits are the first replica's (all replicas serve the same model with the same options).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from forgellm.config import EngineConfig
 from forgellm.engine.async_engine import AsyncLLM
 from forgellm.engine.core import EngineStats
 from forgellm.engine.input_processor import ProcessedPrompt, Prompt
+from forgellm.engine.prefix_router import PrefixRouter
 from forgellm.engine.request_stream import RequestStream
 from forgellm.sampling_params import SamplingParams
 
@@ -30,6 +31,7 @@ class DataParallelEngine:
         self.replicas = list(replicas)
         self.front = self.replicas[0]
         self.routed = [0] * len(self.replicas)  # requests sent to each replica since start
+        self.router = PrefixRouter(len(self.replicas))
 
     @classmethod
     def start(cls, replica_class: type[AsyncLLM], config: EngineConfig, **options: Any) -> DataParallelEngine:
@@ -75,23 +77,23 @@ class DataParallelEngine:
     def num_waiting(self) -> int:
         return sum(replica.num_waiting() for replica in self.replicas)
 
-    def _least_loaded(self) -> int:
+    def _replica_for(self, prompt: Prompt | ProcessedPrompt) -> int:
         loads = [replica.num_live_requests + replica.num_waiting() for replica in self.replicas]
-        return min(range(len(loads)), key=lambda i: (loads[i], self.routed[i]))
+        return self.router.choose(prompt, loads, self.routed)
 
     async def add_requests(
         self, prompts: Sequence[Prompt | ProcessedPrompt], params: SamplingParams | None, request_ids: Sequence[str],
         **options: Any,
     ) -> list[RequestStream]:  # fmt: skip
-        """Admit the prompts (all or none) on the least-loaded replica."""
-        index = self._least_loaded()
+        """Admit the prompts (all or none) on one replica: the first prompt's (see PrefixRouter)."""
+        index = self._replica_for(prompts[0])
         streams = await self.replicas[index].add_requests(prompts, params, request_ids, **options)
         self.routed[index] += 1
         return streams
 
     async def add_request(self, prompt: Prompt | ProcessedPrompt, params: SamplingParams | None = None,
                           request_id: str | None = None, **options: Any) -> RequestStream:  # fmt: skip
-        index = self._least_loaded()
+        index = self._replica_for(prompt)
         stream = await self.replicas[index].add_request(prompt, params, request_id, **options)
         self.routed[index] += 1
         return stream

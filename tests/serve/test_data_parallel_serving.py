@@ -1,6 +1,7 @@
 """`forgellm serve --data-parallel-size 2`: two engine replicas (each a ProcessAsyncLLM) behind one server; 64
 concurrent requests from the openai client are all answered, as one engine answers them, and both replicas
-serve a share; an LLM refuses data_parallel_size > 1 by name."""
+serve a share; questions about one document reach the replica whose prefix cache holds it; an LLM refuses
+data_parallel_size > 1 by name."""
 
 from __future__ import annotations
 
@@ -46,3 +47,25 @@ def test_64_requests_spread_over_two_replicas(server_factory) -> None:
 def test_an_llm_is_one_engine() -> None:
     with pytest.raises(ConfigError, match="data_parallel_size > 1 runs engine replicas behind forgellm serve"):
         LLM(data_parallel_size=2)
+
+
+def test_questions_about_one_document_reach_the_replica_that_caches_it(server_factory) -> None:
+    """Three documents, four questions each, one after another: each document's questions after the first go to
+    the replica that served it (plain least-loaded routing would alternate), so their prompts hit its prefix
+    cache; usage reports the cached tokens."""
+    server = server_factory(engine_class=two_replicas)
+    engine: DataParallelEngine = server.engine
+    client = server.client()
+    documents = [
+        f"Document {d}: " + " ".join(f"fact {d}.{i} is about topic {i * d}." for i in range(12)) for d in range(3)
+    ]
+    cached = {}
+    for d, document in enumerate(documents):
+        for q in range(4):
+            reply = client.completions.create(
+                model=server.settings.model_name, prompt=f"{document}\nQuestion {q}: why?", max_tokens=2, temperature=0
+            )
+            details = reply.usage.prompt_tokens_details
+            cached[d, q] = details.cached_tokens if details is not None else 0
+    assert all(cached[d, q] >= 32 for d in range(3) for q in range(1, 4)), cached  # the document's blocks
+    assert engine.router.prefix_hits > 0 and all(count > 0 for count in engine.routed), engine.routed
