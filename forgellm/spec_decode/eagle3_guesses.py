@@ -17,7 +17,7 @@ import time
 import torch
 
 from forgellm.models.eagle3 import Eagle3Head
-from forgellm.worker.cuda_graphs import capture_sizes
+from forgellm.worker.cuda_graphs import capture_sizes, capturing
 from forgellm.worker.forward_batch import ForwardBatch
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Eagle3Guesses:
             self._steps(size)  # autotuning, lazy init
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with capturing(graph, pool):
                 self.outputs[size] = self._steps(size)
             self.graphs[size] = graph
         torch.cuda.synchronize()

@@ -21,8 +21,12 @@ Logits are computed outside the graph, on the rows that need them.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import logging
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +53,21 @@ def prefill_capture_sizes(max_tokens: int) -> list[int]:
         sizes.append(size)
         size *= 2
     return sizes
+
+
+@contextlib.contextmanager
+def capturing(graph: torch.cuda.CUDAGraph, pool: object | None = None, **options: Any) -> Iterator[None]:
+    """torch.cuda.graph with Python's garbage collector off: a collection during capture can destroy an older
+    CUDA graph (a finished engine's), and destroying a graph while a stream captures invalidates the capture."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph, pool=pool, **options):
+            yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class CudaGraphRunner:
@@ -123,7 +142,7 @@ class CudaGraphRunner:
             torch.cuda.synchronize()
             batch = self._batch(*key)  # a fresh batch: nothing computed outside the capture is reused
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with capturing(graph, pool):
                 self.hidden[key] = self.model(batch.input_ids, batch.positions, batch)
             self.graphs[key] = graph
         torch.cuda.synchronize()

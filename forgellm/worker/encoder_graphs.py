@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from forgellm.models.qwen2_vl_vision import TowerPlan, VisionTowerBase
+from forgellm.worker.cuda_graphs import capturing
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class EncoderGraphRunner:
             self.tower.run(static, plan)
         torch.cuda.current_stream(pixels.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with capturing(graph, self.pool, capture_error_mode="thread_local"):
             output = self.tower.run(static, plan)
         logger.info("captured the vision tower for grid %s (%d patches)", grid, pixels.shape[0])
         return _Captured(graph, static, output, plan)
