@@ -11,6 +11,7 @@ steps recompute its last position without writing anything, and their guesses ar
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import time
 
@@ -109,6 +110,7 @@ class Eagle3Guesses:
     def capture(self) -> None:
         """One graph per batch size, largest first so the smaller ones reuse its memory pool."""
         start = time.perf_counter()
+        gc.collect()  # see worker.cuda_graphs.capturing
         pool = torch.cuda.graph_pool_handle()
         self.steps.fill_(0)  # warm-up and capture over padding rows: nothing written
         for size in reversed(self.sizes):

@@ -57,9 +57,10 @@ def prefill_capture_sizes(max_tokens: int) -> list[int]:
 
 @contextlib.contextmanager
 def capturing(graph: torch.cuda.CUDAGraph, pool: object | None = None, **options: Any) -> Iterator[None]:
-    """torch.cuda.graph with Python's garbage collector off: a collection during capture can destroy an older
-    CUDA graph (a finished engine's), and destroying a graph while a stream captures invalidates the capture."""
-    gc.collect()
+    """torch.cuda.graph with Python's garbage collector off. torch no longer collects before a capture, so a
+    finished engine's CUDA graphs may wait in dead reference cycles; a collection during the capture would
+    destroy them, and destroying a graph while a stream captures invalidates the capture. Callers collect
+    once before capturing (`gc.collect()`), outside any capture."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -133,6 +134,7 @@ class CudaGraphRunner:
     def capture(self) -> None:
         """Capture one graph per shape, largest first so smaller ones reuse its pool."""
         start = time.perf_counter()
+        gc.collect()  # dead engines' graphs go now, not during a capture (see `capturing`)
         pool = self.pool = torch.cuda.graph_pool_handle()
         keys = [(kind, s) for kind in self.query_lens for s in self.sizes]
         keys += [("prefill", s) for s in self.prefill_sizes]

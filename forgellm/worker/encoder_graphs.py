@@ -9,6 +9,7 @@ memory pool: replays never overlap, and each output is copied out at once.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class EncoderGraphRunner:
             self.tower.run(static, plan)
         torch.cuda.current_stream(pixels.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
+        gc.collect()  # see `capturing`
         with capturing(graph, self.pool, capture_error_mode="thread_local"):
             output = self.tower.run(static, plan)
         logger.info("captured the vision tower for grid %s (%d patches)", grid, pixels.shape[0])
