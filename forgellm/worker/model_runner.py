@@ -130,6 +130,15 @@ def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -
     return per_token * block_size
 
 
+def model_kv_block_bytes(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V for one block of tokens in `model`'s own attention layers: under tensor or pipeline
+    parallelism this rank's share (its KV heads, its stage's layers), which every rank holds alike."""
+    per_token = sum(
+        2 * layer.num_kv_heads * layer.head_dim for layer in model.modules() if isinstance(layer, Attention)
+    )
+    return per_token * dtype.itemsize * block_size
+
+
 def allocate_kv_cache(model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
     """Give every attention layer of `model` its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
     device = next(model.parameters()).device

@@ -2,7 +2,8 @@
 worker processes run the other stages, and with tensor parallelism inside each stage the other shards):
 batched requests, chunked prefill, prefix caching, preemption and an abort give one device's greedy tokens;
 the start-up log names every rank's stage and layers; configurations that cannot be split are refused by
-name; a dead stage ends the engine naming its rank."""
+name; a dead stage ends the engine naming its rank, a hung rank within distributed_timeout_s; each rank sizes
+its KV cache by its own share of layers and heads."""
 
 from __future__ import annotations
 
@@ -91,3 +92,17 @@ def test_a_hung_rank_ends_the_engine_within_the_timeout_naming_it(tiny_model_dir
         assert time.monotonic() - started < 60  # the timeout, not a hang (generous for a loaded machine)
     finally:
         llm.engine.shutdown()  # kills the stopped rank after telling it fails
+
+
+@pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
+def test_each_rank_sizes_its_kv_cache_by_its_own_share(tiny_model_dir, split) -> None:
+    """A rank holds half the layers (PP) or half the KV heads (TP, 2 KV heads): the same memory budget holds
+    twice the blocks, and the start-up log's GiB is the rank's."""
+    path = str(tiny_model_dir("llama"))
+    budget = dict(dtype="float32", block_size=4, cpu_kv_cache_gb=0.0005, max_num_seqs=64)
+    one = LLM(path, **budget).engine.core.runner.num_blocks
+    split_llm = LLM(path, **budget, **split)
+    try:
+        assert split_llm.engine.core.runner.num_blocks == 2 * one
+    finally:
+        split_llm.engine.shutdown()
