@@ -40,7 +40,8 @@ from forgellm.engine.llm_engine import DEMO_MODEL_DIR  # noqa: E402
 from forgellm.hf.config import load_model_config  # noqa: E402
 from forgellm.models.eagle3 import default_aux_layers  # noqa: E402
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch  # noqa: E402
-from forgellm.worker.model_runner import allocate_kv_cache, load_model  # noqa: E402
+from forgellm.worker.kv_cache_memory import allocate_kv_cache  # noqa: E402
+from forgellm.worker.model_runner import load_model  # noqa: E402
 
 CALIBRATION = REPO / "forgellm" / "assets" / "calibration" / "calibration_sample.jsonl.gz"
 CORPUS = REPO / "forgellm" / "assets" / "demo" / "corpus.json"

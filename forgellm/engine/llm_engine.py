@@ -41,7 +41,8 @@ from forgellm.spec_decode.draft_model import DraftModelProposer
 from forgellm.spec_decode.eagle3 import Eagle3Proposer
 from forgellm.spec_decode.proposers import check_proposer, load_proposer
 from forgellm.worker.cuda_graphs import MAX_PREFILL_GRAPH_TOKENS
-from forgellm.worker.model_runner import ModelRunner, load_model, model_kv_block_bytes, model_weight_bytes
+from forgellm.worker.kv_cache_memory import model_kv_block_bytes
+from forgellm.worker.model_runner import ModelRunner, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
 logger = logging.getLogger(__name__)
@@ -208,12 +209,12 @@ class LLMEngine:
             if isinstance(proposer, Eagle3Proposer):  # the head reads these layers' inputs after every step
                 model.capture_aux_hidden_states(proposer.aux_layers, max_step_tokens(config))
         runner = ModelRunner(model, config.block_size, config.seed, kv_cache_dtype)
+        runner.executor = self.executor  # the other ranks, if any, profile and run every step with rank 0
         # A draft model gets as many blocks as the target: it holds K/V for the same tokens, and a few guesses.
         blocks = num_kv_blocks(config, runner, self.max_model_len, draft.block_bytes if draft else 0)
         runner.allocate_kv_cache(blocks)
         if self.executor is not None:  # every rank holds its heads' share of the same blocks
             self.executor.broadcast(blocks)
-            runner.executor = self.executor
         if draft is not None:
             draft.allocate_kv_cache(blocks)
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)

@@ -29,7 +29,8 @@ from forgellm.spec_decode.guess_inputs import GuessInputs
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk
-from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes, load_model
+from forgellm.worker.kv_cache_memory import allocate_kv_cache, kv_block_bytes
+from forgellm.worker.model_runner import load_model
 
 # Each step the draft first feeds a request's two last tokens: after a step that accepted all k guesses
 # it lacks both (the last guess, the bonus), otherwise one, and recomputing the other (same K/V) keeps

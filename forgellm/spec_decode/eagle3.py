@@ -34,7 +34,7 @@ from forgellm.spec_decode.guess_inputs import GuessInputs
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward_batch import ForwardBatch, SequenceChunk
 from forgellm.worker.in_flight import StepHiddenStates
-from forgellm.worker.model_runner import allocate_kv_cache, kv_block_bytes
+from forgellm.worker.kv_cache_memory import allocate_kv_cache, kv_block_bytes
 
 
 def check_eagle3_head(config: SpeculativeConfig, target: ModelArchConfig) -> ModelArchConfig:

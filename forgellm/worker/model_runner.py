@@ -19,7 +19,6 @@ from forgellm.distributed.executor import TensorParallelExecutor
 from forgellm.engine.request import Request
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
 from forgellm.hf.config_types import ModelArchConfig
-from forgellm.layers.attention import Attention
 from forgellm.layers.linear import LinearBase
 from forgellm.models.registry import get_model_class
 from forgellm.multimodal.encoder_cache import EncoderCache
@@ -32,8 +31,9 @@ from forgellm.spec_decode.verify import verify_drafts
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.encoder_graphs import EncoderGraphRunner
 from forgellm.worker.forward import forward_logits
-from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch, build_host_batch
+from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
 from forgellm.worker.in_flight import InFlightStep, StepHiddenStates
+from forgellm.worker.kv_cache_memory import ProfileForward, allocate_kv_cache, profile_forward
 from forgellm.worker.pinned_staging import PinnedStaging
 
 
@@ -124,31 +124,6 @@ def model_weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of K and V, over all layers, for one block of tokens."""
-    per_token = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * dtype.itemsize
-    return per_token * block_size
-
-
-def model_kv_block_bytes(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of K and V for one block of tokens in `model`'s own attention layers: under tensor or pipeline
-    parallelism this rank's share (its KV heads, its stage's layers), which every rank holds alike."""
-    per_token = sum(
-        2 * layer.num_kv_heads * layer.head_dim for layer in model.modules() if isinstance(layer, Attention)
-    )
-    return per_token * dtype.itemsize * block_size
-
-
-def allocate_kv_cache(model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
-    """Give every attention layer of `model` its [num_blocks, block_size, kv_heads, head_dim] K and V caches."""
-    device = next(model.parameters()).device
-    for layer in model.modules():
-        if isinstance(layer, Attention):  # this rank's KV heads (a share of them under tensor parallelism)
-            shape = (num_blocks, block_size, layer.num_kv_heads, layer.head_dim)
-            layer.k_cache = torch.empty(shape, dtype=dtype, device=device)
-            layer.v_cache = torch.empty(shape, dtype=dtype, device=device)
-
-
 class ModelRunner:
     """Runs one step of the model over the scheduled requests and samples their next tokens.
 
@@ -184,21 +159,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
-        """Peak GPU bytes of a forward pass at the largest step (weights included), before the KV cache."""
-        self.allocate_kv_cache(-(-num_tokens // self.block_size))  # a scratch cache for the warm-up
-        torch.cuda.reset_peak_memory_stats(self.device)
-        chunk = SequenceChunk([0] * num_tokens, 0, list(range(self.num_blocks)), [])
-        batch = build_forward_batch([chunk], self.block_size, self.device)
-        hidden = self.model(batch.input_ids, batch.positions, batch)
-        logits = self.model.compute_logits(hidden[: min(num_seqs, num_tokens)])
+        """Peak GPU bytes of a forward pass at the largest step (weights included), before the KV cache; with
+        several ranks every rank runs it (their collectives pair up) and the largest rank's peak counts."""
+        request = ProfileForward(num_tokens, num_seqs)
+        if self.executor is not None:
+            self.executor.broadcast(request)
+        peak = profile_forward(self.model, request, self.block_size, self.kv_cache_dtype, self.device)
+        self.num_blocks = 0  # the scratch cache is gone on every rank
         # The sampler's penalty tables are [num_seqs, vocab]; count a few such tensors.
-        sampler_bytes = 3 * num_seqs * logits.shape[-1] * 4
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) + sampler_bytes
-        del hidden, logits, batch
-        self.allocate_kv_cache(0)  # drop the scratch cache before sizing the real one
-        torch.cuda.empty_cache()
-        return peak
+        return peak + 3 * num_seqs * self.arch.vocab_size * 4
 
     def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> None:
         """Pin the step-input buffers once (GPU only: on a CPU there is no copy to overlap)."""

@@ -1,9 +1,10 @@
 """A tensor- or pipeline-parallel worker: rank 1 .. n-1 of the engine, in its own process
 (`python -m forgellm.worker.tp_worker --rank R --world-size N --init-method tcp://... --config JSON`).
 
-It builds its shard of the model (its stage's layers, its share of each), allocates its share of every KV
-block once rank 0 says how many, then runs its part of the forward pass of every batch rank 0 broadcasts
-(rank 0 samples: the last stage sends it the logits) until it receives None.
+It builds its shard of the model (its stage's layers, its share of each), then does what rank 0 broadcasts
+until it receives None: run the memory-profiling forward pass with it, allocate its share of every KV block
+once told how many, and run its part of the forward pass of every batch (rank 0 samples: the last stage sends
+it the logits).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def run_worker(
     from forgellm.hf.config import load_model_config, resolve_dtype
     from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
     from forgellm.worker.forward import forward_logits
-    from forgellm.worker.model_runner import allocate_kv_cache, load_model
+    from forgellm.worker.kv_cache_memory import ProfileForward, allocate_kv_cache, profile_forward
+    from forgellm.worker.model_runner import load_model
 
     device = resolve_device(config.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -49,16 +51,18 @@ def run_worker(
         )
         parallel = join_groups(rank, config.tensor_parallel_size, config.pipeline_parallel_size)
         model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
-        [num_blocks] = _receive(beats)
-        allocate_kv_cache(
-            model, num_blocks, config.block_size, resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
-        )
+        kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
         with torch.inference_mode():
             while True:
-                [batch] = _receive(beats)
-                if batch is None:
+                [message] = _receive(beats)
+                if message is None:  # stop
                     break
-                forward_logits(model, None, batch, device)
+                if isinstance(message, ProfileForward):  # rank 0 sizes the KV cache: every rank profiles alike
+                    profile_forward(model, message, config.block_size, kv_dtype, device)
+                elif isinstance(message, int):  # the KV cache's size in blocks
+                    allocate_kv_cache(model, message, config.block_size, kv_dtype)
+                else:  # a step's batch
+                    forward_logits(model, None, message, device)
     finally:
         if beats is not None:
             beats.close()

@@ -106,3 +106,23 @@ def test_each_rank_sizes_its_kv_cache_by_its_own_share(tiny_model_dir, split) ->
         assert split_llm.engine.core.runner.num_blocks == 2 * one
     finally:
         split_llm.engine.shutdown()
+
+
+@pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
+def test_the_memory_profile_runs_on_every_rank_and_the_engine_goes_on(tiny_model_dir, split) -> None:
+    """Sizing the KV cache on a GPU runs the largest step's forward pass: every rank runs it with rank 0 (their
+    collectives and stage hand-offs pair up instead of waiting for ever) over a scratch cache; after the real
+    cache is given back on every rank, the engine's tokens are one device's."""
+    path = str(tiny_model_dir("llama-gqa4-llama3"))
+    options = dict(dtype="float32", block_size=4, num_kv_blocks=40)
+    expected = tokens(LLM(path, **options), PROMPTS[:2])
+    split_llm = LLM(path, **options, **split)
+    try:
+        runner = split_llm.engine.core.runner
+        vocab = runner.arch.vocab_size
+        assert runner.profile_peak_memory(24, 3) == 3 * 3 * vocab * 4  # a CPU has no GPU peak: the sampler's share
+        runner.allocate_kv_cache(40)
+        split_llm.engine.executor.broadcast(40)
+        assert tokens(split_llm, PROMPTS[:2]) == expected
+    finally:
+        split_llm.engine.shutdown()

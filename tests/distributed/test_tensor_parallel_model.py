@@ -20,7 +20,8 @@ from forgellm.hf.config import load_model_config
 from forgellm.quantization.resolve import resolve_quantization
 from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
-from forgellm.worker.model_runner import allocate_kv_cache, load_model
+from forgellm.worker.kv_cache_memory import allocate_kv_cache
+from forgellm.worker.model_runner import load_model
 from tests.fixtures.make_tiny_models import VARIANTS
 
 BLOCK = 4

@@ -19,7 +19,7 @@ from forgellm.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from forgellm.multimodal.mrope import VisionSpan, mrope_positions
 from forgellm.multimodal.qwen2_vl_processor import Qwen2VLImageProcessor
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
-from forgellm.worker.model_runner import allocate_kv_cache
+from forgellm.worker.kv_cache_memory import allocate_kv_cache
 from tests.fixtures.make_tiny_vlm import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, build, make
 
 BLOCK = 4

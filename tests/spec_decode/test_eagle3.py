@@ -20,7 +20,7 @@ from forgellm.models.eagle3 import load_eagle3_head
 from forgellm.sampling_params import SamplingParams
 from forgellm.spec_decode.eagle3_guesses import Eagle3Guesses
 from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
-from forgellm.worker.model_runner import allocate_kv_cache
+from forgellm.worker.kv_cache_memory import allocate_kv_cache
 from tests.fixtures.make_eagle3_head import make_eagle3_head
 
 PROMPT_IDS = [[11, 12, 13, 14, 15] * 3, [30, 31, 32, 33, 34, 35], list(range(40, 70))]
