@@ -188,6 +188,8 @@ class LlamaForCausalLM(nn.Module):
             else nn.Identity()  # another stage's layer
             for i in range(config.num_hidden_layers)
         )
+        # (index, layer) of this stage, built once: indexing a ModuleList costs a string lookup per layer per step.
+        self._stage = tuple((i, self.layers[i]) for i in self.stage_layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype) if last else None
         # Every layer rotates by the same angles: compute cos/sin once per step, not once per layer.
         self.rotary = RotaryEmbedding(config.head_dim, config.rope, config.max_position_embeddings)
@@ -231,13 +233,13 @@ class LlamaForCausalLM(nn.Module):
         token_seq_lens = batch.token_seq_lens if self.config.rope.type == "dynamic" else None
         rope = self.rotary.cos_sin(positions, token_seq_lens)
         size, num_tokens = self.config.hidden_size, input_ids.shape[0]
-        for index in self.stage_layers:
+        for index, layer in self._stage:
             if index in self.aux_hidden_layers:
                 stream = hidden if residual is None else hidden + residual
                 for slot, layer_index in enumerate(self.aux_hidden_layers):  # a small target may repeat a layer
                     if layer_index == index:
                         self.aux_hidden[:num_tokens, slot * size : (slot + 1) * size].copy_(stream)
-            hidden, residual = self.layers[index](rope, hidden, residual, batch)
+            hidden, residual = layer(rope, hidden, residual, batch)
         if self.norm is None:
             return StageActivations(hidden, residual)
         hidden, _ = self.norm(hidden, residual)

@@ -35,10 +35,6 @@ class GrammarPool:
 
             self._batch = xgrammar.BatchGrammarMatcher(max_threads=self.threads)
 
-    def fill(self, rows: list[int], matchers: list[Any], bitmask: torch.Tensor) -> None:
-        """Fill bitmask[rows[i]] with what matchers[i] allows next."""
-        self.fill_async(rows, matchers, bitmask)()
-
     def fill_async(self, rows: list[int], matchers: list[Any], bitmask: torch.Tensor) -> Callable[[], None]:
         """Start filling bitmask[rows[i]] with what matchers[i] allows next; returns the wait for it. Until
         then no other thread may touch these matchers (filling moves their parsers and back)."""

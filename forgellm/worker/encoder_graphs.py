@@ -22,6 +22,7 @@ from forgellm.worker.cuda_graphs import capturing
 logger = logging.getLogger(__name__)
 
 Grid = tuple[int, int, int]
+MAX_SIGHTINGS = 4096  # grids remembered for "seen twice"
 
 
 @dataclass
@@ -50,7 +51,7 @@ class EncoderGraphRunner:
         self.capture_after = capture_after
         self.dtype = next(tower.parameters()).dtype
         self.graphs: OrderedDict[Grid, _Captured] = OrderedDict()
-        self.sightings: dict[Grid, int] = {}
+        self.sightings: OrderedDict[Grid, int] = OrderedDict()  # grids seen, most recent last (bounded)
         self.num_replays = 0
 
     @torch.inference_mode()
@@ -84,7 +85,9 @@ class EncoderGraphRunner:
         if captured is not None:
             self.graphs.move_to_end(grid)
             return captured
-        seen = self.sightings[grid] = self.sightings.get(grid, 0) + 1
+        seen = self.sightings[grid] = self.sightings.pop(grid, 0) + 1
+        if len(self.sightings) > MAX_SIGHTINGS:  # a stream of odd sizes must not grow this for ever
+            self.sightings.popitem(last=False)
         if seen < self.capture_after or pixels.shape[0] > self.max_patches:
             return None
         if len(self.graphs) >= self.max_graphs:

@@ -13,9 +13,12 @@ import pytest
 
 from forgellm import LLM
 from forgellm.errors import ConfigError, EngineDeadError
-from tests.distributed.test_tensor_parallel_engine import GREEDY, PROMPTS, tokens
-
-OPTIONS = dict(dtype="float32", block_size=4, max_num_batched_tokens=16, num_kv_blocks=20, max_num_seqs=4)
+from tests.distributed.test_tensor_parallel_engine import (
+    GREEDY,
+    PROMPTS,
+    assert_split_engine_gives_one_devices_tokens,
+    tokens,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,22 +26,10 @@ OPTIONS = dict(dtype="float32", block_size=4, max_num_batched_tokens=16, num_kv_
     [("llama-gqa4-llama3", 1, 2), ("qwen2", 1, 2), ("llama-gqa4-llama3", 2, 2)],  # qwen2: a tied LM head
 )
 def test_engine_under_pipeline_parallelism_gives_one_devices_tokens(variant, tp, pp, tiny_model_dir, caplog) -> None:
-    path = str(tiny_model_dir(variant))
-    expected = tokens(LLM(path, **OPTIONS), PROMPTS + PROMPTS[:2])
     with caplog.at_level(logging.INFO, logger="forgellm"):
-        split = LLM(path, tensor_parallel_size=tp, pipeline_parallel_size=pp, **OPTIONS)
-    try:
-        assert split.engine.executor.world_size == tp * pp
-        assert tokens(split, PROMPTS + PROMPTS[:2]) == expected
-        stats = split.engine.stats()
-        assert stats.num_preemptions > 0 and stats.prefix_cache_hit_rate > 0
-        split.engine.add_request("gone", PROMPTS[1], GREEDY)
-        split.engine.step()
-        split.engine.abort_request("gone")
-        assert tokens(split, PROMPTS[:1]) == expected[:1]  # the stages stay in step after an abort
-    finally:
-        split.engine.shutdown()
-    assert all(worker.poll() is not None for worker in split.engine.executor.workers)
+        assert_split_engine_gives_one_devices_tokens(
+            str(tiny_model_dir(variant)), tensor_parallel_size=tp, pipeline_parallel_size=pp
+        )
     log = caplog.text
     assert f"pipeline parallel {pp} over {tp * pp} ranks" in log
     assert "rank 0 on cpu: stage 0 (layers 0-0)" in log and f"rank {tp * pp - 1} on cpu: stage 1 (layers 1-1)" in log

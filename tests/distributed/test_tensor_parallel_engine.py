@@ -17,15 +17,16 @@ def tokens(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
     return [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa4-llama3", "llama-mqa-dynamic"])  # KV heads split / replicated
-def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
-    path = str(tiny_model_dir(variant))
+def assert_split_engine_gives_one_devices_tokens(path: str, **split: int) -> LLM:
+    """The engine split over ranks (`split`: tensor_parallel_size / pipeline_parallel_size) gives one device's greedy
+    tokens through 16-token chunks, a 20-block cache that must preempt, prefix hits and an abort; the split LLM is
+    returned shut down (its workers stopped)."""
     options = dict(dtype="float32", block_size=4, max_num_batched_tokens=16, num_kv_blocks=20, max_num_seqs=4)
     expected = tokens(LLM(path, **options), PROMPTS + PROMPTS[:2])
-    sharded = LLM(path, tensor_parallel_size=2, **options)
+    sharded = LLM(path, **split, **options)
     try:
-        assert sharded.engine.executor is not None and sharded.engine.executor.world_size == 2
-        # Chunks of 16 tokens, a 20-block cache that must preempt, repeated prompts served from the prefix cache.
+        world = split.get("tensor_parallel_size", 1) * split.get("pipeline_parallel_size", 1)
+        assert sharded.engine.executor is not None and sharded.engine.executor.world_size == world
         assert tokens(sharded, PROMPTS + PROMPTS[:2]) == expected
         stats = sharded.engine.stats()
         assert stats.num_preemptions > 0 and stats.prefix_cache_hit_rate > 0
@@ -36,6 +37,12 @@ def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
     finally:
         sharded.engine.shutdown()
     assert all(worker.poll() is not None for worker in sharded.engine.executor.workers)
+    return sharded
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa4-llama3", "llama-mqa-dynamic"])  # KV heads split / replicated
+def test_engine_under_tp2_gives_tp1_tokens(variant, tiny_model_dir) -> None:
+    assert_split_engine_gives_one_devices_tokens(str(tiny_model_dir(variant)), tensor_parallel_size=2)
 
 
 def test_the_start_up_log_names_every_rank_and_its_share(tiny_model_dir, caplog) -> None:

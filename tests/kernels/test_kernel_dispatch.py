@@ -94,6 +94,14 @@ def test_forced_reference_makes_every_op_the_reference(monkeypatch) -> None:
     assert kernels.dispatch(rms_norm_ref) is rms_norm_ref  # an op without a fast version
 
 
+def run_fresh_python(code: str) -> None:
+    """Run `code` in a new interpreter from the repository root, without kernel-selecting environment variables;
+    it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FORGELLM_KERNELS", "TRITON_INTERPRET")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_cpu_only_install_without_triton_generates() -> None:
     """A process where `import triton` fails runs the demo model on the CPU (what CPU users get)."""
     code = (
@@ -103,9 +111,7 @@ def test_cpu_only_install_without_triton_generates() -> None:
         "assert len(out[0].outputs[0].token_ids) == 4\n"
         "assert not [m for m in sys.modules if m.startswith('forgellm.kernels.triton_')]\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("FORGELLM_KERNELS", "TRITON_INTERPRET")}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_fresh_python(code)
 
 
 def test_a_cpu_process_never_imports_triton_even_for_images(tmp_path) -> None:
@@ -127,9 +133,7 @@ def test_a_cpu_process_never_imports_triton_even_for_images(tmp_path) -> None:
         "assert len(out[0].outputs[0].token_ids) == 2\n"
         "assert not [m for m in sys.modules if m == 'triton' or m.startswith('triton.')], 'triton was imported'\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("FORGELLM_KERNELS", "TRITON_INTERPRET")}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_fresh_python(code)
 
 
 # The engine's guard: graphs only with graph-safe (Triton) attention on CUDA tensors.

@@ -60,3 +60,20 @@ def test_bad_multi_node_options_are_refused_by_name(tiny_model_dir) -> None:
         EngineConfig(tensor_parallel_size=2, nnodes=2, node_rank=2, master_port=29500)
     with pytest.raises(ConfigError, match="node_rank 1 runs only its ranks"):
         LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, nnodes=2, node_rank=1, master_port=29500)
+
+
+def test_a_node_whose_ranks_fail_exits_non_zero(tiny_model_dir) -> None:
+    """Node 1 started without a node 0 to meet: its ranks give up after distributed_timeout_s and the node's exit
+    status says so (a supervisor restarts it)."""
+    from forgellm.distributed.executor import run_node
+
+    config = EngineConfig(
+        model=str(tiny_model_dir("llama")), tensor_parallel_size=2, nnodes=2, node_rank=1,
+        master_port=free_port(), distributed_timeout_s=2,
+    )  # fmt: skip
+    assert run_node(config) != 0
+
+
+def test_a_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="distributed_timeout_s must be > 0, got 0"):
+        EngineConfig(distributed_timeout_s=0)
