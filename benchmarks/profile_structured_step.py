@@ -4,9 +4,8 @@
 
 Builds the Llama-3.1-8B shape (random weights), runs `--batch-size` JSON-schema constrained requests (and
 as many unconstrained ones, for comparison) and prints the mean host milliseconds per engine step spent in
-each phase: scheduling, the forward launch, waiting for the step before, updating the requests (which
-advances the grammars), building the sampling metadata (which fills the bitmasks), the sampler, and the
-whole step. The GPU time of one decode graph replay is measured with CUDA events.
+each phase: scheduling, the forward launch, waiting for the step before, updating the requests, starting the
+grammars' accepts and mask fills on their pool, the waits for each, the sampler, and the whole step.
 """
 
 from __future__ import annotations
@@ -22,12 +21,9 @@ sys.path[0] = str(REPO)
 
 import torch  # noqa: E402
 
-import forgellm.engine.core as core_module  # noqa: E402
 from forgellm import LLM, SamplingParams  # noqa: E402
 from forgellm.models.presets import preset_dir  # noqa: E402
-from forgellm.sampling.sampling_metadata import SamplingMetadata  # noqa: E402
 from forgellm.structured.grammar_pool import GrammarPool  # noqa: E402
-from forgellm.structured.state import GrammarState  # noqa: E402
 
 SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 999}, "minItems": 10000}
 
@@ -42,6 +38,26 @@ def timed(totals: dict[str, float], owner: object, name: str, label: str) -> Non
             return original(*args, **kwargs)
         finally:
             totals[label] += time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
+def timed_waits(totals: dict[str, float], owner: object, name: str, labels: tuple[str, ...]) -> None:
+    """Add the wall time spent in each of the waits that owner.name returns to totals[labels[i]]."""
+    original = getattr(owner, name)
+
+    def timing(wait, label):  # noqa: ANN001, ANN202
+        def timed_wait() -> None:
+            start = time.perf_counter()
+            try:
+                wait()
+            finally:
+                totals[label] += time.perf_counter() - start
+
+        return timed_wait
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return tuple(timing(wait, label) for wait, label in zip(original(*args, **kwargs), labels))
 
     setattr(owner, name, wrapper)
 
@@ -61,7 +77,6 @@ def profile(llm: LLM, batch: int, steps: int, constrained: bool) -> dict[str, fl
     patches = [
         (core.scheduler, "schedule", "schedule"),
         (core.scheduler, "update_from_output", "update requests"),
-        (core_module, "_advance_grammars", "advance grammars (accept)"),
         (core.runner, "launch", "launch"),
         (core.runner, "collect", "collect (wait)"),
         (core.runner, "sample_deferred", "sample_deferred"),
@@ -70,17 +85,16 @@ def profile(llm: LLM, batch: int, steps: int, constrained: bool) -> dict[str, fl
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, label in patches:
         timed(totals, owner, name, label)
-    from_requests, fill, batch_fill = SamplingMetadata.from_requests, GrammarState.fill_bitmask, GrammarPool.fill
-    timed(totals, SamplingMetadata, "from_requests", "sampling metadata")
-    timed(totals, GrammarState, "fill_bitmask", "  of which fill_bitmask")
-    timed(totals, GrammarPool, "fill", "  of which GrammarPool.fill")
+    timed(totals, core.runner, "prefetch_masks", "accept + fill (start)")
+    map_then_async = GrammarPool.map_then_async
+    timed_waits(totals, GrammarPool, "map_then_async", ("  waiting for accepts", "  waiting for masks"))
     synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         engine.step()
     synchronize()
     totals["step (wall)"] = time.perf_counter() - start
-    SamplingMetadata.from_requests, GrammarState.fill_bitmask, GrammarPool.fill = from_requests, fill, batch_fill
+    GrammarPool.map_then_async = map_then_async
     for owner, name, original in saved:
         setattr(owner, name, original)
     for request_id in list(engine.output_processor.requests):

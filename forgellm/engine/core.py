@@ -14,7 +14,7 @@ from forgellm.scheduling.kv_cache import KVCacheManager
 from forgellm.scheduling.scheduler import Scheduler
 from forgellm.scheduling.scheduler_output import SchedulerOutput
 from forgellm.spec_decode.decoder import SpeculativeDecoder
-from forgellm.structured.state import accept_ahead
+from forgellm.structured.state import GrammarState, accept_ahead
 from forgellm.worker.in_flight import InFlightStep
 from forgellm.worker.model_runner import ModelRunner, TokenLogprobs
 
@@ -121,9 +121,9 @@ class EngineCore:
         if self._in_flight is not None and self._in_flight.deferred is not None:
             failed += self._sample_in_flight()
         # A constrained request's mask needs its last token on the host: queue this step's forward pass,
-        # finish the step in flight while the device runs it, start filling the new masks on the grammars'
-        # pool, and queue the sampling at the next step, before its forward pass: the masks fill while the
-        # host hands out this step's outputs and schedules the next.
+        # finish the step in flight while the device runs it (its grammars accept their tokens and at once fill
+        # the new masks, on the grammars' pool), and queue the sampling at the next step, before its forward
+        # pass: the masks fill while the host updates the requests, hands out their outputs and schedules.
         defer = self._in_flight is not None and _waits_for_tokens(scheduler_output)
         if scheduler_output.is_empty:
             self.runner.release(scheduler_output.finished_request_ids)
@@ -138,13 +138,7 @@ class EngineCore:
                 failed += self._fail_step(scheduler_output, exc)
         if defer:
             done, self._in_flight = self._in_flight, None
-            failed += self._finish_or_fail(done, started)
-            if launched is not None:
-                try:
-                    self.runner.prefetch_masks(launched)
-                except Exception as exc:
-                    failed += self._fail_step(scheduler_output, exc)
-                    launched = None
+            failed += self._finish_or_fail(done, started, fill_masks_of=launched)
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, launched
         else:
@@ -164,10 +158,12 @@ class EngineCore:
             return self._fail_step(step.scheduler_output, exc)
         return []
 
-    def _finish_or_fail(self, step: InFlightStep, started: float) -> list[EngineCoreOutput]:
+    def _finish_or_fail(
+        self, step: InFlightStep, started: float, fill_masks_of: InFlightStep | None = None
+    ) -> list[EngineCoreOutput]:
         """`_finish_step`, or `_fail_step` for its requests when finishing raises."""
         try:
-            return self._finish_step(step, started)
+            return self._finish_step(step, started, fill_masks_of)
         except Exception as exc:
             return self._fail_step(step.scheduler_output, exc)
 
@@ -191,13 +187,20 @@ class EngineCore:
             for r in requests
         ]
 
-    def _finish_step(self, step: InFlightStep, started: float) -> list[EngineCoreOutput]:
+    def _finish_step(
+        self, step: InFlightStep, started: float, fill_masks_of: InFlightStep | None = None
+    ) -> list[EngineCoreOutput]:
         """Wait for a launched step, update the requests with its tokens, and report them (`started`: when
-        this engine step began, perf_counter)."""
+        this engine step began, perf_counter). `fill_masks_of`: the step launched after it with deferred
+        sampling, whose grammar masks start filling as soon as this step's tokens are accepted."""
         result = self.runner.collect(step)
         scheduler_output = step.scheduler_output
         before = {s.request.request_id: s.request.num_tokens for s in scheduler_output.scheduled}
-        _advance_grammars(scheduler_output, result.sampled_token_ids)
+        tokens = _grammar_tokens(scheduler_output, result.sampled_token_ids)
+        if fill_masks_of is not None:
+            self.runner.prefetch_masks(fill_masks_of, tokens)()
+        elif len(tokens) > 1:
+            accept_ahead(tokens)
         updated = self.scheduler.update_from_output(scheduler_output, result.sampled_token_ids)
         if self.spec_decoder is not None:
             self.spec_decoder.record(scheduler_output, result.sampled_token_ids)
@@ -273,14 +276,16 @@ def _waits_for_tokens(scheduler_output: SchedulerOutput) -> bool:
     )
 
 
-def _advance_grammars(scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, list[int]]) -> None:
-    """Feed the step's one new token of each constrained request to its grammar, the batch together (on the
-    grammars' thread pool), before the scheduler appends the tokens one request at a time."""
+def _grammar_tokens(
+    scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, list[int]]
+) -> list[tuple[GrammarState, int, int]]:
+    """(grammar, output index, token) of the step's one new token of each constrained request: the batch's
+    grammars accept them together (on the grammars' thread pool) before the scheduler appends the tokens one
+    request at a time."""
     tokens = []
     for s in scheduler_output.scheduled:
         request = s.request
         new = sampled_token_ids.get(request.request_id)
         if request.grammar is not None and s.samples and new and len(new) == 1 and not request.status.is_finished:
             tokens.append((request.grammar, request.num_output_tokens, new[0]))
-    if len(tokens) > 1:
-        accept_ahead(tokens)
+    return tokens

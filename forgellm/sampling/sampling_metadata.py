@@ -254,6 +254,12 @@ def _bad_word_bans(words: Sequence[Sequence[int]], history: Sequence[int], num_p
 def grammar_bitmask_async(requests: Sequence[Request], vocab_size: int) -> tuple[torch.Tensor, Callable[[], None]]:
     """A host bitmask [N, ceil(V / 32)] for the rows' grammars (all ones for unconstrained rows), and the wait
     for its filling, which runs on the grammars' pool meanwhile."""
-    bitmask = torch.full((len(requests), bitmask_width(vocab_size)), -1, dtype=torch.int32)
+    bitmask = new_grammar_bitmask(len(requests), vocab_size)
     wait = fill_bitmasks_async([(row, r.grammar) for row, r in enumerate(requests) if r.grammar is not None], bitmask)
     return bitmask, wait
+
+
+def new_grammar_bitmask(num_rows: int, vocab_size: int, pin: bool = False) -> torch.Tensor:
+    """An all-ones host bitmask [num_rows, ceil(V / 32)] (every token allowed); `pin`: in page-locked memory, so
+    its copy to the GPU (`to_device`) starts without a staging copy."""
+    return torch.full((num_rows, bitmask_width(vocab_size)), -1, dtype=torch.int32, pin_memory=pin)

@@ -23,13 +23,15 @@ class GrammarState:
         self.pool = pool  # the backend's GrammarPool, which works on a batch's grammars together
         self.num_tokens = 0  # output tokens seen (accepted, or after a refused one, ignored)
         self.rejected_token: int | None = None  # a token the grammar did not allow (the request then stops)
+        # Kept here so the engine thread can ask while a pool thread fills this matcher's next mask.
+        self._terminated = bool(matcher.is_terminated())
 
     @property
     def is_active(self) -> bool:
         """It still constrains: not ended and no refused token. An ended grammar leaves its bitmask row as it
         is: a request that finished in the step in flight may be computed once more under asynchronous
         scheduling, and that token is discarded."""
-        return self.rejected_token is None and not self.matcher.is_terminated()
+        return self.rejected_token is None and not self._terminated
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed next tokens into row `row` of an int32 [N, bitmask_width] CPU tensor (all ones)."""
@@ -43,13 +45,16 @@ class GrammarState:
         if index is not None and index < self.num_tokens:
             return
         self.num_tokens += 1
-        if self.rejected_token is None and not self.matcher.is_terminated() and not self.matcher.accept_token(token_id):
-            self.rejected_token = token_id
+        if self.rejected_token is None and not self._terminated:
+            if self.matcher.accept_token(token_id):
+                self._terminated = bool(self.matcher.is_terminated())
+            else:
+                self.rejected_token = token_id
 
     @property
     def is_terminated(self) -> bool:
         """The output is complete: the grammar accepted its end (a stop token) or can go no further."""
-        return self.matcher.is_terminated()
+        return self._terminated
 
 
 def fill_bitmasks(rows: list[tuple[int, GrammarState]], bitmask: torch.Tensor) -> None:
@@ -64,7 +69,7 @@ def fill_bitmasks_async(rows: list[tuple[int, GrammarState]], bitmask: torch.Ten
     if pool is None:
         for row, state in active:
             state.matcher.fill_next_token_bitmask(bitmask, row)
-        return lambda: None
+        return _no_wait
     return pool.fill_async([row for row, _ in active], [state.matcher for _, state in active], bitmask)
 
 
@@ -74,6 +79,33 @@ def accept_ahead(tokens: list[tuple[GrammarState, int, int]]) -> None:
     pool = _shared_pool([state for state, _, _ in tokens])
     if pool is not None:
         pool.map(GrammarState.accept, [(state, token, index) for state, index, token in tokens])
+
+
+def accept_then_fill_async(
+    tokens: list[tuple[GrammarState, int, int]], rows: list[tuple[int, GrammarState]], bitmask: torch.Tensor | None
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """`accept_ahead(tokens)`, then `fill_bitmasks(rows, bitmask)` for the states' next tokens, in one pass on
+    their shared pool: each grammar fills its row right after accepting its token, on the same thread. Returns
+    the wait for the accepts (the requests may append their tokens after it) and the wait for the masks
+    (`bitmask` may be None when there are no `rows`)."""
+    pool = _shared_pool([state for state, _, _ in tokens] + [state for _, state in rows])
+    if pool is None:
+        for state, index, token in tokens:
+            state.accept(token, index)
+        return _no_wait, fill_bitmasks_async(rows, bitmask)
+    return pool.map_then_async(
+        GrammarState.accept, [(state, token, index) for state, index, token in tokens],
+        lambda row, state: state.fill_bitmask(bitmask, row), rows, owner=_state_of,
+    )  # fmt: skip
+
+
+def _state_of(item: tuple) -> GrammarState:
+    """The grammar an accept (state, token, index) or a fill (row, state) item works on."""
+    return item[0] if isinstance(item[0], GrammarState) else item[1]
+
+
+def _no_wait() -> None:
+    """The wait of work already done."""
 
 
 def _shared_pool(states: list[GrammarState]) -> Any:

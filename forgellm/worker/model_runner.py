@@ -25,9 +25,10 @@ from forgellm.multimodal.encoder_cache import EncoderCache
 from forgellm.multimodal.step_inputs import set_rope_positions, with_media_embeddings
 from forgellm.quantization.config import QuantizationConfig
 from forgellm.sampling.sampler import Sampler, compute_prompt_logprobs
-from forgellm.sampling.sampling_metadata import SamplingMetadata, grammar_bitmask_async
+from forgellm.sampling.sampling_metadata import SamplingMetadata, new_grammar_bitmask
 from forgellm.scheduling.scheduler_output import ScheduledRequest, SchedulerOutput
 from forgellm.spec_decode.verify import verify_drafts
+from forgellm.structured.state import GrammarState, accept_then_fill_async
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.encoder_graphs import EncoderGraphRunner
 from forgellm.worker.forward import forward_logits
@@ -322,13 +323,21 @@ class ModelRunner:
             num_tokens += s.num_new_tokens
         return chunks, samplers, prompt_rows, placeholders, verifiers
 
-    def prefetch_masks(self, step: InFlightStep) -> None:
-        """Start filling the grammar masks of a step launched with deferred sampling on the grammars' pool, so
-        the host's next work (outputs, the next schedule) overlaps it; `sample_deferred` waits for it. Its
-        grammars must have accepted every token they will see before this sample."""
+    def prefetch_masks(
+        self, step: InFlightStep, accept_first: list[tuple[GrammarState, int, int]]
+    ) -> Callable[[], None]:
+        """Accept the step before's tokens (`accept_first`: (grammar, output index, token)), then fill the grammar
+        masks of `step`, launched with deferred sampling, on the grammars' pool, so the host's next work
+        (updating the requests once the accepts are done, outputs, the next schedule) overlaps it;
+        `sample_deferred` waits for the masks. Returns the wait for the accepts."""
         work = step.deferred
-        if work is not None and work.masks is None and any(r.grammar is not None for r in step.sample_requests):
-            work.masks = grammar_bitmask_async(step.sample_requests, work.logits.shape[-1])
+        if work is None or work.masks is not None or not any(r.grammar is not None for r in step.sample_requests):
+            return accept_then_fill_async(accept_first, [], None)[0]
+        rows = [(row, r.grammar) for row, r in enumerate(step.sample_requests) if r.grammar is not None]
+        bitmask = new_grammar_bitmask(len(step.sample_requests), work.logits.shape[-1], pin=self.device.type == "cuda")
+        accepted, filled = accept_then_fill_async(accept_first, rows, bitmask)
+        work.masks = (bitmask, filled)
+        return accepted
 
     def collect(self, step: InFlightStep) -> ModelRunnerOutput:
         """Wait for a launched step and turn its results into host values."""

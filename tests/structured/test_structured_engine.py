@@ -252,7 +252,7 @@ def test_a_batch_of_grammars_advanced_and_masked_together_equals_one_at_a_time(d
     from forgellm.engine.request import Request
     from forgellm.structured.grammar_pool import GrammarPool
     from forgellm.structured.params import StructuredOutputsParams
-    from forgellm.structured.state import accept_ahead, bitmask_width, fill_bitmasks
+    from forgellm.structured.state import accept_ahead, accept_then_fill_async, bitmask_width, fill_bitmasks
 
     grammars = demo.engine.input_processor.grammars
     monkeypatch.setattr(grammars, "pool", GrammarPool(mode, threads=3, min_rows_per_thread=1))
@@ -289,3 +289,21 @@ def test_a_batch_of_grammars_advanced_and_masked_together_equals_one_at_a_time(d
     fill_bitmasks([(1, together[0].grammar), (2, together[1].grammar), (4, together[2].grammar),
                    (5, together[3].grammar), (6, together[4].grammar), (7, ended)], batched)  # fmt: skip
     assert torch.equal(batched, expected)
+    # In one pass (as the engine does under asynchronous scheduling): each grammar accepts its last token and
+    # fills its row right after, the requests append after the accepts' wait, the masks come with the other.
+    fused = requests()
+    for position in range(max(len(ids) for ids in encoded) - 1):
+        step = [(r, ids[position]) for r, ids in zip(fused, encoded) if position < len(ids) - 1]
+        accept_ahead([(r.grammar, r.num_output_tokens, token) for r, token in step])
+        for request, token in step:
+            request.append_token(token)
+    last = [(r.grammar, r.num_output_tokens, ids[-1]) for r, ids in zip(fused, encoded)]
+    rows = [(row, r.grammar) for row, r in zip([1, 2, 4, 5, 6], fused)] + [(7, ended)]
+    in_one_pass = torch.full((8, width), -1, dtype=torch.int32)
+    accepted, filled = accept_then_fill_async(last, rows, in_one_pass)
+    accepted()
+    for request, ids in zip(fused, encoded):
+        request.append_token(ids[-1])
+        assert request.grammar.num_tokens == request.num_output_tokens == len(ids)
+    filled()
+    assert torch.equal(in_one_pass, expected)
