@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--async-modes", default="on,off", help="async_scheduling of the engines to compare")
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument(
+        "--iters", type=int, default=3, help="timed runs per row (host-bound rows vary by ~10%% run to run)"
+    )
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     model = args.model or str(preset_dir("llama-3.1-8b"))
@@ -52,7 +55,7 @@ def main() -> None:
         for batch in batch_sizes:
             for constrained in (False, True):
                 result = measure_latency(
-                    engine, batch, args.input_len, args.output_len, num_iters=2 if batch == 1 else 1, num_warmup=1,
+                    engine, batch, args.input_len, args.output_len, num_iters=args.iters, num_warmup=1,
                     temperature=0.0, disable_tqdm=True, structured_outputs={"json": SCHEMA} if constrained else None,
                 )  # fmt: skip
                 row = {
