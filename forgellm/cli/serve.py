@@ -129,6 +129,17 @@ def run(args: argparse.Namespace) -> int:
             tool_call_parser=args.tool_call_parser,
             reasoning_parser=args.reasoning_parser,
         )
+        from forgellm.distributed.torchrun import INIT_METHOD, check_torchrun_config, torchrun_rank
+
+        launched = torchrun_rank()
+        if launched is not None:  # torchrun started this process as one rank of the engine
+            check_torchrun_config(config, launched)
+            if launched.rank > 0:  # its shard only, no HTTP; it ends when rank 0 stops the engine
+                from forgellm.worker.tp_worker import run_worker
+
+                logger.warning("torchrun rank %d of %d: running its shard", launched.rank, launched.world_size)
+                run_worker(config, launched.rank, launched.world_size, INIT_METHOD, local_rank=launched.local_rank)
+                return 0
         if config.node_rank > 0:  # a node other than the first: its ranks only, no HTTP
             from forgellm.distributed.executor import ranks_per_node, run_node
 

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from forgellm.config import EngineConfig
 from forgellm.distributed.heartbeat import Heartbeats
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
+from forgellm.distributed.torchrun import INIT_METHOD, check_torchrun_config, torchrun_rank
 from forgellm.errors import ConfigError, EngineDeadError
 from forgellm.hf.config_types import ModelArchConfig
 
@@ -112,19 +113,25 @@ def _init_method(config: EngineConfig) -> str:
 
 class TensorParallelExecutor:
     """Starts this node's other ranks, joins the process group as rank 0 (with the other nodes' ranks, which
-    `run_node` starts there), and broadcasts to them."""
+    `run_node` starts there; or, under torchrun, with the ranks it started), and broadcasts to them."""
 
     def __init__(self, config: EngineConfig, device: torch.device) -> None:
         self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
         self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
-        init_method = _init_method(config)
         self.timeout_s = config.distributed_timeout_s
-        self.heartbeats = Heartbeats.create(self.world_size)
-        # This node's other ranks; with several nodes the others start theirs (`run_node`) and all meet here.
-        self.local_ranks = range(1, ranks_per_node(config))
-        self.workers = start_rank_processes(config, self.local_ranks, init_method, self.heartbeats.path)
-        self.nnodes = config.nnodes
+        launched = torchrun_rank()
+        if launched is not None:  # torchrun started every rank: none to start here, none to watch
+            check_torchrun_config(config, launched)
+            init_method, self.heartbeats, self.local_ranks, self.workers = INIT_METHOD, None, range(0), []
+            self.nnodes = launched.nnodes
+        else:
+            init_method = _init_method(config)
+            self.heartbeats = Heartbeats.create(self.world_size)
+            # This node's other ranks; with several nodes the others start theirs (`run_node`), all meet here.
+            self.local_ranks = range(1, ranks_per_node(config))
+            self.workers = start_rank_processes(config, self.local_ranks, init_method, self.heartbeats.path)
+            self.nnodes = config.nnodes
         timeout = collective_timeout(config)
         dist.init_process_group(
             self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=timeout
@@ -166,7 +173,8 @@ class TensorParallelExecutor:
         """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank; a rank that
         is gone, or a collective that times out, is an EngineDeadError naming it."""
         self.check_workers()
-        self.heartbeats.beat()
+        if self.heartbeats is not None:
+            self.heartbeats.beat()
         try:
             dist.broadcast_object_list([value], src=0)
         except RuntimeError as exc:  # gloo / NCCL: a peer closed the connection or the timeout passed
@@ -186,7 +194,7 @@ class TensorParallelExecutor:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        lagging = self.heartbeats.lagging(self.local_ranks)
+        lagging = [] if self.heartbeats is None else self.heartbeats.lagging(self.local_ranks)
         if lagging:
             names = ", ".join(f"rank {rank} (picked up {got} of {sent} steps)" for rank, got, sent in lagging)
             return EngineDeadError(
@@ -194,6 +202,8 @@ class TensorParallelExecutor:
                 f"stopped; {exc}"
             )
         where = " or on another node" if self.nnodes > 1 else ""
+        if self.heartbeats is None:
+            where += "; under torchrun, its log names a rank that exited"
         return EngineDeadError(f"a {self._kind} collective failed (a rank hung inside a forward pass{where}): {exc}")
 
     def check_workers(self) -> None:
@@ -213,7 +223,8 @@ class TensorParallelExecutor:
         except RuntimeError:  # a rank that hangs or is gone cannot be told: it is killed below
             self._failed = True
         finally:
-            self.heartbeats.close(remove=True)
+            if self.heartbeats is not None:
+                self.heartbeats.close(remove=True)
             for worker in self.workers:
                 try:
                     worker.wait(timeout=0 if self._failed else 10)  # after a failure, no rank is listening

@@ -16,6 +16,7 @@ from forgellm import kernels
 from forgellm.config import EngineConfig
 from forgellm.distributed import SINGLE_DEVICE
 from forgellm.distributed.executor import TensorParallelExecutor, check_shardable
+from forgellm.distributed.torchrun import torchrun_rank
 from forgellm.engine.admission import RequestLimits
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
@@ -184,6 +185,12 @@ class LLMEngine:
                 "--node-rank N (the engine runs on node 0)"
             )
         if config.tensor_parallel_size > 1 or config.pipeline_parallel_size > 1:
+            launched = torchrun_rank()
+            if launched is not None and launched.rank > 0:
+                raise ConfigError(
+                    f"torchrun rank {launched.rank} runs only its shard, not an engine: under torchrun start "
+                    "forgellm serve (rank 0 runs the engine)"
+                )
             if isinstance(arch.raw.get("vision_config"), dict):
                 raise ConfigError(
                     "vision-language models with tensor_parallel_size or pipeline_parallel_size > 1 are not "

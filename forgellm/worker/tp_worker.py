@@ -21,10 +21,15 @@ from forgellm.distributed.parallel_state import join_groups
 
 
 def run_worker(
-    config: EngineConfig, rank: int, world_size: int, init_method: str, heartbeat: str | None = None
+    config: EngineConfig,
+    rank: int,
+    world_size: int,
+    init_method: str,
+    heartbeat: str | None = None,
+    local_rank: int | None = None,
 ) -> None:
     """Entry point of rank `rank`'s process (see TensorParallelExecutor); `heartbeat`: rank 0's Heartbeats file
-    (same node), counted up as each step arrives."""
+    (same node), counted up as each step arrives; `local_rank`: its GPU on this node (default: from `rank`)."""
     from forgellm.distributed.executor import collective_timeout, ranks_per_node
     from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
     from forgellm.hf.config import load_model_config, resolve_dtype
@@ -36,7 +41,8 @@ def run_worker(
     device = resolve_device(config.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        device = torch.device("cuda", rank % ranks_per_node(config))  # this node's GPUs, one per local rank
+        local = rank % ranks_per_node(config) if local_rank is None else local_rank
+        device = torch.device("cuda", local)  # this node's GPUs, one per local rank
         torch.cuda.set_device(device)
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=collective_timeout(config)

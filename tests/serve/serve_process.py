@@ -60,10 +60,11 @@ class ServeProcess:
                 self.process.wait(timeout=10)
 
 
-def start_serve(*options: str, faults: bool = False) -> ServeProcess:
-    """Start `forgellm serve` (the demo model unless options name one) and wait until /health is 200."""
+def start_serve(*options: str, faults: bool = False, launcher: tuple[str, ...] = ()) -> ServeProcess:
+    """Start `forgellm serve` (the demo model unless options name one) and wait until /health is 200;
+    `launcher`: python's arguments before `-m forgellm` (e.g. `-m torch.distributed.run ...`)."""
     port = free_port()
-    entry = [str(FAULTY_SERVE)] if faults else ["-m", "forgellm"]
+    entry = [str(FAULTY_SERVE)] if faults else [*launcher, "-m", "forgellm"]
     command = [sys.executable, *entry, "serve", "--port", str(port), "--log-level", "warning", *options]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.NamedTemporaryFile("w", prefix="forgellm-serve-", suffix=".log", delete=False) as log:
