@@ -60,4 +60,3 @@ def test_layouts_torchrun_cannot_serve_are_refused_by_name(tiny_model_dir, monke
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match="torchrun rank 1 runs only its shard"):
         LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2)
-
