@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from forgellm.config import EngineConfig
 from forgellm.distributed.heartbeat import Heartbeats
+from forgellm.distributed.messages import message_group, send_message
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
 from forgellm.distributed.torchrun import INIT_METHOD, check_torchrun_config, torchrun_rank
 from forgellm.errors import ConfigError, EngineDeadError
@@ -136,6 +137,8 @@ class TensorParallelExecutor:
         dist.init_process_group(
             self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=timeout
         )
+        self.messages = message_group()  # before join_groups: every rank makes its groups in the same order
+        self.timeout = timeout
         self.parallel = join_groups(0, self.tp_size, self.pp_size)
         self._closed = False
         self._failed = False  # a collective failed: the ranks are out of step
@@ -176,7 +179,7 @@ class TensorParallelExecutor:
         if self.heartbeats is not None:
             self.heartbeats.beat()
         try:
-            dist.broadcast_object_list([value], src=0)
+            send_message(value, self.messages, self.timeout)
         except RuntimeError as exc:  # gloo / NCCL: a peer closed the connection or the timeout passed
             raise self.failure(exc) from exc
 
@@ -219,7 +222,7 @@ class TensorParallelExecutor:
         self._closed = True
         try:
             if not self._failed and all(worker.poll() is None for worker in self.workers):
-                dist.broadcast_object_list([None], src=0)
+                send_message(None, self.messages, self.timeout)
         except RuntimeError:  # a rank that hangs or is gone cannot be told: it is killed below
             self._failed = True
         finally:
@@ -231,5 +234,8 @@ class TensorParallelExecutor:
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait()
+            # Drop the message group's handle too: a process forked later (a multiprocessing manager) aborts
+            # when it garbage-collects the handle of a destroyed group.
+            self.messages = None
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from forgellm.config import EngineConfig
 from forgellm.distributed.heartbeat import Heartbeats
+from forgellm.distributed.messages import message_group, receive_message
 from forgellm.distributed.parallel_state import join_groups
 
 
@@ -47,6 +49,7 @@ def run_worker(
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=collective_timeout(config)
     )
+    messages = message_group()  # before join_groups, as on rank 0
     beats = None if heartbeat is None else Heartbeats(heartbeat, world_size, rank)
     try:
         model_dir = resolve_model_dir(config.model)
@@ -60,7 +63,7 @@ def run_worker(
         kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
         with torch.inference_mode():
             while True:
-                [message] = _receive(beats)
+                message = _receive(messages, beats)
                 if message is None:  # stop
                     break
                 if isinstance(message, ProfileForward):  # rank 0 sizes the KV cache: every rank profiles alike
@@ -75,13 +78,12 @@ def run_worker(
         dist.destroy_process_group()
 
 
-def _receive(beats: Heartbeats | None) -> list:
-    """What rank 0 broadcasts next; the heartbeat counts it as picked up."""
-    box: list = [None]
-    dist.broadcast_object_list(box, src=0)
+def _receive(messages: Any, beats: Heartbeats | None) -> Any:
+    """What rank 0 sends next (waiting as long as the engine idles); the heartbeat counts it as picked up."""
+    message = receive_message(messages)
     if beats is not None:
         beats.beat()
-    return box
+    return message
 
 
 def main() -> None:

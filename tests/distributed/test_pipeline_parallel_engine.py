@@ -2,8 +2,8 @@
 worker processes run the other stages, and with tensor parallelism inside each stage the other shards):
 batched requests, chunked prefill, prefix caching, preemption and an abort give one device's greedy tokens;
 the start-up log names every rank's stage and layers; configurations that cannot be split are refused by
-name; a dead stage ends the engine naming its rank, a hung rank within distributed_timeout_s; each rank sizes
-its KV cache by its own share of layers and heads."""
+name; a dead stage ends the engine naming its rank, a hung rank within distributed_timeout_s, an idle engine
+lives on; each rank sizes its KV cache by its own share of layers and heads."""
 
 from __future__ import annotations
 
@@ -117,3 +117,19 @@ def test_the_memory_profile_runs_on_every_rank_and_the_engine_goes_on(tiny_model
         assert tokens(split_llm, PROMPTS[:2]) == expected
     finally:
         split_llm.engine.shutdown()
+
+
+@pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
+def test_an_engine_idle_longer_than_the_timeout_still_serves(tiny_model_dir, split) -> None:
+    """The other ranks wait for the next step as long as the engine idles: distributed_timeout_s bounds a
+    step's collectives, not the wait between steps (it used to end every worker of an idle engine)."""
+    import time
+
+    llm = LLM(str(tiny_model_dir("llama")), dtype="float32", distributed_timeout_s=1, **split)
+    try:
+        first = tokens(llm, [[5, 6, 7]])
+        time.sleep(3)
+        assert all(worker.poll() is None for worker in llm.engine.executor.workers)
+        assert tokens(llm, [[5, 6, 7]]) == first
+    finally:
+        llm.engine.shutdown()

@@ -1,0 +1,43 @@
+"""Rank 0's messages to the other ranks (a step's batch, the KV-cache size, stop), on a group of their own.
+
+A worker waits for the next message as long as the engine idles, so that wait cannot carry the collective
+timeout (`distributed_timeout_s`), which would end an idle engine's workers after two minutes. The messages
+therefore travel on a gloo group whose timeout is practically unbounded, and rank 0 bounds its own side
+instead: a rank that does not take a message within the timeout is reported hung. A worker whose rank 0
+died sees the connection close at once. Within a step, the forward pass's collectives keep the default
+group and its timeout. On GPUs the pickles stay on the host (gloo), never a round trip through device memory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pickle
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+IDLE_TIMEOUT = datetime.timedelta(days=365)
+
+
+def message_group() -> Any:
+    """The gloo group over every rank that carries rank 0's messages (every rank calls it, in the same order)."""
+    return dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+
+
+def send_message(value: Any, group: Any, timeout: datetime.timedelta) -> None:
+    """Rank 0: pickle `value` to every other rank; a RuntimeError when one has not taken it within `timeout`."""
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    size = torch.tensor([len(payload)], dtype=torch.int64)
+    dist.broadcast(size, src=0, group=group, async_op=True).wait(timeout)
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    dist.broadcast(data, src=0, group=group, async_op=True).wait(timeout)
+
+
+def receive_message(group: Any) -> Any:
+    """A worker: the next message from rank 0, however long it takes to come."""
+    size = torch.empty(1, dtype=torch.int64)
+    dist.broadcast(size, src=0, group=group)
+    data = torch.empty(int(size[0]), dtype=torch.uint8)
+    dist.broadcast(data, src=0, group=group)
+    return pickle.loads(data.numpy().tobytes())
