@@ -120,7 +120,6 @@ class TensorParallelExecutor:
         self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
         self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
-        self.timeout_s = config.distributed_timeout_s
         launched = torchrun_rank()
         if launched is not None:  # torchrun started every rank: none to start here, none to watch
             check_torchrun_config(config, launched)
@@ -133,12 +132,11 @@ class TensorParallelExecutor:
             self.local_ranks = range(1, ranks_per_node(config))
             self.workers = start_rank_processes(config, self.local_ranks, init_method, self.heartbeats.path)
             self.nnodes = config.nnodes
-        timeout = collective_timeout(config)
+        self.timeout = collective_timeout(config)
         dist.init_process_group(
-            self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=timeout
+            self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=self.timeout
         )
         self.messages = message_group()  # before join_groups: every rank makes its groups in the same order
-        self.timeout = timeout
         self.parallel = join_groups(0, self.tp_size, self.pp_size)
         self._closed = False
         self._failed = False  # a collective failed: the ranks are out of step
@@ -201,8 +199,8 @@ class TensorParallelExecutor:
         if lagging:
             names = ", ".join(f"rank {rank} (picked up {got} of {sent} steps)" for rank, got, sent in lagging)
             return EngineDeadError(
-                f"{self._kind} {names} did not answer within {self.timeout_s:g} s (distributed_timeout_s): hung or "
-                f"stopped; {exc}"
+                f"{self._kind} {names} did not answer within {self.timeout.total_seconds():g} s "
+                f"(distributed_timeout_s): hung or stopped; {exc}"
             )
         where = " or on another node" if self.nnodes > 1 else ""
         if self.heartbeats is None:

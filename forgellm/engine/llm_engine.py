@@ -42,7 +42,7 @@ from forgellm.spec_decode.draft_model import DraftModelProposer
 from forgellm.spec_decode.eagle3 import Eagle3Proposer
 from forgellm.spec_decode.proposers import check_proposer, load_proposer
 from forgellm.worker.cuda_graphs import MAX_PREFILL_GRAPH_TOKENS
-from forgellm.worker.kv_cache_memory import model_kv_block_bytes
+from forgellm.worker.kv_cache_memory import kv_block_bytes
 from forgellm.worker.model_runner import ModelRunner, load_model, model_weight_bytes
 from forgellm.worker.warmup import warm_up
 
@@ -114,7 +114,7 @@ def num_kv_blocks(config: EngineConfig, runner: ModelRunner, max_model_len: int,
     """
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    block_bytes = model_kv_block_bytes(runner.model, config.block_size, runner.kv_cache_dtype) + extra_block_bytes
+    block_bytes = kv_block_bytes(runner.model, config.block_size, runner.kv_cache_dtype) + extra_block_bytes
     if runner.device.type == "cuda":
         peak = runner.profile_peak_memory(config.max_num_batched_tokens, config.max_num_seqs)
         free, total = torch.cuda.mem_get_info(runner.device)
@@ -271,7 +271,7 @@ class LLMEngine:
         self._sample_counter = itertools.count()
         if device.type == "cuda":
             warm_up(self)
-        kv_gib = blocks * model_kv_block_bytes(model, config.block_size, kv_cache_dtype) / 2**30
+        kv_gib = blocks * kv_block_bytes(model, config.block_size, kv_cache_dtype) / 2**30
         graphs = "on" if self.core.runner.graph_runner is not None else "off"
         summary = (
             f"loaded {model_dir} ({arch.architecture}, {str(dtype).removeprefix('torch.')}, "

@@ -94,7 +94,7 @@ class DraftModelProposer:
     @property
     def block_bytes(self) -> int:
         """Bytes of the draft's K and V for one block of tokens (all its layers)."""
-        return kv_block_bytes(self.arch, self.block_size, self.dtype)
+        return kv_block_bytes(self.model, self.block_size, self.dtype)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         allocate_kv_cache(self.model, num_blocks, self.block_size, self.dtype)

@@ -122,7 +122,7 @@ class Eagle3Proposer:
 
     @property
     def block_bytes(self) -> int:
-        return kv_block_bytes(self.head.config, self.block_size, self.dtype)
+        return kv_block_bytes(self.head, self.block_size, self.dtype)
 
     def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, k: int) -> None:
         """Pin the inputs of the catch-up and the guess loop once (GPU only); size the loop's device buffers."""

@@ -41,7 +41,7 @@ class GrammarPool:
         if self._batch is not None and len(rows) > 1:
             if self._pool is None:
                 self._batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)
-                return _done
+                return no_wait
             return self._pool.submit(self._batch.batch_fill_next_token_bitmask, matchers, bitmask, rows).result
         return self.map_async(
             lambda row, matcher: matcher.fill_next_token_bitmask(bitmask, row), list(zip(rows, matchers))
@@ -58,29 +58,30 @@ class GrammarPool:
         slices = min(self.threads, len(items) // self.min_rows_per_thread) if self._pool is not None else 1
         if slices < 2:
             _run_slice(work, items)
-            return _done
+            return no_wait
         return _waiter([self._pool.submit(_run_slice, work, items[i::slices]) for i in range(slices)])
 
     def map_then_async(
         self, first: Callable[..., Any], first_items: Sequence[tuple], then: Callable[..., Any],
-        then_items: Sequence[tuple], owner: Callable[[tuple], Any],
+        then_items: Sequence[tuple],
     ) -> tuple[Callable[[], None], Callable[[], None]]:  # fmt: skip
         """`map(first, first_items)`, then `map(then, then_items)`, in one pass over the pool: each slice runs its
-        first items, then its `then` items, which go to the slice that had the first item of the same owner
-        (so an owner's objects stay on one thread and in order). Returns the wait for every first item and the
-        wait for everything. Saves a round trip through the pool, and the caller can go on after the first."""
+        first items, then its `then` items, which go to the slice that had the first item of the same owner (an
+        item's first element: so an owner stays on one thread, and in order). Returns the wait for every first
+        item and the wait for everything. Saves a round trip through the pool; the caller can go on after the
+        first."""
         slices = min(self.threads, max(len(first_items), len(then_items)) // self.min_rows_per_thread)
         if self._pool is None or self._batch is not None or slices < 2:
             _run_slice(first, first_items)
-            return _done, self.map_async(then, then_items)
+            return no_wait, self.map_async(then, then_items)
         firsts: list[list[tuple]] = [[] for _ in range(slices)]
         thens: list[list[tuple]] = [[] for _ in range(slices)]
         slice_of: dict[int, int] = {}
         for i, item in enumerate(first_items):
             firsts[i % slices].append(item)
-            slice_of[id(owner(item))] = i % slices
+            slice_of[id(item[0])] = i % slices
         for i, item in enumerate(then_items):
-            thens[slice_of.get(id(owner(item)), i % slices)].append(item)
+            thens[slice_of.get(id(item[0]), i % slices)].append(item)
         firsts_done: list[Future] = [Future() for _ in range(slices)]
 
         def run(index: int) -> None:
@@ -109,7 +110,7 @@ def _waiter(futures: list[Future]) -> Callable[[], None]:
     return wait
 
 
-def _done() -> None:
+def no_wait() -> None:
     """The wait of work already done."""
 
 

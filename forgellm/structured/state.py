@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from forgellm.structured.grammar_pool import no_wait
+
 
 def bitmask_width(vocab_size: int) -> int:
     """int32 words per row of a token bitmask (one bit per token)."""
@@ -69,7 +71,7 @@ def fill_bitmasks_async(rows: list[tuple[int, GrammarState]], bitmask: torch.Ten
     if pool is None:
         for row, state in active:
             state.matcher.fill_next_token_bitmask(bitmask, row)
-        return _no_wait
+        return no_wait
     return pool.fill_async([row for row, _ in active], [state.matcher for _, state in active], bitmask)
 
 
@@ -92,20 +94,11 @@ def accept_then_fill_async(
     if pool is None:
         for state, index, token in tokens:
             state.accept(token, index)
-        return _no_wait, fill_bitmasks_async(rows, bitmask)
+        return no_wait, fill_bitmasks_async(rows, bitmask)
     return pool.map_then_async(
         GrammarState.accept, [(state, token, index) for state, index, token in tokens],
-        lambda row, state: state.fill_bitmask(bitmask, row), rows, owner=_state_of,
+        lambda state, row: state.fill_bitmask(bitmask, row), [(state, row) for row, state in rows],
     )  # fmt: skip
-
-
-def _state_of(item: tuple) -> GrammarState:
-    """The grammar an accept (state, token, index) or a fill (row, state) item works on."""
-    return item[0] if isinstance(item[0], GrammarState) else item[1]
-
-
-def _no_wait() -> None:
-    """The wait of work already done."""
 
 
 def _shared_pool(states: list[GrammarState]) -> Any:

@@ -8,21 +8,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.attention import Attention
 from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
 
 
-def kv_block_bytes(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of K and V, over all layers, for one block of tokens."""
-    per_token = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * dtype.itemsize
-    return per_token * block_size
-
-
-def model_kv_block_bytes(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes of K and V for one block of tokens in `model`'s own attention layers: under tensor or pipeline
-    parallelism this rank's share (its KV heads, its stage's layers), which every rank holds alike."""
+def kv_block_bytes(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V for one block of tokens in `model`'s own attention layers (what `allocate_kv_cache`
+    gives them): under tensor or pipeline parallelism this rank's share (its KV heads, its stage's layers),
+    which every rank holds alike."""
     per_token = sum(
         2 * layer.num_kv_heads * layer.head_dim for layer in model.modules() if isinstance(layer, Attention)
     )

@@ -20,7 +20,7 @@ def first(owner: Owner, value: int) -> None:
     owner.events.append(("first", threading.current_thread().name))
 
 
-def then(row: int, owner: Owner) -> None:
+def then(owner: Owner, row: int) -> None:
     owner.events.append(("then", threading.current_thread().name))
 
 
@@ -30,11 +30,8 @@ def test_map_then_runs_each_owners_first_item_before_its_then_item_on_one_thread
     owners = [Owner() for _ in range(20)]
     # The second phase in another order, and with owners the first phase never saw.
     extra = [Owner() for _ in range(3)]
-    then_items = [(row, owner) for row, owner in reversed(list(enumerate(owners + extra)))]
-    first_wait, all_wait = pool.map_then_async(
-        first, [(owner, i) for i, owner in enumerate(owners)], then, then_items, owner=lambda item: item[1]
-        if isinstance(item[0], int) else item[0]
-    )  # fmt: skip
+    then_items = [(owner, row) for row, owner in reversed(list(enumerate(owners + extra)))]
+    first_wait, all_wait = pool.map_then_async(first, [(owner, i) for i, owner in enumerate(owners)], then, then_items)
     first_wait()
     assert all(owner.events and owner.events[0][0] == "first" for owner in owners)
     all_wait()
@@ -54,10 +51,11 @@ def test_map_then_raises_from_the_first_phase_wait_and_skips_that_slices_second_
         first(owner, value)
 
     first_wait, all_wait = pool.map_then_async(
-        failing_first, [(owner, i) for i, owner in enumerate(owners)], then,
-        [(row, owner) for row, owner in enumerate(owners)], owner=lambda item: item[1] if isinstance(item[0], int)
-        else item[0],
-    )  # fmt: skip
+        failing_first,
+        [(owner, i) for i, owner in enumerate(owners)],
+        then,
+        [(owner, row) for row, owner in enumerate(owners)],
+    )
     with pytest.raises(ValueError, match="grammar broke"):
         first_wait()
     with pytest.raises(ValueError, match="grammar broke"):
@@ -71,9 +69,8 @@ def test_map_then_below_two_slices_runs_the_first_phase_on_the_calling_thread():
     pool = GrammarPool("threads", threads=8, min_rows_per_thread=4)
     owners = [Owner() for _ in range(3)]
     first_wait, all_wait = pool.map_then_async(
-        first, [(owner, 0) for owner in owners], then, [(i, owner) for i, owner in enumerate(owners)],
-        owner=lambda item: item[1] if isinstance(item[0], int) else item[0],
-    )  # fmt: skip
+        first, [(owner, 0) for owner in owners], then, [(owner, i) for i, owner in enumerate(owners)]
+    )
     first_wait()
     all_wait()
     here = threading.current_thread().name
