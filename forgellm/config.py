@@ -47,6 +47,10 @@ class EngineConfig:
     )
     tensor_parallel_size: int = _opt(1, "GPUs to shard each layer over")
     pipeline_parallel_size: int = _opt(1, "pipeline stages to split the decoder layers over")
+    pipeline_micro_batches: int = _opt(
+        0,
+        "batches in flight under pipeline parallelism, each over its own requests (0: one per stage; 1: none at once)",
+    )
     data_parallel_size: int = _opt(1, "engine replicas behind one server (forgellm serve), each routed requests")
     # Several nodes (tensor x pipeline ranks split evenly): node 0 runs the engine, the others only ranks.
     nnodes: int = _opt(1, "nodes the tensor- and pipeline-parallel ranks are spread over")
@@ -127,7 +131,7 @@ class EngineConfig:
                 )
             if self.master_port == 0:
                 raise ConfigError("with nnodes > 1 give master_port: every node must meet node 0 at the same port")
-        for name in ("max_logprobs", "max_stop_strings"):
+        for name in ("max_logprobs", "max_stop_strings", "pipeline_micro_batches"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.max_model_len is not None and self.max_model_len < 2:

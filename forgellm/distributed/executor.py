@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ import torch.distributed as dist
 
 from forgellm.config import EngineConfig
 from forgellm.distributed.heartbeat import Heartbeats
-from forgellm.distributed.messages import message_group, send_message
+from forgellm.distributed.messages import PostedMessage, message_group, post_message, send_message
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
 from forgellm.distributed.torchrun import INIT_METHOD, check_torchrun_config, torchrun_rank
 from forgellm.errors import ConfigError, EngineDeadError
@@ -138,6 +139,7 @@ class TensorParallelExecutor:
         )
         self.messages = message_group()  # before join_groups: every rank makes its groups in the same order
         self.parallel = join_groups(0, self.tp_size, self.pp_size)
+        self._posted: deque[PostedMessage] = deque()  # steps' batches sent without waiting, oldest first
         self._closed = False
         self._failed = False  # a collective failed: the ranks are out of step
 
@@ -173,11 +175,26 @@ class TensorParallelExecutor:
     def broadcast(self, value: Any) -> None:
         """Send `value` (a step's batch, the KV-cache size, or None to stop) to every other rank; a rank that
         is gone, or a collective that times out, is an EngineDeadError naming it."""
+        self.post(value)
+        while self._posted:
+            self.wait_posted()
+
+    def post(self, value: Any) -> None:
+        """Start sending `value` to every other rank without waiting for them to take it (a pipeline's later
+        stages are still busy with the batches before); `wait_posted` settles it, oldest first."""
         self.check_workers()
         if self.heartbeats is not None:
             self.heartbeats.beat()
         try:
-            send_message(value, self.messages, self.timeout)
+            self._posted.append(post_message(value, self.messages))
+        except RuntimeError as exc:
+            raise self.failure(exc) from exc
+
+    def wait_posted(self) -> None:
+        """Wait until every rank has taken the oldest message posted (an EngineDeadError naming the rank that
+        did not within the timeout)."""
+        try:
+            self._posted.popleft().wait(self.timeout)
         except RuntimeError as exc:  # gloo / NCCL: a peer closed the connection or the timeout passed
             raise self.failure(exc) from exc
 
@@ -235,5 +252,6 @@ class TensorParallelExecutor:
             # Drop the message group's handle too: a process forked later (a multiprocessing manager) aborts
             # when it garbage-collects the handle of a destroyed group.
             self.messages = None
+            self._posted.clear()
             if dist.is_initialized():
                 dist.destroy_process_group()

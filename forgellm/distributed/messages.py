@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import pickle
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,11 +28,32 @@ def message_group() -> Any:
 
 def send_message(value: Any, group: Any, timeout: datetime.timedelta) -> None:
     """Rank 0: pickle `value` to every other rank; a RuntimeError when one has not taken it within `timeout`."""
+    post_message(value, group).wait(timeout)
+
+
+@dataclass
+class PostedMessage:
+    """A message rank 0 has handed to gloo without waiting for the other ranks to take it (they may be busy with
+    an earlier step: a pipeline's later stages); its buffers live until `wait`."""
+
+    works: list[Any]
+    buffers: list[torch.Tensor]
+
+    def wait(self, timeout: datetime.timedelta) -> None:
+        """Until every rank has taken it; a RuntimeError when one has not within `timeout`."""
+        for work in self.works:
+            work.wait(timeout)
+        self.works, self.buffers = [], []
+
+
+def post_message(value: Any, group: Any) -> PostedMessage:
+    """Rank 0: start sending `value` to every other rank and return at once (gloo's broadcast otherwise blocks
+    until every receiver has posted its receive)."""
     payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     size = torch.tensor([len(payload)], dtype=torch.int64)
-    dist.broadcast(size, src=0, group=group, async_op=True).wait(timeout)
     data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    dist.broadcast(data, src=0, group=group, async_op=True).wait(timeout)
+    works = [dist.broadcast(tensor, src=0, group=group, async_op=True) for tensor in (size, data)]
+    return PostedMessage(works, [size, data])
 
 
 def receive_message(group: Any) -> Any:

@@ -1,14 +1,16 @@
 """Pipeline parallelism's hand-offs: each stage passes its residual stream to the next stage's rank of equal
 tp_rank, and the last stage's logits go to global rank 0, the engine, which samples.
 
-Stages run one after another on every step (no micro-batches in flight): the split is for models that do
-not fit one device's memory, and it keeps the engine's step loop as it is.
+Rank 0 does not wait for a batch to leave the pipeline: it sends its stage's output and posts the receive of
+the logits, so that it can start its stage of the next batch (another set of requests) while the later stages
+work on this one (engine/pipelined_core.py keeps one batch in flight per stage). The other ranks take their
+batches in order and hand them on as they come.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -28,9 +30,29 @@ class StageActivations:
     residual: torch.Tensor
 
 
-def pipeline_logits(model: nn.Module, batch: ForwardBatch, parallel: ParallelContext) -> torch.Tensor | None:
-    """Run this rank's stage of one forward pass over `batch` (on the device); the logits rows [N, vocab] on
-    global rank 0, None on the other ranks."""
+@dataclass
+class PendingLogits:
+    """Rank 0's logits of a batch still in the later stages: the receive is posted, `wait` returns them."""
+
+    logits: torch.Tensor  # [N, vocab], filled once the receive completes
+    sends: list[Any] = field(default_factory=list)  # rank 0's stage output on its way (kept alive until done)
+    receive: Any = None
+
+    def wait(self) -> torch.Tensor:
+        """The logits, once the last stage has sent them; a RuntimeError when that takes longer than the process
+        group's timeout (distributed_timeout_s)."""
+        for work in self.sends:
+            work.wait()
+        self.receive.wait()
+        self.sends, self.receive = [], None
+        return self.logits
+
+
+def pipeline_logits(
+    model: nn.Module, batch: ForwardBatch, parallel: ParallelContext
+) -> torch.Tensor | PendingLogits | None:
+    """Run this rank's stage of one forward pass over `batch` (on the device): on global rank 0 the logits rows
+    [N, vocab] (pending while later stages run), None on the other ranks."""
     stage_input = None
     if not parallel.is_first_stage:
         num_tokens, hidden_size = batch.input_ids.shape[0], model.config.hidden_size
@@ -41,13 +63,17 @@ def pipeline_logits(model: nn.Module, batch: ForwardBatch, parallel: ParallelCon
         stage_input = StageActivations(*parts)
     out = model(batch.input_ids, batch.positions, batch, stage_input=stage_input)
     if not parallel.is_last_stage:
-        for part in (out.hidden, out.residual):
-            dist.send(part.contiguous(), dst=parallel.rank + parallel.tp_size)
+        next_stage = parallel.rank + parallel.tp_size
         if parallel.rank != 0:
+            for part in (out.hidden, out.residual):
+                dist.send(part.contiguous(), dst=next_stage)
             return None
-        logits = torch.empty(batch.logits_indices.shape[0], model.config.vocab_size, device=out.hidden.device)
-        dist.recv(logits, src=(parallel.pp_size - 1) * parallel.tp_size)  # the last stage's first rank
-        return logits
+        # Rank 0 returns at once: the sends complete once the next stage is done with the batches before.
+        rows = batch.logits_indices.shape[0]
+        pending = PendingLogits(torch.empty(rows, model.config.vocab_size, device=out.hidden.device))
+        pending.sends = [dist.isend(part.contiguous(), dst=next_stage) for part in (out.hidden, out.residual)]
+        pending.receive = dist.irecv(pending.logits, src=(parallel.pp_size - 1) * parallel.tp_size)
+        return pending
     logits = model.compute_logits(out[batch.logits_indices])  # every rank of the stage: the all-gather pairs up
     if parallel.tp_rank == 0 and parallel.rank != 0:
         dist.send(logits.contiguous(), dst=0)

@@ -116,7 +116,6 @@ class EngineCore:
         """
         started = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
-        launched = None
         failed: list[EngineCoreOutput] = []
         if self._in_flight is not None and self._in_flight.deferred is not None:
             failed += self._sample_in_flight()
@@ -125,17 +124,7 @@ class EngineCore:
         # the new masks, on the grammars' pool), and queue the sampling at the next step, before its forward
         # pass: the masks fill while the host updates the requests, hands out their outputs and schedules.
         defer = self._in_flight is not None and _waits_for_tokens(scheduler_output)
-        if scheduler_output.is_empty:
-            self.runner.release(scheduler_output.finished_request_ids)
-        else:
-            now = time.monotonic()
-            for s in scheduler_output.scheduled:
-                if s.request.first_scheduled_time is None:
-                    s.request.first_scheduled_time = now
-            try:
-                launched = self.runner.launch(scheduler_output, self._in_flight, defer_sampling=defer)
-            except Exception as exc:
-                failed += self._fail_step(scheduler_output, exc)
+        launched = self._launch(scheduler_output, failed, defer)
         if defer:
             done, self._in_flight = self._in_flight, None
             failed += self._finish_or_fail(done, started, fill_masks_of=launched)
@@ -146,6 +135,24 @@ class EngineCore:
         if done is None:
             return failed
         return failed + self._finish_or_fail(done, started)
+
+    def _launch(
+        self, scheduler_output: SchedulerOutput, failed: list[EngineCoreOutput], defer_sampling: bool
+    ) -> InFlightStep | None:
+        """Launch a scheduled step after the one in flight (an empty one only releases the ended requests'
+        state); a launch that raises fails the step's requests (their outputs go to `failed`) and gives None."""
+        if scheduler_output.is_empty:
+            self.runner.release(scheduler_output.finished_request_ids)
+            return None
+        now = time.monotonic()
+        for s in scheduler_output.scheduled:
+            if s.request.first_scheduled_time is None:
+                s.request.first_scheduled_time = now
+        try:
+            return self.runner.launch(scheduler_output, self._in_flight, defer_sampling=defer_sampling)
+        except Exception as exc:
+            failed += self._fail_step(scheduler_output, exc)
+            return None
 
     def _sample_in_flight(self) -> list[EngineCoreOutput]:
         """Queue the deferred sampling of the step in flight (its masks filled meanwhile); if that raises,

@@ -21,6 +21,7 @@ from forgellm.engine.admission import RequestLimits
 from forgellm.engine.core import EngineCore, EngineStats
 from forgellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prompt
 from forgellm.engine.output_processor import OutputProcessor
+from forgellm.engine.pipelined_core import PipelinedEngineCore
 from forgellm.engine.request import Request, RequestStatus
 from forgellm.errors import CapacityError, ConfigError, InvalidRequestError, ModelLoadError
 from forgellm.hf.config import load_model_config, resolve_dtype
@@ -224,7 +225,9 @@ class LLMEngine:
             self.executor.broadcast(blocks)
         if draft is not None:
             draft.allocate_kv_cache(blocks)
-        runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
+        # Pipeline parallelism keeps one batch in flight per stage (each over its own requests).
+        depth = (config.pipeline_micro_batches or config.pipeline_parallel_size) if self.executor is not None else 1
+        runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len, depth)
         if draft is not None:
             draft.prepare_host_buffers(
                 config.max_num_batched_tokens, config.max_num_seqs, spec_config.num_speculative_tokens
@@ -247,13 +250,17 @@ class LLMEngine:
             config.scheduling_policy,
             # An EAGLE-3 head writes its guesses' K/V into the request's blocks, past its tokens.
             spec_config.num_speculative_tokens if isinstance(draft, Eagle3Proposer) else 0,
+            wait_for_sampled_tokens=depth > 1,
         )
         mode = config.async_scheduling
         # A verify step's accepted tokens must reach the host before the next step is scheduled.
         # Tensor parallelism runs synchronously for now: the other ranks get each step's tokens from the host.
         overlap_allowed = spec_decoder is None and self.executor is None
         async_scheduling = overlap_allowed and (mode == "on" or (mode == "auto" and device.type == "cuda"))
-        self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling, spec_decoder)
+        if depth > 1:
+            self.core = PipelinedEngineCore(runner, scheduler, kv_cache, depth)
+        else:
+            self.core = EngineCore(runner, scheduler, kv_cache, async_scheduling, spec_decoder)
         tokenizer_eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         self.eos_token_ids = frozenset(defaults.eos_token_ids or arch.eos_token_ids or tokenizer_eos)
         self.limits = RequestLimits.from_config(config, self.max_model_len, arch.vocab_size, blocks)
@@ -282,6 +289,8 @@ class LLMEngine:
             f"CUDA graphs {graphs}, "
             f"async scheduling {'on' if async_scheduling else 'off'}"
         )
+        if depth > 1:
+            summary += f", {depth} batches in flight (one per pipeline stage)"
         if self.executor is not None:
             summary += "; " + self.executor.describe(arch, device)
         if spec_config is not None:

@@ -34,9 +34,12 @@ class Scheduler:
         enable_chunked_prefill: bool = True,
         policy: str = "fcfs",
         num_lookahead_tokens: int = 0,
+        wait_for_sampled_tokens: bool = False,
     ) -> None:
         """`num_lookahead_tokens`: slots to hold past each scheduled request's new tokens when blocks allow
-        (an EAGLE-3 head writes its guesses' K/V there between steps)."""
+        (an EAGLE-3 head writes its guesses' K/V there between steps). `wait_for_sampled_tokens`: a request
+        whose sampled token is still in flight sits out until it arrives, instead of computing it from the
+        device (a pipeline's first stage cannot read a token its last stage has not produced)."""
         for name, value in (
             ("max_num_seqs", max_num_seqs),
             ("max_num_batched_tokens", max_num_batched_tokens),
@@ -51,6 +54,7 @@ class Scheduler:
         self.enable_chunked_prefill = enable_chunked_prefill
         self.policy = policy
         self.num_lookahead_tokens = num_lookahead_tokens
+        self.wait_for_sampled_tokens = wait_for_sampled_tokens
         self.waiting = make_request_queue(policy)
         self.running: list[Request] = []
         self._requests: dict[str, Request] = {}
@@ -111,12 +115,14 @@ class Scheduler:
             self.running = [r for r in self.running if r.status is _RUNNING]
         return ended
 
-    def schedule(self) -> SchedulerOutput:
-        """Pick this step's batch: running requests first, then newly admitted ones."""
+    def schedule(self, max_requests: int | None = None) -> SchedulerOutput:
+        """Pick this step's batch: running requests first, then newly admitted ones; at most `max_requests` of
+        them (a pipeline shares its requests among the batches in flight)."""
         scheduled: list[ScheduledRequest] = []
-        budget, preempted = self._schedule_running(scheduled, self.max_num_batched_tokens)
+        seats = self.max_num_seqs if max_requests is None else max_requests
+        budget, preempted = self._schedule_running(scheduled, self.max_num_batched_tokens, seats)
         if not preempted:
-            budget = self._schedule_waiting(scheduled, budget)
+            budget = self._schedule_waiting(scheduled, budget, seats)
         finished_ids, self._finished_ids = self._finished_ids, set()
         return SchedulerOutput(
             scheduled=scheduled,
@@ -185,17 +191,21 @@ class Scheduler:
         request.num_computed_tokens = start + num_new
         request.num_pending_tokens += samples
 
-    def _schedule_running(self, scheduled: list[ScheduledRequest], budget: int) -> tuple[int, bool]:
-        """Schedule running requests in order, preempting on a block shortage; return (budget, preempted)."""
+    def _schedule_running(self, scheduled: list[ScheduledRequest], budget: int, seats: int) -> tuple[int, bool]:
+        """Schedule running requests in order (up to `seats` of them), preempting on a block shortage; return
+        (budget, preempted)."""
         kv = self.kv_cache_manager
         running = self.running
         preempted = False
         index = 0
-        while index < len(running) and budget > 0:
+        while index < len(running) and budget > 0 and len(scheduled) < seats:
             request = running[index]
             num_pending = request.num_pending_tokens
-            if num_pending and reaches_length(request, request.num_tokens + num_pending, self.max_model_len):
-                index += 1  # its token in flight is its last: nothing more to compute
+            if num_pending and (
+                self.wait_for_sampled_tokens
+                or reaches_length(request, request.num_tokens + num_pending, self.max_model_len)
+            ):
+                index += 1  # its token in flight is its last, or it waits for it: nothing to compute now
                 continue
             num_new = min(request.num_tokens + num_pending - request.num_computed_tokens, budget)
             if num_new <= 0:  # its sampled token never came back; nothing to compute
@@ -238,12 +248,13 @@ class Scheduler:
             return []
         return drafts
 
-    def _schedule_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> int:
-        """Admit waiting requests while budget, seats and blocks last; return the budget left."""
+    def _schedule_waiting(self, scheduled: list[ScheduledRequest], budget: int, seats: int) -> int:
+        """Admit waiting requests while budget, seats (`seats` in this step) and blocks last; return the budget
+        left."""
         kv = self.kv_cache_manager
         waiting = self.waiting
         skipped = []  # siblings waiting for a shared prompt: they don't block the queue
-        while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while waiting and budget > 0 and len(self.running) < self.max_num_seqs and len(scheduled) < seats:
             request = waiting.pop()
             if request.num_pending_tokens:  # preempted with a token in flight: wait for it
                 skipped.append(request)

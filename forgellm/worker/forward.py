@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from forgellm.distributed.pipeline import pipeline_logits
+from forgellm.distributed.pipeline import PendingLogits, pipeline_logits
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward_batch import ForwardBatch
 
@@ -22,9 +22,9 @@ def forward_logits(
     device: torch.device,
     destinations: torch.Tensor | None = None,
     token_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | PendingLogits | None:
     """[N, V] logits at the batch's logits rows; the input ids at `destinations` become `token_ids` first. Under
-    pipeline parallelism only global rank 0 gets them (the other ranks None)."""
+    pipeline parallelism only global rank 0 gets them, pending while the later stages run (the other ranks None)."""
     key = None if graph_runner is None else graph_runner.key_for(host)
     if key is not None:
         graph_runner.load(host, key)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from forgellm.distributed.pipeline import PendingLogits
 from forgellm.layers.attention import Attention
 from forgellm.worker.forward import forward_logits
 from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
@@ -46,6 +47,8 @@ def profile_forward(
     batch = build_forward_batch([chunk], block_size, device)
     batch = replace(batch, logits_indices=torch.arange(min(request.num_seqs, num_tokens), device=device))
     logits = forward_logits(model, None, batch, device)  # under pipeline parallelism rank 0 gets them
+    if isinstance(logits, PendingLogits):
+        logits = logits.wait()
     peak = 0
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -16,6 +16,7 @@ from torch import nn
 
 from forgellm.distributed import SINGLE_DEVICE, ParallelContext
 from forgellm.distributed.executor import TensorParallelExecutor
+from forgellm.distributed.pipeline import PendingLogits
 from forgellm.engine.request import Request
 from forgellm.hf.checkpoint import iter_checkpoint_tensors
 from forgellm.hf.config_types import ModelArchConfig
@@ -150,7 +151,7 @@ class ModelRunner:
         self.encode_images = getattr(model, "encode_images", None)
         # The verify step's rule (benchmarks of random weights swap in spec_decode.forced_acceptance).
         self.verify_drafts = verify_drafts
-        self.stagings: list[PinnedStaging] = []  # two, set by prepare_host_buffers on a GPU
+        self.stagings: list[PinnedStaging] = []  # one per step in flight, set by prepare_host_buffers on a GPU
         self._staging_index = 0
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
@@ -170,11 +171,15 @@ class ModelRunner:
         # The sampler's penalty tables are [num_seqs, vocab]; count a few such tensors.
         return peak + 3 * num_seqs * self.arch.vocab_size * 4
 
-    def prepare_host_buffers(self, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> None:
-        """Pin the step-input buffers once (GPU only: on a CPU there is no copy to overlap)."""
+    def prepare_host_buffers(
+        self, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int, max_steps_in_flight: int = 2
+    ) -> None:
+        """Pin the step-input buffers once, one set per step that may be in flight (GPU only: on a CPU there is no
+        copy to overlap)."""
         if self.device.type == "cuda":
             max_blocks = -(-max_model_len // self.block_size)
-            self.stagings = [PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks) for _ in range(2)]
+            count = max(2, max_steps_in_flight)
+            self.stagings = [PinnedStaging(max_num_batched_tokens, max_num_seqs, max_blocks) for _ in range(count)]
 
     def capture_cuda_graphs(
         self, max_num_seqs: int, max_model_len: int, max_prefill_tokens: int = 0, verify_len: int = 0
@@ -197,10 +202,12 @@ class ModelRunner:
         seed = request.sampling_params.sample_seed(request.sample_index)
         if seed is None:
             return None
-        if request.request_id not in self.generators:
-            g = torch.Generator(device=self.device).manual_seed(seed)
-            self.generators[request.request_id] = g
-        return self.generators[request.request_id]
+        generator = self.generators.get(request.request_id)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            if not request.status.is_finished:  # aborted while its step was in flight: `release` came already
+                self.generators[request.request_id] = generator
+        return generator
 
     def _prompt_logprob_positions(self, s: ScheduledRequest) -> range:
         """Positions in this chunk whose logits score the next prompt token (not yet reported)."""
@@ -249,12 +256,14 @@ class ModelRunner:
             pending_ids = in_flight.sampled.index_select(0, sources)
         if self.executor is None:
             logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
-        else:  # the other ranks run the same forward pass (synchronous engine only)
-            self.executor.broadcast(host)
+        else:  # the other ranks run the same forward pass; a pipeline's later stages take it once they are free
+            self.executor.post(host)
             try:
                 logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
             except RuntimeError as exc:  # a collective timed out or lost a peer: no step can run any more
                 raise self.executor.failure(exc) from exc
+            if not isinstance(logits, PendingLogits):  # a pipeline's batch is settled when its logits come
+                self.executor.wait_posted()
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])
         features = getattr(self.model, "aux_hidden", None)
         if features is not None:
@@ -275,6 +284,8 @@ class ModelRunner:
         step in flight before it has been collected."""
         work, step.deferred = step.deferred, None
         logits = work.logits
+        if isinstance(logits, PendingLogits):  # rank 0 of a pipeline: the last stage sends them
+            logits = self._receive_logits(logits)
         pending_requests, pending_ids = work.pending
         bitmask = None
         if work.masks is not None:
@@ -287,6 +298,15 @@ class ModelRunner:
         for request, positions, first_row in work.prompt_rows:
             self._score_prompt(logits[first_row : first_row + len(positions)], request, positions, step)
         step.copy_to_host(self.device, None if work.staging is None else work.staging.sampled)
+
+    def _receive_logits(self, pending: PendingLogits) -> torch.Tensor:
+        """Wait for a pipelined step's logits, and settle its batch's message (an EngineDeadError naming the rank
+        when the pipeline does not deliver within the collective timeout)."""
+        self.executor.wait_posted()
+        try:
+            return pending.wait()
+        except RuntimeError as exc:
+            raise self.executor.failure(exc) from exc
 
     def _plan(self, scheduler_output: SchedulerOutput, in_flight: InFlightStep | None) -> tuple[list, ...]:
         """Per request: its chunk, its sampling row, its prompt-logprob rows, its placeholder if any, and for
@@ -370,10 +390,10 @@ class ModelRunner:
         return output
 
     def _next_staging(self) -> PinnedStaging | None:
-        """Alternate between two stagings: the step in flight may still be copying from the other."""
+        """Take the stagings in turn: the steps in flight may still be copying from the others."""
         if not self.stagings:
             return None
-        self._staging_index ^= 1
+        self._staging_index = (self._staging_index + 1) % len(self.stagings)
         return self.stagings[self._staging_index]
 
     @staticmethod
@@ -446,7 +466,8 @@ class ModelRunner:
         k = request.sampling_params.prompt_logprobs
         targets = self._to_device(request.prompt_token_ids[positions.start + 1 : positions.stop + 1])
         step.prompt_logprobs.append((request, positions.start + 1, k, compute_prompt_logprobs(logits, targets, k)))
-        self.prompt_logprobs_done[request.request_id] = positions.stop
+        if not request.status.is_finished:
+            self.prompt_logprobs_done[request.request_id] = positions.stop
 
 
 def _hidden_states(features: torch.Tensor, output: SchedulerOutput, chunks: list[SequenceChunk]) -> StepHiddenStates:

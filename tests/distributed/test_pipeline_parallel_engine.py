@@ -26,13 +26,22 @@ from tests.distributed.test_tensor_parallel_engine import (
     [("llama-gqa4-llama3", 1, 2), ("qwen2", 1, 2), ("llama-gqa4-llama3", 2, 2)],  # qwen2: a tied LM head
 )
 def test_engine_under_pipeline_parallelism_gives_one_devices_tokens(variant, tp, pp, tiny_model_dir, caplog) -> None:
+    """With one batch in flight per stage (each over its own requests) the tokens are one device's."""
     with caplog.at_level(logging.INFO, logger="forgellm"):
-        assert_split_engine_gives_one_devices_tokens(
+        sharded = assert_split_engine_gives_one_devices_tokens(
             str(tiny_model_dir(variant)), tensor_parallel_size=tp, pipeline_parallel_size=pp
         )
+    assert sharded.engine.core.max_steps_in_flight == pp
     log = caplog.text
-    assert f"pipeline parallel {pp} over {tp * pp} ranks" in log
+    assert f"pipeline parallel {pp} over {tp * pp} ranks" in log and f"{pp} batches in flight" in log
     assert "rank 0 on cpu: stage 0 (layers 0-0)" in log and f"rank {tp * pp - 1} on cpu: stage 1 (layers 1-1)" in log
+
+
+def test_stages_taking_turns_give_one_devices_tokens_too(tiny_model_dir) -> None:
+    sharded = assert_split_engine_gives_one_devices_tokens(
+        str(tiny_model_dir("llama")), pipeline_parallel_size=2, pipeline_micro_batches=1
+    )
+    assert not hasattr(sharded.engine.core, "max_steps_in_flight")  # the synchronous core
 
 
 def test_pipeline_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:

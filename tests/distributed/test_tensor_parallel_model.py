@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from forgellm.distributed import ParallelContext
+from forgellm.distributed.pipeline import PendingLogits
 from forgellm.hf.config import load_model_config
 from forgellm.quantization.resolve import resolve_quantization
 from forgellm.worker.forward import forward_logits
@@ -46,7 +47,8 @@ def prefill_logits(path: str, parallel: ParallelContext) -> torch.Tensor | None:
     batch = build_forward_batch(chunks, BLOCK, torch.device("cpu"))
     batch = dataclasses.replace(batch, logits_indices=torch.arange(batch.input_ids.shape[0]))
     with torch.inference_mode():
-        return forward_logits(model, None, batch, torch.device("cpu"))
+        logits = forward_logits(model, None, batch, torch.device("cpu"))
+    return logits.wait() if isinstance(logits, PendingLogits) else logits  # rank 0 of a pipeline
 
 
 def _rank(rank: int, world: int, port: int, paths: list[str], results: dict) -> None:
