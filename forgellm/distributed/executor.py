@@ -61,9 +61,10 @@ def check_shardable(
         problems.append(f"an MLP of {arch.intermediate_size}")
     if problems:
         raise ConfigError(f"tensor_parallel_size {tp_size} cannot split {' and '.join(problems)}")
-    if arch.num_hidden_layers % pp_size:
+    if arch.num_hidden_layers < pp_size:
         raise ConfigError(
-            f"pipeline_parallel_size {pp_size} cannot split {arch.num_hidden_layers} decoder layers into equal stages"
+            f"pipeline_parallel_size {pp_size} cannot split {arch.num_hidden_layers} decoder layers: every stage needs "
+            "at least one"
         )
     local = tp_size * pp_size // nnodes
     if device.type == "cuda" and torch.cuda.device_count() < local:

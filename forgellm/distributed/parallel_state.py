@@ -37,9 +37,13 @@ class ParallelContext:
         return self.pp_rank == self.pp_size - 1
 
     def stage_layers(self, num_layers: int) -> range:
-        """The decoder layers this stage runs: an equal, consecutive share."""
-        per_stage = num_layers // self.pp_size
-        return range(self.pp_rank * per_stage, (self.pp_rank + 1) * per_stage)
+        """The decoder layers this stage runs: a consecutive share; when they do not split evenly the later
+        stages take one more (the first stage's rank also schedules and samples)."""
+        return range(self.pp_rank * num_layers // self.pp_size, (self.pp_rank + 1) * num_layers // self.pp_size)
+
+    def largest_stage(self, num_layers: int) -> int:
+        """Decoder layers of the pipeline's largest stage (every stage holds as many KV blocks as it)."""
+        return -(-num_layers // self.pp_size)
 
     def kv_heads(self, num_kv_heads: int) -> tuple[int, int]:
         """(KV heads on this rank, index of its first global KV head): a 1/tp_size share, or, with fewer KV

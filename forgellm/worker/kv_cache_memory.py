@@ -16,11 +16,15 @@ from forgellm.worker.forward_batch import SequenceChunk, build_forward_batch
 
 def kv_block_bytes(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
     """Bytes of K and V for one block of tokens in `model`'s own attention layers (what `allocate_kv_cache`
-    gives them): under tensor or pipeline parallelism this rank's share (its KV heads, its stage's layers),
-    which every rank holds alike."""
+    gives them): under tensor or pipeline parallelism this rank's share (its KV heads, its stage's layers), scaled
+    to the largest stage when the layers do not split evenly (every rank holds the same number of blocks)."""
     per_token = sum(
         2 * layer.num_kv_heads * layer.head_dim for layer in model.modules() if isinstance(layer, Attention)
     )
+    parallel = getattr(model, "parallel", None)
+    if parallel is not None and parallel.pp_size > 1:
+        num_layers = model.config.num_hidden_layers
+        per_token = per_token * parallel.largest_stage(num_layers) // len(parallel.stage_layers(num_layers))
     return per_token * dtype.itemsize * block_size
 
 

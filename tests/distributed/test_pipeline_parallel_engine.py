@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from forgellm import LLM
 from forgellm.errors import ConfigError, EngineDeadError
+from forgellm.worker.kv_cache_memory import kv_block_bytes
 from tests.distributed.test_tensor_parallel_engine import (
     GREEDY,
     PROMPTS,
@@ -46,12 +48,30 @@ def test_stages_taking_turns_give_one_devices_tokens_too(tiny_model_dir) -> None
 
 def test_pipeline_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
     path = str(tiny_model_dir("llama"))
-    with pytest.raises(ConfigError, match=r"pipeline_parallel_size 3 cannot split 2 decoder layers"):
+    with pytest.raises(ConfigError, match=r"pipeline_parallel_size 3 cannot split 2 decoder layers: every stage"):
         LLM(path, pipeline_parallel_size=3)
     with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 runs synchronously"):
         LLM(path, pipeline_parallel_size=2, async_scheduling="on")
     with pytest.raises(ConfigError, match="pipeline_parallel_size must be a positive integer"):
         LLM(path, pipeline_parallel_size=0)
+
+
+def test_layers_that_do_not_split_evenly_give_the_later_stage_one_more(caplog) -> None:
+    """The demo's 11 layers over 2 stages: 5 and 6 layers, one device's greedy tokens, and a KV cache sized by the
+    larger stage (the same budget holds 11/6 of one device's blocks, on both ranks)."""
+    budget = dict(dtype="float32", cpu_kv_cache_gb=0.002, max_num_seqs=256)
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22, 23]]
+    one = LLM(None, **budget)
+    expected = tokens(one, prompts)
+    layer_bytes = kv_block_bytes(one.engine.core.runner.model, 16, torch.float32) // 11
+    with caplog.at_level(logging.INFO, logger="forgellm"):
+        split = LLM(None, pipeline_parallel_size=2, **budget)
+    try:
+        assert "stage 0 (layers 0-4)" in caplog.text and "stage 1 (layers 5-10)" in caplog.text
+        assert split.engine.core.runner.num_blocks == int(0.002 * 2**30 // (6 * layer_bytes))
+        assert tokens(split, prompts) == expected
+    finally:
+        split.engine.shutdown()
 
 
 def test_a_vision_language_model_is_refused_pipeline_parallelism(tmp_path) -> None:
