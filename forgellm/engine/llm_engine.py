@@ -192,11 +192,6 @@ class LLMEngine:
                     f"torchrun rank {launched.rank} runs only its shard, not an engine: under torchrun start "
                     "forgellm serve (rank 0 runs the engine)"
                 )
-            if isinstance(arch.raw.get("vision_config"), dict):
-                raise ConfigError(
-                    "vision-language models with tensor_parallel_size or pipeline_parallel_size > 1 are not "
-                    "implemented yet"
-                )
             # Before any worker starts.
             check_shardable(arch, config.tensor_parallel_size, device, config.pipeline_parallel_size, config.nnodes)
             self.executor = TensorParallelExecutor(config, device)

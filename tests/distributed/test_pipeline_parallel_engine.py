@@ -74,13 +74,6 @@ def test_layers_that_do_not_split_evenly_give_the_later_stage_one_more(caplog) -
         split.engine.shutdown()
 
 
-def test_a_vision_language_model_is_refused_pipeline_parallelism(tmp_path) -> None:
-    from tests.fixtures.make_tiny_vlm import make
-
-    with pytest.raises(ConfigError, match="vision-language models with tensor_parallel_size or pipeline_parallel_size"):
-        LLM(str(make(tmp_path, "qwen2_vl")), pipeline_parallel_size=2)
-
-
 def test_a_dead_stage_ends_the_engine_naming_its_rank(tiny_model_dir) -> None:
     llm = LLM(str(tiny_model_dir("llama")), pipeline_parallel_size=2, dtype="float32")
     try:
