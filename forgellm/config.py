@@ -165,11 +165,13 @@ class EngineConfig:
             raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
         self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-            if getattr(self, name) > 1 and (self.speculative_config is not None or self.async_scheduling == "on"):
-                raise ConfigError(
-                    f"{name} > 1 runs synchronously without speculative decoding for now; drop "
-                    "speculative_config and use async_scheduling auto or off"
-                )
+            if getattr(self, name) > 1 and self.speculative_config is not None:
+                raise ConfigError(f"{name} > 1 does not work with speculative decoding yet; drop speculative_config")
+        if self.pipeline_parallel_size > 1 and self.async_scheduling == "on":
+            raise ConfigError(
+                "pipeline_parallel_size > 1 overlaps batches its own way (one in flight per stage): use "
+                "async_scheduling auto or off"
+            )
         if self.speculative_config is not None and self.async_scheduling == "on":
             raise ConfigError(
                 "async_scheduling on does not work with speculative_config yet (a verify step's tokens must be on "

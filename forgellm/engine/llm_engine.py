@@ -248,9 +248,10 @@ class LLMEngine:
             wait_for_sampled_tokens=depth > 1,
         )
         mode = config.async_scheduling
-        # A verify step's accepted tokens must reach the host before the next step is scheduled.
-        # Tensor parallelism runs synchronously for now: the other ranks get each step's tokens from the host.
-        overlap_allowed = spec_decoder is None and self.executor is None
+        # A verify step's accepted tokens must reach the host before the next step is scheduled; a pipeline
+        # overlaps its own way (a batch per stage). Under tensor parallelism the other ranks take the tokens in
+        # flight from rank 0's device (a broadcast).
+        overlap_allowed = spec_decoder is None and config.pipeline_parallel_size == 1
         async_scheduling = overlap_allowed and (mode == "on" or (mode == "auto" and device.type == "cuda"))
         if depth > 1:
             self.core = PipelinedEngineCore(runner, scheduler, kv_cache, depth)

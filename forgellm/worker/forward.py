@@ -7,6 +7,8 @@ after the host batch is loaded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -39,3 +41,23 @@ def forward_logits(
         return pipeline_logits(model, batch, parallel)
     hidden = model(batch.input_ids, batch.positions, batch)
     return model.compute_logits(hidden[batch.logits_indices])
+
+
+@dataclass
+class PlaceholderStep:
+    """Rank 0's message for a step whose input ids at `destinations` were sampled by the step in flight (on rank
+    0's device): the other ranks take those ids from a broadcast right after (asynchronous scheduling)."""
+
+    batch: ForwardBatch
+    destinations: list[int]
+
+
+def worker_forward(model: nn.Module, message: ForwardBatch | PlaceholderStep, device: torch.device) -> None:
+    """A rank > 0's part of a step's forward pass (rank 0 samples: nothing to return)."""
+    if isinstance(message, PlaceholderStep):
+        token_ids = torch.empty(len(message.destinations), dtype=torch.int64, device=device)
+        torch.distributed.broadcast(token_ids, src=0)
+        destinations = torch.tensor(message.destinations, dtype=torch.int64, device=device)
+        forward_logits(model, None, message.batch, device, destinations, token_ids)
+    else:
+        forward_logits(model, None, message, device)

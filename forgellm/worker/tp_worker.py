@@ -36,7 +36,7 @@ def run_worker(
     from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
     from forgellm.hf.config import load_model_config, resolve_dtype
     from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
-    from forgellm.worker.forward import forward_logits
+    from forgellm.worker.forward import worker_forward
     from forgellm.worker.kv_cache_memory import ProfileForward, allocate_kv_cache, profile_forward
     from forgellm.worker.model_runner import load_model
 
@@ -71,7 +71,7 @@ def run_worker(
                 elif isinstance(message, int):  # the KV cache's size in blocks
                     allocate_kv_cache(model, message, config.block_size, kv_dtype)
                 else:  # a step's batch
-                    forward_logits(model, None, message, device)
+                    worker_forward(model, message, device)
     finally:
         if beats is not None:
             beats.close()

@@ -50,7 +50,7 @@ def test_pipeline_configurations_that_cannot_run_are_refused(tiny_model_dir) -> 
     path = str(tiny_model_dir("llama"))
     with pytest.raises(ConfigError, match=r"pipeline_parallel_size 3 cannot split 2 decoder layers: every stage"):
         LLM(path, pipeline_parallel_size=3)
-    with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 runs synchronously"):
+    with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 overlaps batches its own way"):
         LLM(path, pipeline_parallel_size=2, async_scheduling="on")
     with pytest.raises(ConfigError, match="pipeline_parallel_size must be a positive integer"):
         LLM(path, pipeline_parallel_size=0)
