@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
                 run_worker(config, launched.rank, launched.world_size, INIT_METHOD, local_rank=launched.local_rank)
                 return 0
         if config.node_rank > 0:  # a node other than the first: its ranks only, no HTTP
-            from forgellm.distributed.executor import ranks_per_node, run_node
+            from forgellm.distributed.executor import run_node
+            from forgellm.distributed.placement import ranks_per_node
 
             per_node = ranks_per_node(config)
             first = config.node_rank * per_node

@@ -28,6 +28,7 @@ from forgellm.config import EngineConfig
 from forgellm.distributed.heartbeat import Heartbeats
 from forgellm.distributed.messages import PostedMessage, message_group, post_message, send_message
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
+from forgellm.distributed.placement import first_gpu, rank_gpu, ranks_per_node
 from forgellm.distributed.torchrun import INIT_METHOD, check_torchrun_config, torchrun_rank
 from forgellm.errors import ConfigError, EngineDeadError
 from forgellm.hf.config_types import ModelArchConfig
@@ -50,7 +51,7 @@ def check_shardable(
     arch: ModelArchConfig, tp_size: int, device: torch.device, pp_size: int = 1, nnodes: int = 1
 ) -> None:
     """A ConfigError naming the numbers when `arch` cannot be split over `tp_size` ranks in each of `pp_size`
-    pipeline stages, spread over `nnodes` nodes like this one."""
+    pipeline stages, spread over `nnodes` nodes like this one (whose GPUs from `device`'s on hold its ranks)."""
     heads, kv_heads = arch.num_attention_heads, arch.num_key_value_heads
     problems = []
     if heads % tp_size:
@@ -66,17 +67,12 @@ def check_shardable(
             f"pipeline_parallel_size {pp_size} cannot split {arch.num_hidden_layers} decoder layers: every stage needs "
             "at least one"
         )
-    local = tp_size * pp_size // nnodes
-    if device.type == "cuda" and torch.cuda.device_count() < local:
+    local, first = tp_size * pp_size // nnodes, device.index or 0
+    if device.type == "cuda" and torch.cuda.device_count() < first + local:
         raise ConfigError(
             f"tensor_parallel_size {tp_size} x pipeline_parallel_size {pp_size} over {nnodes} node(s) needs {local} "
-            f"GPUs on each; {torch.cuda.device_count()} visible"
+            f"GPUs on each, from GPU {first}; {torch.cuda.device_count()} visible"
         )
-
-
-def ranks_per_node(config: EngineConfig) -> int:
-    """Ranks on each node: tensor x pipeline ranks shared evenly (checked by EngineConfig)."""
-    return config.tensor_parallel_size * config.pipeline_parallel_size // config.nnodes
 
 
 def start_rank_processes(
@@ -122,6 +118,9 @@ class TensorParallelExecutor:
         self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
         self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
+        self.first_gpu = first_gpu(config.device)
+        if device.type == "cuda":  # NCCL's communicators use the current device: this rank's, not GPU 0
+            torch.cuda.set_device(rank_gpu(config, 0))
         launched = torchrun_rank()
         if launched is not None:  # torchrun started every rank: none to start here, none to watch
             check_torchrun_config(config, launched)
@@ -153,7 +152,7 @@ class TensorParallelExecutor:
         ranks = []
         per_node = self.world_size // self.nnodes
         for rank in range(self.world_size):
-            where = f"cuda:{rank % per_node}" if device.type == "cuda" else device.type
+            where = f"cuda:{self.first_gpu + rank % per_node}" if device.type == "cuda" else device.type
             if self.nnodes > 1:
                 where = f"node {rank // per_node} {where}"
             pp_rank, tp_rank = divmod(rank, self.tp_size)

@@ -13,7 +13,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from forgellm.config import EngineConfig
+from forgellm.distributed.placement import replica_devices
 from forgellm.engine.async_engine import AsyncLLM
 from forgellm.engine.core import EngineStats
 from forgellm.engine.input_processor import ProcessedPrompt, Prompt
@@ -35,14 +38,14 @@ class DataParallelEngine:
 
     @classmethod
     def start(cls, replica_class: type[AsyncLLM], config: EngineConfig, **options: Any) -> DataParallelEngine:
-        """`config.data_parallel_size` replicas of `replica_class`, each with data_parallel_size 1 (on GPUs
-        replica i takes device i when each replica fits one GPU)."""
+        """`config.data_parallel_size` replicas of `replica_class`, each with data_parallel_size 1; on GPUs each
+        takes a block of its own (its tensor x pipeline ranks' GPUs)."""
+        gpus = torch.cuda.device_count() if config.device != "cpu" and torch.cuda.is_available() else 0
+        devices = replica_devices(config, gpus)
         replicas = []
         try:
-            for index in range(config.data_parallel_size):
-                own = dataclasses.replace(config, data_parallel_size=1)
-                if config.device.startswith("cuda") and config.tensor_parallel_size == 1:
-                    own = dataclasses.replace(own, device=f"cuda:{index}")
+            for device in devices:
+                own = dataclasses.replace(config, data_parallel_size=1, device=device)
                 replicas.append(replica_class(config=own, **options))
         except BaseException:
             for replica in replicas:

@@ -32,7 +32,8 @@ def run_worker(
 ) -> None:
     """Entry point of rank `rank`'s process (see TensorParallelExecutor); `heartbeat`: rank 0's Heartbeats file
     (same node), counted up as each step arrives; `local_rank`: its GPU on this node (default: from `rank`)."""
-    from forgellm.distributed.executor import collective_timeout, ranks_per_node
+    from forgellm.distributed.executor import collective_timeout
+    from forgellm.distributed.placement import rank_gpu, ranks_per_node
     from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
     from forgellm.hf.config import load_model_config, resolve_dtype
     from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
@@ -44,7 +45,7 @@ def run_worker(
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         local = rank % ranks_per_node(config) if local_rank is None else local_rank
-        device = torch.device("cuda", local)  # this node's GPUs, one per local rank
+        device = torch.device("cuda", rank_gpu(config, local))  # this engine's GPUs on the node, one per local rank
         torch.cuda.set_device(device)
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=collective_timeout(config)

@@ -1,0 +1,38 @@
+"""GPU placement of ranks and data-parallel replicas (pure arithmetic, checked without GPUs): replicas take
+disjoint blocks of GPUs (they all took GPU 0 under the default device 'auto', and the ranks of tensor-parallel
+replicas collided), ranks follow their engine's first GPU, and too few GPUs is a ConfigError naming them."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgellm.config import EngineConfig
+from forgellm.distributed.placement import first_gpu, rank_gpu, replica_devices
+from forgellm.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("options", "gpus", "expected"),
+    [
+        ({"data_parallel_size": 2}, 2, ["cuda:0", "cuda:1"]),  # device 'auto'
+        ({"data_parallel_size": 2, "tensor_parallel_size": 2}, 4, ["cuda:0", "cuda:2"]),
+        ({"data_parallel_size": 2, "tensor_parallel_size": 2, "pipeline_parallel_size": 2}, 8, ["cuda:0", "cuda:4"]),
+        ({"data_parallel_size": 2, "device": "cuda:4"}, 8, ["cuda:4", "cuda:5"]),
+        ({"data_parallel_size": 3, "device": "cpu"}, 8, ["cpu"] * 3),
+        ({"data_parallel_size": 2}, 0, ["auto", "auto"]),  # no GPU: each replica resolves 'auto' to the CPU
+    ],
+)
+def test_replicas_take_disjoint_blocks_of_gpus(options, gpus, expected) -> None:
+    assert replica_devices(EngineConfig(**options), gpus) == expected
+
+
+def test_replicas_that_need_more_gpus_than_there_are_are_refused_by_name() -> None:
+    config = EngineConfig(data_parallel_size=2, tensor_parallel_size=2, device="cuda:1")
+    with pytest.raises(ConfigError, match=r"data_parallel_size 2 x tensor_parallel_size 2 .* needs GPUs 1-4; 4 visible"):
+        replica_devices(config, 4)
+
+
+def test_ranks_follow_their_engines_first_gpu() -> None:
+    assert first_gpu("auto") == first_gpu("cuda") == 0 and first_gpu("cuda:3") == 3
+    config = EngineConfig(tensor_parallel_size=2, device="cuda:2")
+    assert [rank_gpu(config, local) for local in range(2)] == [2, 3]
