@@ -49,7 +49,7 @@ class EngineConfig:
     pipeline_parallel_size: int = _opt(1, "pipeline stages to split the decoder layers over")
     pipeline_micro_batches: int = _opt(
         0,
-        "batches in flight under pipeline parallelism, each over its own requests (0: one per stage; 1: none at once)",
+        "batches in flight under pipeline parallelism, each of its own requests (0: one per stage; 1: take turns)",
     )
     data_parallel_size: int = _opt(1, "engine replicas behind one server (forgellm serve), each routed requests")
     # Several nodes (tensor x pipeline ranks split evenly): node 0 runs the engine, the others only ranks.

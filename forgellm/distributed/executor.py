@@ -200,8 +200,14 @@ class TensorParallelExecutor:
 
     def failure(self, exc: BaseException) -> EngineDeadError:
         """The EngineDeadError for a collective (or a stage hand-off) that raised `exc`: naming a rank that exited,
-        else one that never picked up the step (hung or stopped), else saying what is known."""
+        else one that never picked up the step (hung or stopped), else saying what is known. Any other error in
+        rank 0's part of a forward pass ends the engine too: the other ranks went on without it."""
         self._failed = True
+        if not isinstance(exc, RuntimeError):
+            return EngineDeadError(
+                f"rank 0's part of a {self._kind} forward pass failed, leaving the ranks out of step: "
+                f"{type(exc).__name__}: {exc}"
+            )
         # A rank's sockets close a moment before its exit can be collected: give a dying rank that moment.
         deadline = time.monotonic() + EXIT_GRACE_S
         while True:

@@ -262,7 +262,7 @@ class ModelRunner:
                 if pending_ids is not None:  # the in-flight step's tokens, from this device to theirs
                     torch.distributed.broadcast(pending_ids, src=0)
                 logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
-            except RuntimeError as exc:  # a collective timed out or lost a peer: no step can run any more
+            except Exception as exc:  # a collective timed out or lost a peer, or the ranks are out of step
                 raise self.executor.failure(exc) from exc
             if not isinstance(logits, PendingLogits):  # a pipeline's batch is settled when its logits come
                 self.executor.wait_posted()

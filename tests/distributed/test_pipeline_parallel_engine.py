@@ -87,6 +87,25 @@ def test_a_dead_stage_ends_the_engine_naming_its_rank(tiny_model_dir) -> None:
 
 
 @pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
+def test_an_error_in_rank_0s_forward_pass_ends_the_engine_instead_of_leaving_the_ranks_out_of_step(
+    tiny_model_dir, split, monkeypatch
+) -> None:
+    """The other ranks run the batch without rank 0: failing only the step's requests would leave a pipeline's
+    last stage sending those logits to rank 0's next receive (another batch's)."""
+    llm = LLM(str(tiny_model_dir("llama")), dtype="float32", **split)
+    try:
+
+        def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise ValueError("injected")
+
+        monkeypatch.setattr(llm.engine.core.runner.model, "forward", broken)
+        with pytest.raises(EngineDeadError, match=r"rank 0's part of a .*forward pass failed.*ValueError: injected"):
+            llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)
+    finally:
+        llm.engine.shutdown()
+
+
+@pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
 def test_a_hung_rank_ends_the_engine_within_the_timeout_naming_it(tiny_model_dir, split) -> None:
     """A rank that stops answering (SIGSTOP: alive, not running) is named within distributed_timeout_s of the
     step it never picked up, instead of the engine waiting for ever."""

@@ -28,7 +28,9 @@ def test_replicas_take_disjoint_blocks_of_gpus(options, gpus, expected) -> None:
 
 def test_replicas_that_need_more_gpus_than_there_are_are_refused_by_name() -> None:
     config = EngineConfig(data_parallel_size=2, tensor_parallel_size=2, device="cuda:1")
-    with pytest.raises(ConfigError, match=r"data_parallel_size 2 x tensor_parallel_size 2 .* needs GPUs 1-4; 4 visible"):
+    with pytest.raises(
+        ConfigError, match=r"data_parallel_size 2 x tensor_parallel_size 2 .* needs GPUs 1-4; 4 visible"
+    ):
         replica_devices(config, 4)
 
 
