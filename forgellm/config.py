@@ -77,9 +77,9 @@ class EngineConfig:
     )
     speculative_config: dict[str, Any] | SpeculativeConfig | None = _opt(
         None,
-        'speculative decoding as a JSON object, e.g. \'{"method": "ngram", "num_speculative_tokens": 3}\' '
-        "(ngram only so far). Turns asynchronous scheduling and CUDA graphs off; requests with penalties, "
-        "logprobs, prompt_logprobs or an unmet min_tokens decode without speculation",
+        'speculative decoding as a JSON object, e.g. \'{"method": "eagle3", "model": PATH, '
+        '"num_speculative_tokens": 3}\' (methods ngram, draft_model, eagle3). Turns asynchronous scheduling off; '
+        "requests under a grammar decode without speculation",
     )
     # Images (vision-language models, forgellm/multimodal).
     limit_mm_per_prompt: int = _opt(8, "most images in one prompt")
@@ -164,9 +164,10 @@ class EngineConfig:
         if self.nvfp4_mode not in ("weight_only", "fp8"):
             raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
         self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
-        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-            if getattr(self, name) > 1 and self.speculative_config is not None:
-                raise ConfigError(f"{name} > 1 does not work with speculative decoding yet; drop speculative_config")
+        if self.pipeline_parallel_size > 1 and self.speculative_config is not None:
+            raise ConfigError(
+                "pipeline_parallel_size > 1 does not work with speculative decoding yet; drop speculative_config"
+            )
         if self.pipeline_parallel_size > 1 and self.async_scheduling == "on":
             raise ConfigError(
                 "pipeline_parallel_size > 1 overlaps batches its own way (one in flight per stage): use "

@@ -205,7 +205,9 @@ class LLMEngine:
         )
         spec_decoder, draft = None, None
         if spec_config is not None:  # loaded before the memory profile, which then counts its weights
-            setup = ProposerSetup(model, dtype, device, config.block_size, self.max_model_len, config.load_format)
+            setup = ProposerSetup(
+                model, dtype, device, config.block_size, self.max_model_len, config.load_format, model_dir
+            )
             proposer = load_proposer(spec_config, setup)
             spec_decoder = SpeculativeDecoder(spec_config, self.max_model_len, proposer)
             draft = proposer if isinstance(proposer, (DraftModelProposer, Eagle3Proposer)) else None

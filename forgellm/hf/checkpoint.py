@@ -77,6 +77,17 @@ def _iter_tensors(index: CheckpointIndex, dtype: torch.dtype | None) -> Iterator
                 yield name, tensor
 
 
+def read_checkpoint_tensor(model_dir: str | Path, names: tuple[str, ...]) -> tuple[str, torch.Tensor] | None:
+    """The first of `names` the checkpoint holds, read alone from its shard; None when it holds none."""
+    index = load_checkpoint_index(model_dir)
+    for name in names:
+        shard = index.weight_map.get(name)
+        if shard is not None:
+            with safe_open(str(shard), framework="pt") as handle:
+                return name, handle.get_tensor(name)
+    return None
+
+
 def read_safetensors_header_names(path: Path) -> list[str]:
     """Validate a safetensors file's header against its size and return its tensor names."""
     try:

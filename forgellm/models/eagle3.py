@@ -23,7 +23,7 @@ from torch import nn
 
 from forgellm.distributed import SINGLE_DEVICE
 from forgellm.errors import ModelLoadError
-from forgellm.hf.checkpoint import iter_checkpoint_tensors
+from forgellm.hf.checkpoint import iter_checkpoint_tensors, read_checkpoint_tensor
 from forgellm.hf.config import load_model_config
 from forgellm.hf.config_types import ModelArchConfig
 from forgellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -152,3 +152,25 @@ def load_eagle3_head(
     else:
         load_weights(head.weight_map(), tensors.items())
     return head.eval()
+
+
+# Where checkpoints keep the token embedding: a causal LM's, and a vision-language model's language model's.
+_EMBEDDING_NAMES = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight")
+
+
+def load_full_embedding(
+    model_dir: str | Path, target: ModelArchConfig, dtype: torch.dtype, device: torch.device, random: bool = False
+) -> VocabParallelEmbedding:
+    """The target's whole token embedding on one device, read from its checkpoint (random for benchmarks), for a
+    head that shares it while the target's own is split over tensor-parallel ranks (whose lookups all-reduce)."""
+    with torch.device(device):
+        embedding = VocabParallelEmbedding(target.vocab_size, target.hidden_size, dtype=dtype)
+    if random:
+        embedding.weight.normal_(0.0, 0.02)
+        return embedding
+    found = read_checkpoint_tensor(model_dir, _EMBEDDING_NAMES)
+    if found is None:
+        raise ModelLoadError(f"{model_dir} has no token embedding ({' or '.join(_EMBEDDING_NAMES)}) for the head")
+    name, tensor = found
+    embedding.load("weight", tensor.to(dtype), None, name)
+    return embedding

@@ -197,3 +197,4 @@ class ProposerSetup:
     block_size: int
     max_model_len: int
     load_format: str = "auto"
+    model_dir: Path | None = None  # the target's checkpoint (a head may read the target's embedding from it)

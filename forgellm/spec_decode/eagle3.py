@@ -24,10 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from forgellm.distributed import SINGLE_DEVICE
 from forgellm.engine.request import Request
 from forgellm.errors import ConfigError
 from forgellm.hf.config_types import ModelArchConfig
-from forgellm.models.eagle3 import Eagle3Head, default_aux_layers, load_eagle3_config, load_eagle3_head
+from forgellm.models.eagle3 import (
+    Eagle3Head,
+    default_aux_layers,
+    load_eagle3_config,
+    load_eagle3_head,
+    load_full_embedding,
+)
 from forgellm.spec_decode.config import ProposerSetup, SpeculativeConfig, check_draft_vocab, check_eagle3_hidden_size
 from forgellm.spec_decode.eagle3_guesses import Eagle3Guesses
 from forgellm.spec_decode.guess_inputs import GuessInputs
@@ -116,7 +123,11 @@ class Eagle3Proposer:
         path = Path(config.model).expanduser()
         head = load_eagle3_head(path, target.config, setup.dtype, setup.device, setup.load_format == "dummy")
         if head.embed_tokens is None:
-            head.share_embedding(target.embed_tokens)
+            embedding = target.embed_tokens
+            if getattr(target, "parallel", SINGLE_DEVICE).tp_size > 1:  # rank 0's shard: the head needs every row
+                random = setup.load_format == "dummy"
+                embedding = load_full_embedding(setup.model_dir, target.config, setup.dtype, setup.device, random)
+            head.share_embedding(embedding)
         layers = aux_layers(arch, target.config)
         return cls(head, setup.block_size, setup.max_model_len, layers, config.num_speculative_tokens)
 

@@ -69,8 +69,6 @@ def test_engine_under_tp2_with_asynchronous_scheduling_gives_tp1_tokens(variant,
 
 
 def test_parallel_configurations_that_cannot_run_are_refused(tiny_model_dir) -> None:
-    with pytest.raises(ConfigError, match="does not work with speculative decoding yet"):
-        LLM(str(tiny_model_dir("llama")), tensor_parallel_size=2, speculative_config={"method": "ngram"})
     with pytest.raises(ConfigError, match=r"tensor_parallel_size 3 cannot split 4 attention heads"):
         LLM(str(tiny_model_dir("llama")), tensor_parallel_size=3)
 

@@ -1,0 +1,61 @@
+"""Speculative decoding under tensor parallelism on the CPU (gloo, TP=2): n-gram, a draft model and EAGLE-3 heads
+give TP=1's plain greedy tokens. The proposers run on rank 0 alone (a draft model whole, an EAGLE-3 head over
+rank 0's features, which tensor parallelism keeps whole); a head without an embedding of its own gets the
+target's whole table from its checkpoint (rank 0's is a vocab shard), equal to one device's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forgellm import LLM
+from forgellm.sampling_params import SamplingParams
+from tests.fixtures.make_eagle3_head import make_eagle3_head
+
+PROMPT_IDS = [[11, 12, 13, 14, 15] * 3, [30, 31, 32, 33, 34, 35], list(range(40, 70))]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+
+def token_ids(llm: LLM) -> list[list[int]]:
+    prompts = [{"prompt_token_ids": ids} for ids in PROMPT_IDS]
+    return [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
+
+
+@pytest.fixture(scope="module")
+def target(tiny_model_dir):  # noqa: ANN201
+    return tiny_model_dir("llama")
+
+
+@pytest.fixture(scope="module")
+def plain(target):  # noqa: ANN201
+    return token_ids(LLM(str(target), dtype="float32", block_size=4))
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle3", "eagle3-own-embedding"])
+def test_speculation_under_tp2_gives_plain_decodings_tokens(target, plain, tmp_path, method) -> None:
+    spec = {"method": method.split("-")[0], "num_speculative_tokens": 3}
+    if method == "draft_model":
+        spec["model"] = str(target)  # the target drafting for itself: every guess is right
+    elif method.startswith("eagle3"):
+        spec["model"] = str(make_eagle3_head(target, tmp_path / "head", own_embedding=method.endswith("embedding")))
+    llm = LLM(str(target), dtype="float32", block_size=4, tensor_parallel_size=2, speculative_config=spec)
+    try:
+        assert token_ids(llm) == plain
+        stats = llm.engine.stats()
+        assert stats.num_spec_steps > 0 and stats.num_draft_tokens > 0
+        if method == "draft_model":
+            assert stats.num_accepted_tokens == stats.num_draft_tokens
+        if method == "eagle3":  # the shared table is the target's whole one, not rank 0's half
+            head = llm.engine.core.spec_decoder.proposer.head
+            whole = LLM(str(target), dtype="float32", num_kv_blocks=8).engine.core.runner.model.embed_tokens.weight
+            assert head.target_embedding.parallel.tp_size == 1 and torch.equal(head.target_embedding.weight, whole)
+        assert llm.engine.core.kv_cache.usage == 0.0
+    finally:
+        llm.engine.shutdown()
+
+
+def test_speculation_under_pipeline_parallelism_is_refused(target) -> None:
+    from forgellm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 does not work with speculative decoding"):
+        LLM(str(target), pipeline_parallel_size=2, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
