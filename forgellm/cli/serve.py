@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -153,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
             return run_node(config)
         if args.max_waiting_requests < 1:
             raise ConfigError(f"--max-waiting-requests must be >= 1, got {args.max_waiting_requests}")
+        # Bind before the engine loads: a taken port fails at once, not after minutes of loading, and no socket the
+        # engine opens meanwhile (a rank's ephemeral gloo port) can take the one asked for.
+        listener = _bind(args.host, args.port)
         # The engine steps in its own process: on the H200 a thread sharing the GIL with the HTTP side
         # reached 0.78 of offline throughput at concurrency 64, a process 1.01 (benchmarks/RESULTS.md).
         if config.data_parallel_size > 1:  # replicas behind this one front, each request to the least loaded
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             engine = DataParallelEngine.start(ProcessAsyncLLM, config, max_waiting_requests=args.max_waiting_requests)
         else:
             engine = ProcessAsyncLLM(config=config, max_waiting_requests=args.max_waiting_requests)
-    except (ForgeLLMError, ValueError) as exc:
+    except (ForgeLLMError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     logger.info(
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     # handler a no-op so the process goes on to stop the engine and exit 0 instead of dying by signal.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
         signal.signal(signal.SIGTERM, previous)
         engine.shutdown()
@@ -200,6 +204,18 @@ def run(args: argparse.Namespace) -> int:
         logger.error("exiting with status %d: the engine failed", EXIT_ENGINE_DIED)
         return EXIT_ENGINE_DIED
     return 0 if server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound now (an OSError naming the address when it is taken)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
 
 
 def _stop_when_engine_dies(engine, server, died: threading.Event) -> None:  # noqa: ANN001 - uvicorn types
