@@ -7,7 +7,8 @@ after the host batch is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torch import nn
 from forgellm.distributed.pipeline import PendingLogits, pipeline_logits
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.forward_batch import ForwardBatch
+
+if TYPE_CHECKING:
+    from forgellm.distributed.executor import TensorParallelExecutor
 
 
 def forward_logits(
@@ -44,20 +48,41 @@ def forward_logits(
 
 
 @dataclass
-class PlaceholderStep:
-    """Rank 0's message for a step whose input ids at `destinations` were sampled by the step in flight (on rank
-    0's device): the other ranks take those ids from a broadcast right after (asynchronous scheduling)."""
+class StepMessage:
+    """Rank 0's message for one step's forward pass. What is on rank 0's device follows it by broadcasts, device to
+    device (never through the host): the input ids the step in flight sampled (asynchronous scheduling), to go at
+    `destinations`, and a vision-language model's image rows (shape and dtype in `image_rows`)."""
 
-    batch: ForwardBatch
-    destinations: list[int]
+    batch: ForwardBatch  # without its image rows
+    destinations: list[int] | None = None
+    image_rows: tuple[tuple[int, ...], torch.dtype] | None = None
 
 
-def worker_forward(model: nn.Module, message: ForwardBatch | PlaceholderStep, device: torch.device) -> None:
-    """A rank > 0's part of a step's forward pass (rank 0 samples: nothing to return)."""
-    if isinstance(message, PlaceholderStep):
+def send_step(executor: TensorParallelExecutor, host: ForwardBatch, destinations: list[int], token_ids: Any) -> None:
+    """Rank 0: post a step to the other ranks, then broadcast its device tensors (`token_ids`: the ids going to
+    `destinations`, or None)."""
+    rows = host.mm_embeds
+    image_rows = None if rows is None else (tuple(rows.shape), rows.dtype)
+    executor.post(
+        StepMessage(replace(host, mm_embeds=None), destinations if token_ids is not None else None, image_rows)
+    )
+    if token_ids is not None:
+        torch.distributed.broadcast(token_ids, src=0)
+    if rows is not None:
+        torch.distributed.broadcast(rows.contiguous(), src=0)
+
+
+def worker_forward(model: nn.Module, message: StepMessage, device: torch.device) -> None:
+    """A rank > 0's part of a step's forward pass, taking what rank 0 broadcasts after the message (rank 0 samples:
+    nothing to return)."""
+    batch, destinations, token_ids = message.batch, None, None
+    if message.destinations is not None:
         token_ids = torch.empty(len(message.destinations), dtype=torch.int64, device=device)
         torch.distributed.broadcast(token_ids, src=0)
         destinations = torch.tensor(message.destinations, dtype=torch.int64, device=device)
-        forward_logits(model, None, message.batch, device, destinations, token_ids)
-    else:
-        forward_logits(model, None, message, device)
+    if message.image_rows is not None:
+        shape, dtype = message.image_rows
+        rows = torch.empty(shape, dtype=dtype, device=device)
+        torch.distributed.broadcast(rows, src=0)
+        batch = replace(batch, mm_embeds=rows)
+    forward_logits(model, None, batch, device, destinations, token_ids)

@@ -72,13 +72,10 @@ class ForwardBatch:
 
 
 def _as_numpy(value: object) -> object:
-    """A tensor as a numpy array (a host one sharing its memory); a bfloat16 one as a host tensor (numpy has no
-    bfloat16); anything else as it is. A device tensor (rank 0's image embeddings) comes to the host first: the
-    other ranks put it on their own devices."""
-    if not isinstance(value, torch.Tensor):
-        return value
-    value = value.cpu()
-    return value if value.dtype == torch.bfloat16 else value.numpy()
+    """A host tensor as a numpy array sharing its memory; anything else (a GPU tensor, bfloat16) as it is."""
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype != torch.bfloat16:
+        return value.numpy()
+    return value
 
 
 _TENSOR_FIELDS = (

@@ -32,7 +32,7 @@ from forgellm.spec_decode.verify import verify_drafts
 from forgellm.structured.state import GrammarState, accept_then_fill_async
 from forgellm.worker.cuda_graphs import CudaGraphRunner
 from forgellm.worker.encoder_graphs import EncoderGraphRunner
-from forgellm.worker.forward import PlaceholderStep, forward_logits
+from forgellm.worker.forward import forward_logits, send_step
 from forgellm.worker.forward_batch import SequenceChunk, build_host_batch
 from forgellm.worker.in_flight import InFlightStep, StepHiddenStates
 from forgellm.worker.kv_cache_memory import ProfileForward, allocate_kv_cache, profile_forward
@@ -257,10 +257,8 @@ class ModelRunner:
         if self.executor is None:
             logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
         else:  # the other ranks run the same forward pass; a pipeline's later stages take it once they are free
-            self.executor.post(host if not placeholders else PlaceholderStep(host, [d for _, d, _ in placeholders]))
-            try:
-                if pending_ids is not None:  # the in-flight step's tokens, from this device to theirs
-                    torch.distributed.broadcast(pending_ids, src=0)
+            try:  # the in-flight step's tokens and the image rows follow, from this device to theirs
+                send_step(self.executor, host, [d for _, d, _ in placeholders], pending_ids)
                 logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
             except Exception as exc:  # a collective timed out or lost a peer, or the ranks are out of step
                 raise self.executor.failure(exc) from exc
