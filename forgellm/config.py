@@ -39,6 +39,9 @@ class EngineConfig:
     num_kv_blocks: int | None = _opt(None, "KV-cache blocks (default: sized from memory)")
     cpu_kv_cache_gb: float = _opt(1.0, "KV-cache size on the CPU, in GiB, when num_kv_blocks is unset")
     gpu_memory_utilization: float = _opt(0.90, "fraction of GPU memory the engine may use")
+    cpu_threads: int | None = _opt(
+        None, "torch threads of an engine on the CPU (default: torch's; data-parallel replicas split the cores)"
+    )
     scheduling_policy: str = _opt("fcfs", "fcfs (first come, first served) or priority")
     seed: int = _opt(0, "seed of the engine's random generator (requests without their own seed)")
     enforce_eager: bool = _opt(False, "disable CUDA graphs")
@@ -136,6 +139,8 @@ class EngineConfig:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise ConfigError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.dtype not in _DTYPE_NAMES:

@@ -10,13 +10,14 @@ admission limits are the first replica's (all replicas serve the same model with
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from forgellm.config import EngineConfig
-from forgellm.distributed.placement import replica_devices
+from forgellm.distributed.placement import replica_configs
 from forgellm.engine.async_engine import AsyncLLM
 from forgellm.engine.core import EngineStats
 from forgellm.engine.input_processor import ProcessedPrompt, Prompt
@@ -41,11 +42,9 @@ class DataParallelEngine:
         """`config.data_parallel_size` replicas of `replica_class`, each with data_parallel_size 1; on GPUs each
         takes a block of its own (its tensor x pipeline ranks' GPUs)."""
         gpus = torch.cuda.device_count() if config.device != "cpu" and torch.cuda.is_available() else 0
-        devices = replica_devices(config, gpus)
         replicas = []
         try:
-            for device in devices:
-                own = dataclasses.replace(config, data_parallel_size=1, device=device)
+            for own in replica_configs(config, gpus, os.cpu_count() or 1):
                 replicas.append(replica_class(config=own, **options))
         except BaseException:
             for replica in replicas:
