@@ -28,7 +28,7 @@ from forgellm.config import EngineConfig
 from forgellm.distributed.heartbeat import Heartbeats
 from forgellm.distributed.messages import PostedMessage, message_group, post_message, send_message
 from forgellm.distributed.parallel_state import ParallelContext, join_groups
-from forgellm.distributed.placement import first_gpu, rank_gpu, ranks_per_node
+from forgellm.distributed.placement import first_gpu, ranks_per_node
 from forgellm.distributed.torchrun import INIT_METHOD, check_torchrun_config, torchrun_rank
 from forgellm.errors import ConfigError, EngineDeadError
 from forgellm.hf.config_types import ModelArchConfig
@@ -118,9 +118,9 @@ class TensorParallelExecutor:
         self.tp_size, self.pp_size = config.tensor_parallel_size, config.pipeline_parallel_size
         self.world_size = self.tp_size * self.pp_size
         self.backend = "nccl" if device.type == "cuda" else "gloo"
-        self.first_gpu = first_gpu(config.device)
+        self.first_gpu = first_gpu(config.device)  # rank 0's; the other local ranks' follow it
         if device.type == "cuda":  # NCCL's communicators use the current device: this rank's, not GPU 0
-            torch.cuda.set_device(rank_gpu(config, 0))
+            torch.cuda.set_device(self.first_gpu)
         launched = torchrun_rank()
         if launched is not None:  # torchrun started every rank: none to start here, none to watch
             check_torchrun_config(config, launched)

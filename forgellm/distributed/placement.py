@@ -32,10 +32,11 @@ def replica_configs(config: EngineConfig, gpu_count: int, cpu_count: int) -> lis
     """Each data-parallel replica's options (data_parallel_size 1): its own GPUs, or on the CPU its share of the
     `cpu_count` cores unless cpu_threads says otherwise (replicas that each take every core run many times slower:
     measured 14x at 2 replicas on 2 cores)."""
+    devices = replica_devices(config, gpu_count)
     shared = dataclasses.replace(config, data_parallel_size=1)
-    if gpu_count == 0 and config.cpu_threads is None:
+    if not devices[0].startswith("cuda") and config.cpu_threads is None:  # 'cpu', or 'auto' without a GPU
         shared = dataclasses.replace(shared, cpu_threads=max(1, cpu_count // config.data_parallel_size))
-    return [dataclasses.replace(shared, device=device) for device in replica_devices(config, gpu_count)]
+    return [dataclasses.replace(shared, device=device) for device in devices]
 
 
 def replica_devices(config: EngineConfig, gpu_count: int) -> list[str]:

@@ -41,7 +41,7 @@ class DataParallelEngine:
     def start(cls, replica_class: type[AsyncLLM], config: EngineConfig, **options: Any) -> DataParallelEngine:
         """`config.data_parallel_size` replicas of `replica_class`, each with data_parallel_size 1; on GPUs each
         takes a block of its own (its tensor x pipeline ranks' GPUs)."""
-        gpus = torch.cuda.device_count() if config.device != "cpu" and torch.cuda.is_available() else 0
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         replicas = []
         try:
             for own in replica_configs(config, gpus, os.cpu_count() or 1):

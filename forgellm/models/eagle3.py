@@ -166,7 +166,9 @@ def load_full_embedding(
     with torch.device(device):
         embedding = VocabParallelEmbedding(target.vocab_size, target.hidden_size, dtype=dtype)
     if random:
-        embedding.weight.normal_(0.0, 0.02)
+        from forgellm.worker.model_runner import init_random_weights  # the runner imports the models
+
+        init_random_weights(embedding, device)
         return embedding
     found = read_checkpoint_tensor(model_dir, _EMBEDDING_NAMES)
     if found is None:

@@ -58,14 +58,16 @@ class StepMessage:
     image_rows: tuple[tuple[int, ...], torch.dtype] | None = None
 
 
-def send_step(executor: TensorParallelExecutor, host: ForwardBatch, destinations: list[int], token_ids: Any) -> None:
+def send_step(
+    executor: TensorParallelExecutor, host: ForwardBatch, destinations: list[int] | None, token_ids: Any
+) -> None:
     """Rank 0: post a step to the other ranks, then broadcast its device tensors (`token_ids`: the ids going to
-    `destinations`, or None)."""
+    `destinations`; both None without tokens in flight)."""
     rows = host.mm_embeds
-    image_rows = None if rows is None else (tuple(rows.shape), rows.dtype)
-    executor.post(
-        StepMessage(replace(host, mm_embeds=None), destinations if token_ids is not None else None, image_rows)
-    )
+    if rows is None:
+        executor.post(StepMessage(host, destinations))
+    else:
+        executor.post(StepMessage(replace(host, mm_embeds=None), destinations, (tuple(rows.shape), rows.dtype)))
     if token_ids is not None:
         torch.distributed.broadcast(token_ids, src=0)
     if rows is not None:

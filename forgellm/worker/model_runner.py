@@ -258,7 +258,7 @@ class ModelRunner:
             logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
         else:  # the other ranks run the same forward pass; a pipeline's later stages take it once they are free
             try:  # the in-flight step's tokens and the image rows follow, from this device to theirs
-                send_step(self.executor, host, [d for _, d, _ in placeholders], pending_ids)
+                send_step(self.executor, host, [d for _, d, _ in placeholders] or None, pending_ids)
                 logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
             except Exception as exc:  # a collective timed out or lost a peer, or the ranks are out of step
                 raise self.executor.failure(exc) from exc

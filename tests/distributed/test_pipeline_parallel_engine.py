@@ -54,6 +54,8 @@ def test_pipeline_configurations_that_cannot_run_are_refused(tiny_model_dir) -> 
         LLM(path, pipeline_parallel_size=2, async_scheduling="on")
     with pytest.raises(ConfigError, match="pipeline_parallel_size must be a positive integer"):
         LLM(path, pipeline_parallel_size=0)
+    with pytest.raises(ConfigError, match="pipeline_micro_batches must be an integer >= 0"):
+        LLM(path, pipeline_parallel_size=2, pipeline_micro_batches=-1)
 
 
 def test_layers_that_do_not_split_evenly_give_the_later_stage_one_more(caplog) -> None:

@@ -49,6 +49,9 @@ def test_replicas_on_the_cpu_split_the_cores_unless_told() -> None:
     told = replica_configs(EngineConfig(data_parallel_size=3, cpu_threads=2), gpu_count=0, cpu_count=2)
     assert [r.cpu_threads for r in told] == [2, 2, 2]
     assert [r.cpu_threads for r in replica_configs(EngineConfig(data_parallel_size=2), 2, 64)] == [None, None]
+    # CPU replicas asked for on a machine with GPUs split the cores too.
+    on_cpu = replica_configs(EngineConfig(data_parallel_size=2, device="cpu"), gpu_count=2, cpu_count=8)
+    assert [(r.cpu_threads, r.device) for r in on_cpu] == [(4, "cpu")] * 2
 
 
 def test_an_engine_on_the_cpu_takes_its_threads(tiny_model_dir) -> None:

@@ -59,3 +59,15 @@ def test_speculation_under_pipeline_parallelism_is_refused(target) -> None:
 
     with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 does not work with speculative decoding"):
         LLM(str(target), pipeline_parallel_size=2, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+
+
+def test_a_target_checkpoint_without_an_embedding_is_named_for_a_head_that_shares_it(target, tmp_path) -> None:
+    """Under TP a head without its own embedding reads the target's whole table from the checkpoint: a checkpoint
+    that has none is a ModelLoadError naming the tensors looked for."""
+    from forgellm.errors import ModelLoadError
+    from forgellm.hf.config import load_model_config
+    from forgellm.models.eagle3 import load_full_embedding
+
+    head = make_eagle3_head(target, tmp_path / "head")  # its checkpoint has no model.embed_tokens.weight
+    with pytest.raises(ModelLoadError, match=r"no token embedding \(model.embed_tokens.weight or"):
+        load_full_embedding(head, load_model_config(target), torch.float32, torch.device("cpu"))
