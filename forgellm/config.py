@@ -169,9 +169,10 @@ class EngineConfig:
         if self.nvfp4_mode not in ("weight_only", "fp8"):
             raise ConfigError(f"nvfp4_mode must be weight_only or fp8, got {self.nvfp4_mode!r}")
         self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
-        if self.pipeline_parallel_size > 1 and self.speculative_config is not None:
+        if self.pipeline_micro_batches > 1 and self.speculative_config is not None:
             raise ConfigError(
-                "pipeline_parallel_size > 1 does not work with speculative decoding yet; drop speculative_config"
+                "speculative decoding runs one batch through the pipeline at a time (a verify step's tokens decide "
+                "the next drafts): use pipeline_micro_batches 0 or 1 with speculative_config"
             )
         if self.pipeline_parallel_size > 1 and self.async_scheduling == "on":
             raise ConfigError(

@@ -224,8 +224,9 @@ class LLMEngine:
             self.executor.broadcast(blocks)
         if draft is not None:
             draft.allocate_kv_cache(blocks)
-        # Pipeline parallelism keeps one batch in flight per stage (each over its own requests).
-        depth = (config.pipeline_micro_batches or config.pipeline_parallel_size) if self.executor is not None else 1
+        # Pipeline parallelism keeps one batch in flight per stage (each over its own requests); speculation one.
+        depth = config.pipeline_micro_batches or config.pipeline_parallel_size
+        depth = 1 if self.executor is None or spec_decoder is not None else depth
         runner.prepare_host_buffers(config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len, depth)
         if draft is not None:
             draft.prepare_host_buffers(

@@ -211,8 +211,9 @@ class LlamaForCausalLM(nn.Module):
         if any(not 0 <= i < len(self.layers) for i in layers):
             raise ValueError(f"aux hidden-state layers {layers} outside the model's {len(self.layers)} layers")
         self.aux_hidden_layers = tuple(layers)
-        weight = self.embed_tokens.weight
-        self.aux_hidden = weight.new_zeros(max_tokens, len(layers) * self.config.hidden_size)
+        device = next(self.parameters()).device  # a later pipeline stage has no embedding
+        width = len(layers) * self.config.hidden_size
+        self.aux_hidden = torch.zeros(max_tokens, width, dtype=self.dtype, device=device)
 
     def forward(
         self,

@@ -70,6 +70,14 @@ def aux_layers(head: ModelArchConfig, target: ModelArchConfig) -> tuple[int, ...
     return tuple(int(i) for i in layers)
 
 
+def eagle3_target_layers(config: SpeculativeConfig | None, target: ModelArchConfig) -> tuple[int, ...]:
+    """The target layers whose inputs an EAGLE-3 head reads (none for the other methods): a pipeline's later
+    stages capture theirs for rank 0."""
+    if config is None or config.method != "eagle3":
+        return ()
+    return aux_layers(check_eagle3_head(config, target), target)
+
+
 @dataclass
 class _Job:
     """A request that drafts this step, from row `row` of the catch-up's logits rows."""

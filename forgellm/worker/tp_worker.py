@@ -34,9 +34,10 @@ def run_worker(
     (same node), counted up as each step arrives; `local_rank`: its GPU on this node (default: from `rank`)."""
     from forgellm.distributed.executor import collective_timeout
     from forgellm.distributed.placement import rank_gpu, ranks_per_node
-    from forgellm.engine.llm_engine import resolve_device, resolve_model_dir
+    from forgellm.engine.llm_engine import max_step_tokens, resolve_device, resolve_model_dir
     from forgellm.hf.config import load_model_config, resolve_dtype
     from forgellm.quantization.resolve import resolve_kv_cache_dtype, resolve_quantization
+    from forgellm.spec_decode.eagle3 import eagle3_target_layers
     from forgellm.worker.forward import worker_forward
     from forgellm.worker.kv_cache_memory import ProfileForward, allocate_kv_cache, profile_forward
     from forgellm.worker.model_runner import load_model
@@ -61,6 +62,9 @@ def run_worker(
         )
         parallel = join_groups(rank, config.tensor_parallel_size, config.pipeline_parallel_size)
         model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
+        aux_layers = eagle3_target_layers(config.speculative_config, arch)
+        if aux_layers and parallel.pp_size > 1:  # rank 0's EAGLE-3 head reads them: this stage sends its own
+            model.capture_aux_hidden_states(aux_layers, max_step_tokens(config))
         kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, quant_config, dtype)
         with torch.inference_mode():
             while True:

@@ -1,6 +1,7 @@
-"""Speculative decoding under tensor parallelism on the CPU (gloo, TP=2): n-gram, a draft model and EAGLE-3 heads
-give TP=1's plain greedy tokens. The proposers run on rank 0 alone (a draft model whole, an EAGLE-3 head over
-rank 0's features, which tensor parallelism keeps whole); a head without an embedding of its own gets the
+"""Speculative decoding under tensor and pipeline parallelism on the CPU (gloo, TP=2, PP=2, TP=2 x PP=2): n-gram,
+a draft model and EAGLE-3 heads give one device's plain greedy tokens (and, under PP, its drafts). The proposers
+run on rank 0 alone (a draft model whole, an EAGLE-3 head over rank 0's features, which tensor parallelism keeps
+whole and a pipeline's later stages send with the logits); a head without an embedding of its own gets the
 target's whole table from its checkpoint (rank 0's is a vocab shard), equal to one device's."""
 
 from __future__ import annotations
@@ -54,11 +55,65 @@ def test_speculation_under_tp2_gives_plain_decodings_tokens(target, plain, tmp_p
         llm.engine.shutdown()
 
 
-def test_speculation_under_pipeline_parallelism_is_refused(target) -> None:
+def recorded_drafts(llm: LLM) -> list[list[list[int]]]:
+    """Greedy-generate PROMPT_IDS, recording every proposal rank 0's proposer makes (a list per call)."""
+    proposer, calls = llm.engine.core.spec_decoder.proposer, []
+    propose_for = proposer.propose_for
+
+    def recording(requests, ks, hidden_states=None):  # noqa: ANN001, ANN202
+        drafts = propose_for(requests, ks, hidden_states)
+        calls.append([list(d) for d in drafts])
+        return drafts
+
+    proposer.propose_for = recording
+    assert token_ids(llm) == llm.plain_tokens
+    return calls
+
+
+@pytest.mark.parametrize(("method", "tp"), [("ngram", 1), ("draft_model", 1), ("eagle3", 1), ("eagle3", 2)])
+def test_speculation_under_pipeline_parallelism_gives_one_devices_drafts_and_tokens(
+    target, plain, tmp_path, method, tp
+) -> None:
+    """PP=2 (and TP=2 x PP=2): plain decoding's greedy tokens, and the very drafts one device proposes. An EAGLE-3
+    head reads target layers 1, 1 and 0 (the tiny target's defaults): layer 1 runs on the second stage, whose
+    captured columns reach rank 0 with the logits; without them the drafts differ."""
+    spec = {"method": method, "num_speculative_tokens": 3}
+    if method == "draft_model":
+        spec["model"] = str(target)
+    elif method == "eagle3":
+        spec["model"] = str(make_eagle3_head(target, tmp_path / "head"))
+    one = LLM(str(target), dtype="float32", block_size=4, speculative_config=spec)
+    one.plain_tokens = plain
+    expected = recorded_drafts(one)
+    split = LLM(
+        str(target),
+        dtype="float32",
+        block_size=4,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=2,
+        speculative_config=spec,
+    )
+    try:
+        split.plain_tokens = plain
+        assert recorded_drafts(split) == expected
+        assert any(any(d) for call in expected for d in call)  # something was drafted
+        assert not hasattr(split.engine.core, "max_steps_in_flight")  # one batch in the pipeline at a time
+        assert split.engine.stats().num_accepted_per_position == one.engine.stats().num_accepted_per_position
+        assert split.engine.core.kv_cache.usage == 0.0
+    finally:
+        split.engine.shutdown()
+
+
+def test_speculation_with_pipeline_micro_batches_is_refused(target) -> None:
     from forgellm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="pipeline_parallel_size > 1 does not work with speculative decoding"):
-        LLM(str(target), pipeline_parallel_size=2, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    with pytest.raises(ConfigError, match="use pipeline_micro_batches 0 or 1 with speculative_config"):
+        LLM(
+            str(target),
+            pipeline_parallel_size=2,
+            pipeline_micro_batches=2,
+            speculative_config={"method": "ngram", "num_speculative_tokens": 3},
+        )
 
 
 def test_a_target_checkpoint_without_an_embedding_is_named_for_a_head_that_shares_it(target, tmp_path) -> None:
