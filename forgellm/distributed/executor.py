@@ -138,7 +138,7 @@ class TensorParallelExecutor:
             self.backend, init_method=init_method, rank=0, world_size=self.world_size, timeout=self.timeout
         )
         self.messages = message_group()  # before join_groups: every rank makes its groups in the same order
-        self.parallel = join_groups(0, self.tp_size, self.pp_size)
+        self.parallel = join_groups(0, self.tp_size, self.pp_size, self.heartbeats)
         self._posted: deque[PostedMessage] = deque()  # steps' batches sent without waiting, oldest first
         self._closed = False
         self._failed = False  # a collective failed: the ranks are out of step
@@ -200,7 +200,8 @@ class TensorParallelExecutor:
 
     def failure(self, exc: BaseException) -> EngineDeadError:
         """The EngineDeadError for a collective (or a stage hand-off) that raised `exc`: naming a rank that exited,
-        else one that never picked up the step (hung or stopped), else saying what is known. Any other error in
+        else one that never picked up the step (hung or stopped), else one stuck inside the forward pass (by the
+        heartbeat's counts), else saying what is known. Any other error in
         rank 0's part of a forward pass ends the engine too: the other ranks went on without it."""
         self._failed = True
         if not isinstance(exc, RuntimeError):
@@ -225,10 +226,23 @@ class TensorParallelExecutor:
                 f"{self._kind} {names} did not answer within {self.timeout.total_seconds():g} s "
                 f"(distributed_timeout_s): hung or stopped; {exc}"
             )
+        stuck = None if self.heartbeats is None or self.nnodes > 1 else self.heartbeats.stuck_inside_forward(
+            self.tp_size, self.pp_size
+        )
+        if stuck is not None:
+            return EngineDeadError(
+                f"{self._kind} {stuck}; nothing moved within {self.timeout.total_seconds():g} s "
+                f"(distributed_timeout_s): {exc}"
+            )
         where = " or on another node" if self.nnodes > 1 else ""
         if self.heartbeats is None:
             where += "; under torchrun, its log names a rank that exited"
         return EngineDeadError(f"a {self._kind} collective failed (a rank hung inside a forward pass{where}): {exc}")
+
+    def finish_forward(self) -> None:
+        """Rank 0 finished its part of a step's forward pass (a stuck rank is told apart by these counts)."""
+        if self.heartbeats is not None:
+            self.heartbeats.finish_forward()
 
     def check_workers(self) -> None:
         """Raise naming the rank whose process has ended (instead of waiting for a collective timeout)."""

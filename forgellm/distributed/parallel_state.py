@@ -7,7 +7,7 @@ pipeline stages pass activations between the ranks of equal tp_rank in consecuti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,9 @@ class ParallelContext:
     pp_rank: int = 0
     pp_size: int = 1
     tp_group: Any = None  # this stage's tensor-parallel process group (None: the whole world, when pp_size == 1)
+    # Counts the collectives this rank enters (distributed.heartbeat.Heartbeats), so a rank stuck between two can
+    # be named; None without a heartbeat file.
+    progress: Any = field(default=None, compare=False)
 
     @property
     def rank(self) -> int:
@@ -57,6 +60,8 @@ class ParallelContext:
         """Sum x over the tensor-parallel group (a no-op on one device)."""
         if self.tp_size == 1:
             return x
+        if self.progress is not None:
+            self.progress.enter_collective()
         torch.distributed.all_reduce(x, group=self.tp_group)
         return x
 
@@ -65,13 +70,16 @@ class ParallelContext:
         if self.tp_size == 1:
             return x
         parts = [torch.empty_like(x) for _ in range(self.tp_size)]
+        if self.progress is not None:
+            self.progress.enter_collective()
         torch.distributed.all_gather(parts, x.contiguous(), group=self.tp_group)
         return torch.cat(parts, dim=-1)
 
 
-def join_groups(rank: int, tp_size: int, pp_size: int) -> ParallelContext:
+def join_groups(rank: int, tp_size: int, pp_size: int, progress: Any = None) -> ParallelContext:
     """This rank's context once the process group spans tp_size * pp_size ranks. Every rank must call it
-    (creating a group is collective): with several stages, one tensor-parallel group per stage."""
+    (creating a group is collective): with several stages, one tensor-parallel group per stage. `progress`: this
+    rank's Heartbeats, if any."""
     pp_rank, tp_rank = divmod(rank, tp_size)
     group = None
     if pp_size > 1 and tp_size > 1:
@@ -79,7 +87,7 @@ def join_groups(rank: int, tp_size: int, pp_size: int) -> ParallelContext:
             created = torch.distributed.new_group(list(range(stage * tp_size, (stage + 1) * tp_size)))
             if stage == pp_rank:
                 group = created
-    return ParallelContext(tp_rank, tp_size, pp_rank, pp_size, group)
+    return ParallelContext(tp_rank, tp_size, pp_rank, pp_size, group, progress)
 
 
 # The ordinary case, and the default of every parallel layer: one device, no communication.

@@ -262,6 +262,7 @@ class ModelRunner:
                 logits = forward_logits(self.model, self.graph_runner, host, self.device, destinations, pending_ids)
             except Exception as exc:  # a collective timed out or lost a peer, or the ranks are out of step
                 raise self.executor.failure(exc) from exc
+            self.executor.finish_forward()
             if not isinstance(logits, PendingLogits):  # a pipeline's batch is settled when its logits come
                 self.executor.wait_posted()
         step = InFlightStep(scheduler_output, [request for request, _ in samplers])

@@ -60,7 +60,7 @@ def run_worker(
         quant_config = resolve_quantization(
             model_dir, arch.raw, config.quantization, config.quantization_group_size, config.nvfp4_mode
         )
-        parallel = join_groups(rank, config.tensor_parallel_size, config.pipeline_parallel_size)
+        parallel = join_groups(rank, config.tensor_parallel_size, config.pipeline_parallel_size, beats)
         model = load_model(model_dir, arch, dtype, device, config.load_format, quant_config, parallel)
         aux_layers = eagle3_target_layers(config.speculative_config, arch)
         if aux_layers and parallel.pp_size > 1:  # rank 0's EAGLE-3 head reads them: this stage sends its own
@@ -77,6 +77,8 @@ def run_worker(
                     allocate_kv_cache(model, message, config.block_size, kv_dtype)
                 else:  # a step's batch
                     worker_forward(model, message, device)
+                    if beats is not None:
+                        beats.finish_forward()
     finally:
         if beats is not None:
             beats.close()

@@ -8,6 +8,7 @@ lives on; each rank sizes its KV cache by its own share of layers and heads."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -126,6 +127,38 @@ def test_a_hung_rank_ends_the_engine_within_the_timeout_naming_it(tiny_model_dir
         assert time.monotonic() - started < 60  # the timeout, not a hang (generous for a loaded machine)
     finally:
         llm.engine.shutdown()  # kills the stopped rank after telling it fails
+
+
+@pytest.mark.parametrize(
+    ("split", "named"),
+    [
+        ({"tensor_parallel_size": 2}, r"rank 1 \(entered \d+ of \d+ collectives\): stuck inside forward pass \d+"),
+        ({"pipeline_parallel_size": 2}, r"rank 1 \(stage 1, its part of forward pass \d+ never finished\)"),
+    ],
+    ids=["tp2", "pp2"],
+)
+def test_a_rank_stuck_inside_a_forward_pass_is_named(tiny_model_dir, tmp_path, monkeypatch, split, named) -> None:
+    """Rank 1 picks the step up, then stops inside its forward pass (tests/fixtures/hang_inside_forward): its peers
+    wait in the next collective (TP) or for its stage (PP). The heartbeat's counts of collectives entered and
+    forward passes finished name it within distributed_timeout_s."""
+    import time
+    from pathlib import Path
+
+    flag = tmp_path / "hang"
+    repo = Path(__file__).resolve().parents[2]  # sitecustomize imports forgellm before the cwd is on sys.path
+    paths = [str(repo / "tests" / "fixtures" / "hang_inside_forward"), str(repo), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
+    monkeypatch.setenv("FORGELLM_TEST_HANG_FLAG", str(flag))
+    llm = LLM(str(tiny_model_dir("llama")), dtype="float32", distributed_timeout_s=3, **split)
+    try:
+        assert len(tokens(llm, [[5, 6, 7]])[0]) == GREEDY.max_tokens
+        flag.touch()
+        started = time.monotonic()
+        with pytest.raises(EngineDeadError, match=named + r".*nothing moved within 3 s"):
+            llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)
+        assert time.monotonic() - started < 60
+    finally:
+        llm.engine.shutdown()
 
 
 @pytest.mark.parametrize("split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"])
