@@ -6,7 +6,8 @@ Each (K, N) is timed alone with triton.testing.do_bench (median, L2 flushed befo
 as often as one forward pass runs it: 32 x (fused q/k/v 6144x4096, o 4096x4096, fused gate/up 28672x4096,
 down 4096x14336) + lm_head 128256x4096. TB/s = weight bytes read (packed weight + scales) / time, against
 the 4.27 TB/s device copy of the H200 (REFERENCE.md). "fused" is int_weight_gemm_triton with its
-heuristic config, "deq+mm" dequantizes to bf16 then calls cuBLAS (the large-M path).
+heuristic config (split-K summed by a second kernel), "1-launch" the same with a layer's tile counters
+(summed by each tile's last slice), "deq+mm" dequantizes to bf16 then calls cuBLAS (the large-M path).
 
 --sweep samples tile configs (the TILES tuple of triton_int_weight_gemm) for int4 g128 at each M, in a
 seeded random order until the time budget is spent, and prints the best per M as a TILES entry.
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 import triton.testing
 
 from forgellm.kernels import triton_int_weight_gemm as tiw
+from forgellm.kernels.triton_utils import split_k_counters
 
 COPY_TBPS = 4.27
 LAYERS = 32
@@ -96,7 +98,8 @@ def run_table(rows: list[int]) -> None:
         times = {name: bench_ms(functools.partial(F.linear, xs[k], dense[name])) for name, k, *_ in SHAPES}
         print(row("bf16 F.linear", times, dense_bytes))
         for variant, weights in quant.items():
-            paths = [("fused", tiw.int_weight_gemm_triton)]
+            one_launch = functools.partial(tiw.int_weight_gemm_triton, split_k_counters=split_k_counters(DEV))
+            paths = [("fused", tiw.int_weight_gemm_triton), ("1-launch", one_launch)]
             if m >= DEQUANT_MM_ROWS:
                 paths.append(("deq+mm", tiw.int_weight_dequant_mm_triton))
             for path, fn in paths:

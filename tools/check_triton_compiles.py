@@ -75,6 +75,7 @@ def cases() -> list[tuple[str, object]]:
     fp8 = torch.float8_e4m3fn
     out: list[tuple[str, object]] = []
     n, k = 6144, 4096
+    counters = torch.zeros(4 * SMS, dtype=torch.int32)  # split-K summed in the GEMM (the layers' path)
     for m in (1, 256):  # swapped split-K tiles at decode sizes, big tiles at prefill sizes
         x = torch.zeros(m, k, dtype=fp8)
         scales = {"tensor": torch.ones(1), "token": torch.ones(m, 1), "group": torch.ones(m, k // 128)}
@@ -88,6 +89,16 @@ def cases() -> list[tuple[str, object]]:
                         lambda x=x, xs=xs, w=w, ws=ws: triton_fp8_gemm.fp8_matmul_triton(x, xs, w, ws, torch.bfloat16),
                     )
                 )
+                if (act, wmode) in (("token", "channel"), ("group", "block"), ("tensor", "tensor")):
+                    bias = torch.zeros(n, dtype=torch.bfloat16) if act == "token" else None
+                    out.append(
+                        (
+                            f"fp8_matmul M={m} {act}/{wmode} bias={bias is not None} split-K summed in the GEMM",
+                            lambda x=x, xs=xs, w=w, ws=ws, b=bias: triton_fp8_gemm.fp8_matmul_triton(
+                                x, xs, w, ws, torch.bfloat16, b, split_k_counters=counters
+                            ),
+                        )
+                    )
     xb = torch.zeros(7, k, dtype=torch.bfloat16)
     out += [
         ("quantize_fp8_per_token", lambda: triton_fp8_quant.quantize_fp8_per_token_triton(xb)),
@@ -115,6 +126,15 @@ def cases() -> list[tuple[str, object]]:
                     ),
                 )
             )
+            if m <= 16:  # split K
+                out.append(
+                    (
+                        f"{name} split-K summed in the GEMM",
+                        lambda x=x, q=qweight, s=s, z=z, b=bits, g=group, v=value_type, p=p: (
+                            triton_int_weight_gemm.int_weight_matmul_triton(x, q, s, z, b, g, v, p, counters)
+                        ),
+                    )
+                )
     h = torch.zeros(5, 4096, dtype=torch.bfloat16)
     out += [
         ("rms_norm", lambda: triton_norm.rms_norm_triton(h, torch.ones(4096, dtype=torch.bfloat16), 1e-6)),

@@ -21,8 +21,11 @@ def fp8_matmul_ref(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None = None,
     block: tuple[int, int] = (128, 128),
+    split_k_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = (x_q * x_scale) @ (w * w_scale)^T (+ bias), in float32, returned in out_dtype: [M, N]."""
+    """y = (x_q * x_scale) @ (w * w_scale)^T (+ bias), in float32, returned in out_dtype: [M, N].
+
+    split_k_counters: for the Triton version (the dispatched op passes the same call to both); unused here."""
     x = dequantize_fp8(x_q, x_scale, (1, block[1]))
     y = x @ dequantize_fp8(w, w_scale, block).t()
     if bias is not None:

@@ -152,19 +152,22 @@ def fp8_linear(
     act_strategy: str,
     bias: torch.Tensor | None = None,
     block: tuple[int, int] = (128, 128),
+    split_k_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = quantize(x) @ dequantize(w)^T (+ bias) for x [..., K], w [N, K] e4m3: [..., N] in x's dtype.
 
     act_strategy "token" / "group" (group of block[1]) quantizes x dynamically, "static" with input_scale.
+    split_k_counters: the layer's tile counters for the Triton GEMM's in-kernel split-K sum (CUDA only).
     """
-    run = fp8_linear_ref if not x.is_cuda or _REFERENCE_ONLY else _fp8_linear_cuda
-    return run(
-        x, w, w_scale, input_scale=input_scale, weight_strategy=weight_strategy,
-        act_strategy=act_strategy, bias=bias, block=block,
-    )  # fmt: skip
+    args = dict(input_scale=input_scale, weight_strategy=weight_strategy, act_strategy=act_strategy, bias=bias)
+    if not x.is_cuda or _REFERENCE_ONLY:
+        return fp8_linear_ref(x, w, w_scale, block=block, **args)
+    return _fp8_linear_cuda(x, w, w_scale, block=block, split_k_counters=split_k_counters, **args)
 
 
-def _fp8_linear_cuda(x, w, w_scale, *, input_scale, weight_strategy, act_strategy, bias, block) -> torch.Tensor:
+def _fp8_linear_cuda(
+    x, w, w_scale, *, input_scale, weight_strategy, act_strategy, bias, block, split_k_counters=None
+) -> torch.Tensor:
     """fp8_linear through the package's dispatched ops and the backend choice (CPU tensors: their references)."""
     _check(x, w, weight_strategy, act_strategy, input_scale)
     # The package's dispatched ops (Triton on CUDA, with its import errors); imported here because the
@@ -183,5 +186,5 @@ def _fp8_linear_cuda(x, w, w_scale, *, input_scale, weight_strategy, act_strateg
     if backend == "scaled_mm":
         y = scaled_mm_fp8(x_q, x_scale, w, w_scale, x.dtype, bias)
     else:
-        y = kernels.fp8_matmul(x_q, x_scale, w, w_scale, x.dtype, bias, block)
+        y = kernels.fp8_matmul(x_q, x_scale, w, w_scale, x.dtype, bias, block, split_k_counters=split_k_counters)
     return y.view(*x.shape[:-1], n)

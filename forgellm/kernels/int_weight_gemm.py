@@ -137,8 +137,11 @@ def int_weight_matmul_ref(
     group_size: int,
     value_type: str = "int",
     perm: torch.Tensor | None = None,
+    split_k_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y [..., N] = x[..., perm] @ W^T in x's dtype, W dequantized (in stored order) then cast to x's dtype."""
+    """y [..., N] = x[..., perm] @ W^T in x's dtype, W dequantized (in stored order) then cast to x's dtype.
+
+    split_k_counters: for the Triton version (the dispatched op passes the same call to both); unused here."""
     k, _ = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
     if x.shape[-1] != k:
         raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")

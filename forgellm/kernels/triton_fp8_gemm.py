@@ -5,7 +5,8 @@ partial product; the others (per token, per tensor, per channel) once, in the ep
 
 Small M (decode) is a weight stream: the tile is "swapped" (weight rows fill the MMA's 64-row side
 and the few tokens its narrow side, y^T = W x^T) and K is split across programs until the grid
-fills the GPU; the splits' float32 partials are summed by a second small kernel.
+fills the GPU; the splits' float32 partials are summed by a second small kernel or, given split_k_counters,
+by the tile's last split to finish (one launch; both sum in split order, so they agree bit for bit).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forgellm.kernels.triton_utils import interpreting, next_power_of_2, num_sms
+from forgellm.kernels.triton_utils import check_split_k_counters, interpreting, next_power_of_2, num_sms
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _outer(rows, cols, SWAP_AB: tl.constexpr):
 
 @triton.jit
 def _fp8_gemm_kernel(
-    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, y_ptr, counter_ptr,
     M, N, K,
     stride_xm, stride_wn, stride_om, stride_os,
     stride_xs, stride_wsn, stride_wsk,
@@ -94,8 +95,10 @@ def _fp8_gemm_kernel(
     PARTIAL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BITCAST: tl.constexpr,
+    FUSED_REDUCE: tl.constexpr,
 ):  # fmt: skip
-    """One [BLOCK_M, BLOCK_N] output tile over split program_id(1) of K's steps."""
+    """One [BLOCK_M, BLOCK_N] output tile over split program_id(1) of K's steps; FUSED_REDUCE: the tile's last
+    split to finish sums the partials in out (+ bias) into y (counter_ptr: one per tile, program_id(0))."""
     pid = tl.program_id(0)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * tiles_n)
@@ -154,6 +157,18 @@ def _fp8_gemm_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:
         tl.store(out + tl.program_id(1).to(tl.int64) * stride_os, acc, mask=mask)
+        if FUSED_REDUCE:  # stream-K's fix-up: the tile's last split to finish sums the partials
+            tl.debug_barrier()  # every thread's partial store is issued before the count below
+            # acq_rel: releases this split's partial; the last split acquires the others' (read .cg: from L2)
+            if tl.atomic_add(counter_ptr + pid, 1, sem="acq_rel") == tl.num_programs(1) - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for i in range(0, tl.num_programs(1)):  # split order, not arrival order: bit for bit the 2-kernel sum
+                    total += tl.load(out + i * stride_os, mask=mask, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                y = y_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+                tl.store(y, total.to(y_ptr.dtype.element_ty), mask=mask)
+                tl.store(counter_ptr + pid, 0)  # back to zero for the next call and CUDA-graph replays: no memset
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -205,8 +220,11 @@ def fp8_matmul_triton(
     bias: torch.Tensor | None = None,
     block: tuple[int, int] = (128, 128),
     config: Fp8GemmConfig | None = None,
+    split_k_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Triton fp8_matmul: same contract as forgellm.kernels.fp8_gemm.fp8_matmul_ref; config overrides the tiles."""
+    """Triton fp8_matmul: same contract as forgellm.kernels.fp8_gemm.fp8_matmul_ref; config overrides the tiles.
+
+    split_k_counters: zeroed int32, one per output tile (triton_utils.split_k_counters); left zero after each call."""
     (m, k), n = x_q.shape, w.shape[0]
     if w.shape[1] != k:
         raise ValueError(f"x_q {tuple(x_q.shape)} and w {tuple(w.shape)} do not share K")
@@ -229,6 +247,10 @@ def fp8_matmul_triton(
     dest = torch.empty((splits, m, n), dtype=torch.float32, device=out.device) if splits > 1 else out
     bitcast = interpreting()
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), splits)
+    # With counters the last split of each tile sums the partials: one launch per GEMM instead of two at small M.
+    fused_reduce = splits > 1 and split_k_counters is not None
+    if fused_reduce:
+        check_split_k_counters(split_k_counters, grid[0], out.device)
     _fp8_gemm_kernel[grid](
         x_q.view(torch.uint8) if bitcast else x_q,
         x_scale,
@@ -236,6 +258,8 @@ def fp8_matmul_triton(
         w_scale,
         bias if bias is not None else out,
         dest,
+        out,
+        split_k_counters if fused_reduce else out,
         m, n, k,
         x_q.stride(0), w.stride(0), n, m * n,
         x_scale.stride(0) if x_scale.dim() == 2 else 0,
@@ -245,9 +269,9 @@ def fp8_matmul_triton(
         ACT_MODE=act, W_MODE=wmode, K_GROUP=block[1], W_BLOCK_N=block[0],
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SWAP_AB=cfg.swap_ab,
         EVEN_K=k % cfg.block_k == 0, PARTIAL=splits > 1, HAS_BIAS=bias is not None, BITCAST=bitcast,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        FUSED_REDUCE=fused_reduce, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    if splits > 1:
+    if splits > 1 and not fused_reduce:
         block_size = 1024
         _split_k_reduce_kernel[(triton.cdiv(m * n, block_size),)](
             dest, bias if bias is not None else out, out, n, m * n, splits,

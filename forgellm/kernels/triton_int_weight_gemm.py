@@ -2,7 +2,8 @@
 
 Layout: forgellm.kernels.int_weight_gemm. A program owns a [BLOCK_N, BLOCK_M] tile of y^T (the weight is
 the MMA's wide operand, so a few decode rows fill it) and a slice of K; with split_k > 1 slices write float32
-partials that a second kernel sums (deterministic, no atomics or host sync: CUDA-graph safe). Each packed
+partials that a second kernel sums or, given split_k_counters, the tile's last slice to finish (one launch: no
+host sync or memset, CUDA-graph safe; both sum in slice order, so they agree bit for bit). Each packed
 word is loaded once, its element j handled in pass j (k = word * pack + j: x is read with stride pack).
 M = 1 skips tl.dot (FMAs); large M dequantizes to x's dtype and calls torch.mm (cuBLAS).
 """
@@ -16,7 +17,7 @@ import triton
 import triton.language as tl
 
 from forgellm.kernels.int_weight_gemm import check_int_weight_args
-from forgellm.kernels.triton_utils import interpreting, num_sms
+from forgellm.kernels.triton_utils import check_split_k_counters, interpreting, num_sms
 
 # Above this many rows, dequantize + torch.mm beats the fused kernel (to be set from the benchmark).
 DEQUANT_MM_MIN_M = 128
@@ -64,13 +65,14 @@ def _element(q, J: tl.constexpr, BITS: tl.constexpr, E2M1: tl.constexpr, magic, 
 
 @triton.jit
 def _gemm_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, perm_ptr, out_ptr,
+    x_ptr, q_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, y_ptr, counter_ptr,
     M, N, K, stride_xm, stride_xk, blocks_per_split, magic,
     BITS: tl.constexpr, GROUP: tl.constexpr, E2M1: tl.constexpr, HAS_ZEROS: tl.constexpr,
     SYM_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, FUSED_REDUCE: tl.constexpr,
 ):  # fmt: skip
-    """out[pid_k] (or y) tile (pid_n, pid_m): the sum over this program's K slice, stored as y[m, n]."""
+    """out[pid_k] (or y) tile (pid_n, pid_m): the sum over this program's K slice, stored as y[m, n];
+    FUSED_REDUCE: the tile's last slice to finish then sums out[0..splits) into y (counter_ptr: one per tile)."""
     PACK: tl.constexpr = 32 // BITS
     BKP: tl.constexpr = BLOCK_K // PACK  # packed rows per block
     SCALE_ROW: tl.constexpr = GROUP % BLOCK_K == 0  # a block lies in one group: one scale per column
@@ -128,8 +130,18 @@ def _gemm_kernel(
                 blk = tl.dot(w, xj, blk, input_precision=DOT_PRECISION)
             acc += blk * s if SCALE_ROW else blk
     res = tl.sum(acc, axis=1)[:, None] if BLOCK_M == 1 else acc
-    out_ptrs = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
-    tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
+    tile, mask = offs_m[None, :] * N + offs_n[:, None], n_mask[:, None] & m_mask[None, :]
+    tl.store(out_ptr + pid_k * M * N + tile, res.to(out_ptr.dtype.element_ty), mask=mask)
+    if FUSED_REDUCE:  # stream-K's fix-up: the tile's last slice to finish sums the partials
+        tl.debug_barrier()  # every thread's partial store is issued before the count below
+        counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+        # acq_rel: releases this slice's partial; the last slice acquires the others' (and reads them .cg: from L2)
+        if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(2) - 1:
+            total = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+            for i in range(tl.num_programs(2)):  # slice order, not arrival order: as _sum_splits_kernel, bit for bit
+                total += tl.load(out_ptr + i * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + tile, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(counter, 0)  # back to zero for the next call and CUDA-graph replays: no memset per call
 
 
 @triton.jit
@@ -207,8 +219,11 @@ def int_weight_gemm_triton(
     value_type: str = "int",
     perm: torch.Tensor | None = None,
     config: GemmConfig | None = None,
+    split_k_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The fused kernel (split-K at small M, tiled at large M); config overrides pick_config."""
+    """The fused kernel (split-K at small M, tiled at large M); config overrides pick_config.
+
+    split_k_counters: zeroed int32, one per output tile (triton_utils.split_k_counters); left zero after each call."""
     k, n = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
     if x.shape[-1] != k:
         raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
@@ -225,14 +240,19 @@ def int_weight_gemm_triton(
     out = y if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     (qweight, scales, zeros_arg), consts = _weight_args(qweight, scales, zeros, bits, value_type)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split)
+    # With counters the last slice of each tile sums the partials: one launch per GEMM instead of two at small M.
+    fused_reduce = split > 1 and split_k_counters is not None
+    if fused_reduce:
+        check_split_k_counters(split_k_counters, grid[0] * grid[1], x.device)
     _gemm_kernel[grid](
-        x2, qweight, scales, zeros_arg, qweight if perm is None else perm, out,
+        x2, qweight, scales, zeros_arg, qweight if perm is None else perm, out, y,
+        split_k_counters if fused_reduce else qweight,
         m, n, k, x2.stride(0), x2.stride(1), per_split, 0x4B000000,
         GROUP=group_size, HAS_PERM=perm is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, DOT_FP32=interpreting(), DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
+        FUSED_REDUCE=fused_reduce, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **consts,
     )  # fmt: skip
-    if split > 1:  # 256 outputs per program: enough programs even for N = 4096 at M = 1
+    if split > 1 and not fused_reduce:  # 256 outputs per program: enough programs even for N = 4096 at M = 1
         _sum_splits_kernel[(triton.cdiv(m * n, 256),)](out, y, m * n, split, BLOCK=256, num_warps=2)
     return y.view(*x.shape[:-1], n)
 
@@ -288,10 +308,14 @@ def int_weight_matmul_triton(
     group_size: int,
     value_type: str = "int",
     perm: torch.Tensor | None = None,
+    split_k_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton int_weight_matmul (contract of int_weight_matmul_ref): fused kernel up to DEQUANT_MM_MIN_M rows."""
-    fn = int_weight_dequant_mm_triton if use_dequant_mm(x.numel() // max(x.shape[-1], 1)) else int_weight_gemm_triton
-    return fn(x, qweight, scales, zeros, bits, group_size, value_type, perm)
+    if use_dequant_mm(x.numel() // max(x.shape[-1], 1)):
+        return int_weight_dequant_mm_triton(x, qweight, scales, zeros, bits, group_size, value_type, perm)
+    return int_weight_gemm_triton(
+        x, qweight, scales, zeros, bits, group_size, value_type, perm, split_k_counters=split_k_counters
+    )
 
 
 def use_dequant_mm(m: int) -> bool:

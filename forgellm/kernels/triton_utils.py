@@ -46,3 +46,23 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 3:
         return x
     return x.reshape(-1, 1, x.shape[-1])
+
+
+# The split-K GEMMs' pick_config split K only while a grid has fewer output tiles than programs-per-SM (at most
+# this many) x SMs, so SPLIT_K_MAX_PROGRAMS_PER_SM x SMs tile counters serve every grid they split.
+SPLIT_K_MAX_PROGRAMS_PER_SM = 4
+
+
+def split_k_counters(device: torch.device) -> torch.Tensor:
+    """Zeroed int32 tile counters for the split-K GEMMs' in-kernel reduction, enough for any grid they pick."""
+    return torch.zeros(SPLIT_K_MAX_PROGRAMS_PER_SM * num_sms(device), dtype=torch.int32, device=device)
+
+
+def check_split_k_counters(counters: torch.Tensor, tiles: int, device: torch.device) -> None:
+    """ValueError unless counters is a contiguous int32 tensor on `device` with an entry per output tile."""
+    if counters.dtype != torch.int32 or counters.device != device or not counters.is_contiguous():
+        raise ValueError(
+            f"split_k_counters must be a contiguous int32 tensor on {device}, got {counters.dtype} on {counters.device}"
+        )
+    if counters.numel() < tiles:
+        raise ValueError(f"split_k_counters holds {counters.numel()} entries but the grid has {tiles} output tiles")

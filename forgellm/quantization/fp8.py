@@ -11,7 +11,7 @@ import torch
 from forgellm import kernels
 from forgellm.errors import ModelLoadError
 from forgellm.quantization.parts import Fp8Part, PartReader
-from forgellm.quantization.staged import StagedLinearMethod, expect_parts, set_tensor
+from forgellm.quantization.staged import StagedLinearMethod, expect_parts, set_split_k_counters, set_tensor
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
@@ -68,6 +68,7 @@ class Fp8Method(StagedLinearMethod):
             strategy, scale = "channel", torch.cat(rows)
         set_tensor(layer, "weight_scale", scale.contiguous().to(device))
         layer.fp8_weight_strategy = strategy
+        set_split_k_counters(layer, device)
         set_tensor(layer, "input_scale", None)
         if self.activations == "static":
             missing = [prefix for p, prefix in zip(parts, layer.part_names) if p.input_scale is None]
@@ -92,4 +93,5 @@ class Fp8Method(StagedLinearMethod):
             act_strategy=act,
             bias=bias,
             block=self.block,
+            split_k_counters=layer.split_k_counters,
         )

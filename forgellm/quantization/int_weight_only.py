@@ -16,7 +16,13 @@ from forgellm import kernels
 from forgellm.errors import ModelLoadError
 from forgellm.kernels.int_weight_gemm import pack_int_weight
 from forgellm.quantization.parts import IntPart, PartReader
-from forgellm.quantization.staged import StagedLinearMethod, expect_parts, same_across_parts, set_tensor
+from forgellm.quantization.staged import (
+    StagedLinearMethod,
+    expect_parts,
+    same_across_parts,
+    set_split_k_counters,
+    set_tensor,
+)
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
@@ -63,6 +69,7 @@ class IntWeightOnlyMethod(StagedLinearMethod):
         set_tensor(layer, "zeros", zeros.t().contiguous().to(device=device, dtype=dtype) if zeros is not None else None)
         set_tensor(layer, "perm", perm.to(device=device, dtype=torch.int32) if perm is not None else None)
         set_tensor(layer, "pre_scale", pre_scale.to(device=device, dtype=dtype) if pre_scale is not None else None)
+        set_split_k_counters(layer, device)
         layer.group_size = group
 
     def apply(self, layer: LinearBase, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -70,7 +77,8 @@ class IntWeightOnlyMethod(StagedLinearMethod):
             x = x * layer.pre_scale
         flat = x.reshape(-1, x.shape[-1])
         y = kernels.int_weight_matmul(
-            flat, layer.qweight, layer.scales, layer.zeros, self.bits, layer.group_size, "int", layer.perm
-        )
+            flat, layer.qweight, layer.scales, layer.zeros, self.bits, layer.group_size, "int", layer.perm,
+            split_k_counters=layer.split_k_counters,
+        )  # fmt: skip
         y = y.view(*x.shape[:-1], y.shape[-1])
         return y + bias if bias is not None else y

@@ -18,7 +18,7 @@ from forgellm import kernels
 from forgellm.kernels.fp8_quant import quantize_fp8_weight
 from forgellm.kernels.int_weight_gemm import e2m1_decode, pack_int_weight
 from forgellm.quantization.parts import Fp4Part, PartReader
-from forgellm.quantization.staged import StagedLinearMethod, expect_parts, set_tensor
+from forgellm.quantization.staged import StagedLinearMethod, expect_parts, set_split_k_counters, set_tensor
 
 if TYPE_CHECKING:
     from forgellm.layers.linear import LinearBase
@@ -44,6 +44,7 @@ class Nvfp4Method(StagedLinearMethod):
         codes = torch.cat([p.codes for p in parts])
         scales = torch.cat([p.scales for p in parts])
         device = layer.compute_device
+        set_split_k_counters(layer, device)
         if self.mode == "weight_only":
             set_tensor(layer, "qweight", pack_int_weight(codes, 4).to(device))
             set_tensor(layer, "scales", scales.t().contiguous().to(device=device, dtype=layer.compute_dtype))
@@ -56,9 +57,13 @@ class Nvfp4Method(StagedLinearMethod):
     def apply(self, layer: LinearBase, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.mode == "fp8":
             return kernels.fp8_linear(
-                x, layer.weight, layer.weight_scale, weight_strategy="channel", act_strategy="token", bias=bias
-            )
+                x, layer.weight, layer.weight_scale, weight_strategy="channel", act_strategy="token", bias=bias,
+                split_k_counters=layer.split_k_counters,
+            )  # fmt: skip
         flat = x.reshape(-1, x.shape[-1])
-        y = kernels.int_weight_matmul(flat, layer.qweight, layer.scales, None, 4, NVFP4_GROUP, "e2m1", None)
+        y = kernels.int_weight_matmul(
+            flat, layer.qweight, layer.scales, None, 4, NVFP4_GROUP, "e2m1", None,
+            split_k_counters=layer.split_k_counters,
+        )  # fmt: skip
         y = y.view(*x.shape[:-1], y.shape[-1])
         return y + bias if bias is not None else y

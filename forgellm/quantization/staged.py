@@ -81,6 +81,17 @@ def set_tensor(layer: nn.Module, name: str, tensor: torch.Tensor | None) -> None
     layer.register_buffer(name, tensor, persistent=False)
 
 
+def set_split_k_counters(layer: nn.Module, device: torch.device) -> None:
+    """The layer's tile counters for its Triton GEMM's in-kernel split-K sum (one launch, not two, at small M);
+    None off CUDA, where the references run."""
+    counters = None
+    if device.type == "cuda":
+        from forgellm.kernels.triton_utils import split_k_counters  # here: CPU processes load no kernels.triton_*
+
+        counters = split_k_counters(device)
+    set_tensor(layer, "split_k_counters", counters)
+
+
 def expect_parts(parts: list, kind: type, prefixes: list[str]) -> None:
     """A typed error when a reader produced the wrong kind of part (a config naming the wrong scheme)."""
     for part, prefix in zip(parts, prefixes):
@@ -101,4 +112,13 @@ def same_across_parts(values: list[torch.Tensor | None], what: str, prefixes: li
     return first
 
 
-__all__ = ["Fp4Part", "Fp8Part", "IntPart", "StagedLinearMethod", "expect_parts", "same_across_parts", "set_tensor"]
+__all__ = [
+    "Fp4Part",
+    "Fp8Part",
+    "IntPart",
+    "StagedLinearMethod",
+    "expect_parts",
+    "same_across_parts",
+    "set_split_k_counters",
+    "set_tensor",
+]

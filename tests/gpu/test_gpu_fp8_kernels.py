@@ -169,3 +169,63 @@ def test_fp8_linear_cuda_graph(weight_strategy: str, act_strategy: str, m: int) 
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(static_y, run())
+
+
+@pytest.mark.parametrize(
+    "weight_strategy, act_strategy", [("channel", "token"), ("block", "group"), ("tensor", "static")]
+)
+@pytest.mark.parametrize("k, n", [(4096, 4096), (4096, 14336)])
+def test_triton_gemm_split_k_summed_in_kernel(k: int, n: int, weight_strategy: str, act_strategy: str) -> None:
+    """M = 1 with a layer's tile counters: the last split of each tile sums the partials (+ bias), the two-kernel
+    result bit for bit (same order of summation), twice (the counters are back to zero), and the reference's."""
+    from forgellm.kernels.triton_fp8_gemm import fp8_matmul_triton, pick_config
+    from forgellm.kernels.triton_utils import num_sms, split_k_counters
+
+    w_q, w_scale = weight(k, n, weight_strategy)
+    x_q, x_scale = quantize_ref(activations(1, k, seed=1), act_strategy)
+    k_group = 128 if weight_strategy == "block" else None
+    assert pick_config(1, n, k, k_group, num_sms(x_q.device)).split_k > 1
+    counters = split_k_counters(x_q.device)
+    for bias in (None, torch.randn(n, device="cuda").to(BF16)):
+        args = (x_q, x_scale, w_q, w_scale, BF16, bias)
+        two_kernels = fp8_matmul_triton(*args)
+        for _ in range(2):
+            fused = fp8_matmul_triton(*args, split_k_counters=counters)
+            assert torch.equal(fused, two_kernels)
+            assert not counters.any()
+        assert rel_err(fused, fp8_matmul_ref(x_q, x_scale, w_q, w_scale, torch.float32, bias)) < 5e-3
+
+
+@pytest.mark.parametrize("weight_strategy, act_strategy", [("channel", "token"), ("block", "group")])
+def test_fp8_linear_split_k_in_kernel_cuda_graph(weight_strategy: str, act_strategy: str) -> None:
+    """fp8_linear at M = 1 with a layer's counters, captured and replayed twice: the same result each time, the
+    eager two-kernel one, and the counters back at zero (no memset between replays)."""
+    from forgellm import kernels
+    from forgellm.kernels.triton_utils import split_k_counters
+
+    k, n = 4096, 14336
+    w_q, w_scale = weight(k, n, weight_strategy)
+    args = dict(weight_strategy=weight_strategy, act_strategy=act_strategy, bias=torch.randn(n, device="cuda").to(BF16))
+    static_x = activations(1, k, seed=10)
+    counters = split_k_counters(static_x.device)
+
+    def run() -> torch.Tensor:
+        return kernels.fp8_linear(static_x, w_q, w_scale, split_k_counters=counters, **args)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = run()
+    static_x.copy_(activations(1, k, seed=11))
+    replays = []
+    for _ in range(2):
+        graph.replay()
+        replays.append(static_y.clone())
+    eager = kernels.fp8_linear(static_x, w_q, w_scale, **args)  # the two-kernel path
+    torch.cuda.synchronize()
+    assert torch.equal(replays[0], replays[1]) and torch.equal(replays[0], eager)
+    assert not counters.any()

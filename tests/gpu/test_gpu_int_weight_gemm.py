@@ -91,3 +91,58 @@ def test_int_weight_gemm_cuda_graph(kind: str, k: int, n: int) -> None:
         eager = kernels.int_weight_matmul(new_x, *args)
         torch.cuda.synchronize()
         assert torch.equal(y, eager)  # no atomics: the split-K sum is deterministic
+
+
+@pytest.mark.parametrize(
+    "kind, k, n, m",
+    [("int4-g128", 4096, 4096, 1), ("int4-g128", 4096, 14336, 1), ("int4-g128", 4096, 14336, 4),
+     ("e2m1-g16", 14336, 4096, 1), ("int4-g128-zeros-perm", 4096, 14336, 1)],
+)  # fmt: skip
+def test_int_weight_gemm_split_k_summed_in_kernel(kind: str, k: int, n: int, m: int) -> None:
+    """With a layer's tile counters the last slice of each tile sums the partials: the two-kernel result bit for
+    bit (same order of summation), twice (the counters are back to zero after each call), and the reference's."""
+    from forgellm.kernels.int_weight_gemm import int_weight_matmul_ref
+    from forgellm.kernels.triton_int_weight_gemm import int_weight_gemm_triton, pick_config
+    from forgellm.kernels.triton_utils import split_k_counters
+
+    args = weights(kind, k, n)
+    x = torch.randn(m, k, generator=torch.Generator(device="cuda").manual_seed(m), device="cuda").to(BF16)
+    assert pick_config(m, n, k, args[3], args[4], x.device).split_k > 1
+    counters = split_k_counters(x.device)
+    two_kernels = int_weight_gemm_triton(x, *args)
+    for _ in range(2):
+        fused = int_weight_gemm_triton(x, *args, split_k_counters=counters)
+        assert torch.equal(fused, two_kernels)
+        assert not counters.any()
+    assert_close(fused, int_weight_matmul_ref(x, *args))
+
+
+@pytest.mark.parametrize("kind, k, n", [("int4-g128", 4096, 14336), ("e2m1-g16", 14336, 4096)])
+def test_int_weight_gemm_split_k_in_kernel_cuda_graph(kind: str, k: int, n: int) -> None:
+    """The in-kernel split-K sum captured at M = 1 (one launch, no memset) and replayed twice: the same result
+    each time, the eager two-kernel one, and the counters back at zero."""
+    from forgellm import kernels
+    from forgellm.kernels.triton_utils import split_k_counters
+
+    args = weights(kind, k, n)
+    x = torch.zeros(1, k, device="cuda", dtype=BF16)
+    counters = split_k_counters(x.device)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and warm up outside the capture
+        for _ in range(2):
+            kernels.int_weight_matmul(x, *args, split_k_counters=counters)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = kernels.int_weight_matmul(x, *args, split_k_counters=counters)
+    new_x = torch.randn(1, k, generator=torch.Generator(device="cuda").manual_seed(7), device="cuda").to(BF16)
+    x.copy_(new_x)
+    replays = []
+    for _ in range(2):
+        graph.replay()
+        replays.append(y.clone())
+    eager = kernels.int_weight_matmul(new_x, *args)  # the two-kernel path
+    torch.cuda.synchronize()
+    assert torch.equal(replays[0], replays[1]) and torch.equal(replays[0], eager)
+    assert not counters.any()

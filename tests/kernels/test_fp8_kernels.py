@@ -1,5 +1,6 @@
 """FP8 W8A8 in the Triton interpreter at tiny shapes: quantization references against independent math; Triton
-quantizers (bit for bit) and GEMM (every strategy pair, odd M/N/K, bias, forced tiles); fp8_linear, both paths."""
+quantizers (bit for bit) and GEMM (every strategy pair, odd M/N/K, bias, forced tiles, split-K summed by a second
+kernel or in the GEMM); fp8_linear, both paths."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 from forgellm import kernels  # noqa: E402
+from forgellm.kernels import triton_fp8_gemm  # noqa: E402
 from forgellm.kernels.fp8_gemm import fp8_matmul_ref  # noqa: E402
 from forgellm.kernels.fp8_linear import fp8_gemm_backend, fp8_linear_ref, scaled_mm_fp8  # noqa: E402
 from forgellm.kernels.fp8_quant import (  # noqa: E402
@@ -29,6 +31,7 @@ from forgellm.kernels.triton_fp8_quant import (  # noqa: E402
     quantize_fp8_per_token_triton,
     quantize_fp8_static_triton,
 )
+from forgellm.kernels.triton_utils import SPLIT_K_MAX_PROGRAMS_PER_SM, split_k_counters  # noqa: E402
 
 # The package's fp8_linear attribute is the function; the module (its thresholds) comes from sys.modules.
 fp8_linear_module = importlib.import_module("forgellm.kernels.fp8_linear")
@@ -200,6 +203,51 @@ def test_triton_gemm_forced_configs(config, weight_strategy, act_strategy):
     assert rel_err(out, fp8_matmul_ref(x_q, x_scale, w_q, w_scale, torch.float32, bias)) < 1e-5
 
 
+# M, strategies, config, bias: K = 200 (a partial last K step), N = 40 (a partial last tile)
+FUSED_CASES = [
+    (1, ("block", "group"), Fp8GemmConfig(16, 32, 32, 3, swap_ab=True), True),  # 3 splits of 3, 3 and 1 steps
+    (1, ("channel", "token"), Fp8GemmConfig(16, 32, 32, 3, swap_ab=True), False),
+    (3, ("channel", "token"), Fp8GemmConfig(16, 16, 64, 2), True),  # plain tiles, 3 along N
+    (3, ("tensor", "static"), Fp8GemmConfig(16, 16, 64, 2), False),
+]
+
+
+@pytest.mark.parametrize("m, strategies, config, with_bias", FUSED_CASES)
+def test_split_k_summed_in_kernel(m, strategies, config, with_bias, monkeypatch):
+    """With counters each tile's last split sums the partials (+ bias): the two-kernel result bit for bit, twice
+    (the counters are back to zero after each call), and no second launch."""
+    x_q, x_scale, w_q, w_scale = quantized_operands(*strategies, m, seed=m + 20)
+    bias = randn(N, dtype=torch.bfloat16, seed=9) if with_bias else None
+    out_dtype = torch.bfloat16 if with_bias else torch.float32
+    args = (x_q, x_scale, w_q, w_scale, out_dtype, bias)
+    two_kernels = fp8_matmul_triton(*args, config=config)
+    monkeypatch.setattr(triton_fp8_gemm, "_split_k_reduce_kernel", None)  # the fused path must not launch it
+    counters = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+    for _ in range(2):
+        out = fp8_matmul_triton(*args, config=config, split_k_counters=counters)
+        assert torch.equal(out, two_kernels) and not counters.any()
+    assert out.dtype == out_dtype
+    assert rel_err(out, fp8_matmul_ref(*args)) < (1e-2 if with_bias else 1e-5)  # bf16: the interpreter truncates
+
+
+def test_split_k_counters_of_a_layer_and_their_checks():
+    """A layer's counters with pick_config's own split-K, and counters that do not fit refused."""
+    k = 2048  # 8 K steps of 256: pick_config splits them in two
+    w_q, w_scale = quantize_fp8_weight(randn(N, k, seed=4), "channel")
+    x_q, x_scale = quantize_fp8_per_token_ref(activations(1, k=k))
+    assert pick_config(1, N, k, None, 4).split_k == 2  # 4: the interpreter's nominal SMs
+    counters = split_k_counters(DEVICE)
+    out = fp8_matmul_triton(x_q, x_scale, w_q, w_scale, torch.float32, split_k_counters=counters)
+    assert torch.equal(out, fp8_matmul_triton(x_q, x_scale, w_q, w_scale, torch.float32)) and not counters.any()
+    x_q, x_scale, w_q, w_scale = quantized_operands("channel", "token", 1, seed=4)
+    # pick_config splits only grids of fewer tiles than programs-per-SM x SMs: the layer's counters cover them.
+    assert triton_fp8_gemm.SPLIT_K_PROGRAMS_PER_SM <= SPLIT_K_MAX_PROGRAMS_PER_SM
+    config = Fp8GemmConfig(16, 16, 64, 2)  # three tiles
+    for bad in (torch.zeros(2, dtype=torch.int32), torch.zeros(3, dtype=torch.float32)):
+        with pytest.raises(ValueError, match="split_k_counters"):
+            fp8_matmul_triton(x_q, x_scale, w_q, w_scale, torch.float32, config=config, split_k_counters=bad.to(DEVICE))
+
+
 def test_tile_choice_at_llama_8b_shapes():
     """Decode streams the weight through swapped tiles, split over K until ~2 programs per SM (132 SMs)."""
     qkv = pick_config(1, 6144, 4096, None, 132)
@@ -294,6 +342,8 @@ def test_fp8_linear_gpu_plumbing_on_cpu(weight_strategy, act_strategy, threshold
     input_scale = x.float().abs().amax() / 448 if act_strategy == "static" else None
     args = dict(input_scale=input_scale, weight_strategy=weight_strategy, act_strategy=act_strategy, block=(128, 128))
     bias = torch.randn(n).bfloat16()
-    y = fp8_linear_module._fp8_linear_cuda(x, w_q, w_scale, bias=bias, **args)
+    y = fp8_linear_module._fp8_linear_cuda(
+        x, w_q, w_scale, bias=bias, split_k_counters=split_k_counters(x.device), **args
+    )
     assert y.shape == (3, 2, n) and y.dtype == torch.bfloat16
     assert rel_err(y, fp8_linear_ref(x, w_q, w_scale, bias=bias, **args)) < 1e-2

@@ -2,7 +2,8 @@
 written here, and the Triton kernel (CPU: under TRITON_INTERPRET=1, tiny shapes) against the reference.
 
 Covers 4 and 8 bits, grouped and per-channel scales, zeros or symmetric, e2m1, act-order perm, odd M and
-N, the M = 1 FMA path, the tl.dot path, split-K, the tiled large-M path and dequantize + mm.
+N, the M = 1 FMA path, the tl.dot path, split-K (two kernels, or summed by each tile's last slice), the tiled
+large-M path and dequantize + mm.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from forgellm.kernels.int_weight_gemm import (  # noqa: E402
     unpack_int_weight,
 )
 from forgellm.kernels.triton_int_weight_gemm import GemmConfig, int_weight_gemm_triton  # noqa: E402
+from forgellm.kernels.triton_utils import SPLIT_K_MAX_PROGRAMS_PER_SM, split_k_counters  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -133,6 +135,45 @@ def test_triton_configs(m, cfg):
     x = torch.randn(m, 384, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     out = int_weight_gemm_triton(x, qw, s, z, 4, 32, "int", p, config=cfg)
     assert rel_err(out, int_weight_matmul_ref(x, qw, s, z, 4, 32, "int", p)) < TOLERANCE[F32]
+
+
+FUSED_CASES = [  # M, x dtype, config (K = 384, N = 40: two 32-column tiles, the second one partial)
+    (1, BF16, GemmConfig(1, 32, 256, 2, 1, 1)),  # FMA path, the last K block half full
+    (3, F32, GemmConfig(1, 32, 128, 3, 1, 1)),  # FMA path, a program row per x row: 6 tiles
+    (3, BF16, GemmConfig(16, 32, 128, 3, 1, 1)),  # tl.dot path
+]
+
+
+@pytest.mark.parametrize("m, dtype, cfg", FUSED_CASES)
+def test_split_k_summed_in_kernel(m, dtype, cfg, monkeypatch):
+    """With counters each tile's last slice sums the partials: the two-kernel result bit for bit, twice (the
+    counters are back to zero after each call), and no second launch."""
+    _, qw, s, z, p = make(40, 384, 4, 32, True, dtype, perm=True, seed=m)
+    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(5)).to(DEVICE, dtype)
+    two_kernels = int_weight_gemm_triton(x, qw, s, z, 4, 32, "int", p, config=cfg)
+    monkeypatch.setattr(tiw, "_sum_splits_kernel", None)  # the fused path must not launch it
+    counters = torch.zeros(8, dtype=torch.int32, device=DEVICE)
+    for _ in range(2):
+        out = int_weight_gemm_triton(x, qw, s, z, 4, 32, "int", p, config=cfg, split_k_counters=counters)
+        assert torch.equal(out, two_kernels) and not counters.any()
+    assert rel_err(out, int_weight_matmul_ref(x, qw, s, z, 4, 32, "int", p)) < TOLERANCE[dtype]
+
+
+def test_split_k_counters_of_a_layer_and_their_checks():
+    """The dispatcher's path with a layer's counters (its own split-K), and counters that do not fit refused."""
+    _, qw, s, _, _ = make(40, 384, 4, 32, False, seed=9)
+    x = torch.randn(1, 384, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    counters = split_k_counters(DEVICE)
+    assert tiw.pick_config(1, 40, 384, 4, 32, DEVICE).split_k > 1
+    out = tiw.int_weight_matmul_triton(x, qw, s, None, 4, 32, split_k_counters=counters)
+    assert torch.equal(out, int_weight_gemm_triton(x, qw, s, None, 4, 32)) and not counters.any()
+    # pick_config splits only grids of fewer tiles than programs-per-SM x SMs: the layer's counters cover them.
+    assert max(tile[-1] for _, tile in tiw.TILES) <= SPLIT_K_MAX_PROGRAMS_PER_SM
+    cfg = GemmConfig(1, 32, 128, 3, 1, 1)  # two tiles
+    bad = [torch.zeros(1, dtype=torch.int32), torch.zeros(2, dtype=torch.int64), torch.zeros(4, dtype=torch.int32)[::2]]
+    for counters in bad:
+        with pytest.raises(ValueError, match="split_k_counters"):
+            int_weight_gemm_triton(x, qw, s, None, 4, 32, config=cfg, split_k_counters=counters.to(DEVICE))
 
 
 def test_large_m_dequant_mm_and_dispatch(monkeypatch):
