@@ -9,7 +9,8 @@ y[M, N] = x[M, K] @ W[N, K]^T with W stored packed along K:
 - value_type "e2m1" (bits 4, no zeros): q is an FP4 e2m1 code (bit 3 sign, bits 0-2 index
   E2M1_MAGNITUDES) and w = e2m1(q) * s; fp8 block and global scales are folded into `scales`.
 - `perm` [K] (GPTQ act-order): the weight was re-ordered along K so groups are contiguous; the GEMM
-  uses x[:, perm] in place of x.
+  uses x[:, perm] in place of x. A tensor-parallel shard pads its ragged groups with columns worth zero
+  (quantization/act_order.py), so perm may repeat an index and x may have fewer than K columns.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def check_int_weight_args(
     if perm is not None and (tuple(perm.shape) != (k,) or perm.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"perm must be an int32/int64 tensor [K] = [{k}], got {perm.dtype} {tuple(perm.shape)}")
     return k, n
+
+
+def check_x_width(x: torch.Tensor, k: int, perm: torch.Tensor | None) -> int:
+    """x's number of columns: the weight's K, or with perm any width (perm's entries index it; checked at load)."""
+    if perm is None and x.shape[-1] != k:
+        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
+    return x.shape[-1]
 
 
 def pack_int_weight(q: torch.Tensor, bits: int) -> torch.Tensor:
@@ -112,8 +120,9 @@ def dequantize_int_weight(
 ) -> torch.Tensor:
     """The weight W [N, K] in scales' dtype, computed in float32 and rounded once.
 
-    Without perm, columns are in stored order. With perm, column perm[j] holds stored column j, so W is
-    the plain nn.Linear weight: x @ W^T equals the GEMM of x[:, perm] with the stored order.
+    Without perm, columns are in stored order. With perm, column perm[j] holds stored column j (padding columns,
+    worth zero, add nothing), so W is the plain nn.Linear weight [N, max(perm) + 1]: x @ W^T equals the GEMM of
+    x[:, perm] with the stored order.
     """
     check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
     codes = unpack_int_weight(qweight, bits)
@@ -122,10 +131,10 @@ def dequantize_int_weight(
         values = e2m1_decode(codes)
     else:
         values = codes.float() - (expand(zeros) if zeros is not None else float(1 << (bits - 1)))
-    w = (values * expand(scales)).to(scales.dtype)
+    w = values * expand(scales)
     if perm is not None:
-        w = torch.empty_like(w).index_copy_(1, perm.long(), w)
-    return w
+        w = w.new_zeros(w.shape[0], int(perm.max()) + 1).index_add_(1, perm.long(), w)
+    return w.to(scales.dtype)
 
 
 def int_weight_matmul_ref(
@@ -143,8 +152,7 @@ def int_weight_matmul_ref(
 
     split_k_counters: for the Triton version (the dispatched op passes the same call to both); unused here."""
     k, _ = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
-    if x.shape[-1] != k:
-        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
+    check_x_width(x, k, perm)
     w = dequantize_int_weight(qweight, scales, zeros, bits, group_size, value_type)
     if perm is not None:
         x = x.index_select(-1, perm.long())

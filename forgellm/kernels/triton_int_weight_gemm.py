@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from forgellm.kernels.int_weight_gemm import check_int_weight_args
+from forgellm.kernels.int_weight_gemm import check_int_weight_args, check_x_width
 from forgellm.kernels.triton_utils import check_split_k_counters, interpreting, num_sms
 
 # Above this many rows, dequantize + torch.mm beats the fused kernel (to be set from the benchmark).
@@ -194,7 +194,8 @@ def pick_config(m: int, n: int, k: int, bits: int, group_size: int, device: torc
     else:
         bm, bn, bkp, warps, stages, per_sm = next(t for top, t in TILES if top is None or m <= top)
     pack = 32 // bits
-    if bm > 1 and group_size // pack >= 16:  # tl.dot path: a block in one group scales once per column
+    words = group_size // pack  # a power of two unless an act-order shard padded its groups (then: scale per element)
+    if bm > 1 and words >= 16 and words & (words - 1) == 0:  # tl.dot path: a block in one group scales once per column
         bkp = min(bkp, group_size // pack)  # (at M = 1 the larger block wins: less loop overhead per element)
     bk = bkp * pack
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
@@ -225,9 +226,8 @@ def int_weight_gemm_triton(
 
     split_k_counters: zeroed int32, one per output tile (triton_utils.split_k_counters); left zero after each call."""
     k, n = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
-    if x.shape[-1] != k:
-        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
-    x2, m = x.reshape(-1, k), x.numel() // k
+    width = check_x_width(x, k, perm)
+    x2, m = x.reshape(-1, width), x.numel() // max(width, 1)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y.view(*x.shape[:-1], n)
@@ -291,8 +291,7 @@ def int_weight_dequant_mm_triton(
 ) -> torch.Tensor:
     """Large-M path: dequantize to x's dtype, gather x by perm, then one cuBLAS GEMM."""
     k, _ = check_int_weight_args(qweight, scales, zeros, bits, group_size, value_type, perm)
-    if x.shape[-1] != k:
-        raise ValueError(f"x's last dim {x.shape[-1]} must equal the weight's K={k}")
+    check_x_width(x, k, perm)
     w = dequantize_int_weight_triton(qweight, scales, zeros, bits, group_size, value_type, dtype=x.dtype)
     if perm is not None:
         x = x.index_select(-1, perm.long())

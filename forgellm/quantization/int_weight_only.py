@@ -15,6 +15,7 @@ import torch
 from forgellm import kernels
 from forgellm.errors import ModelLoadError
 from forgellm.kernels.int_weight_gemm import pack_int_weight
+from forgellm.quantization.act_order import group_sorted_columns
 from forgellm.quantization.parts import IntPart, PartReader
 from forgellm.quantization.staged import (
     StagedLinearMethod,
@@ -52,17 +53,14 @@ class IntWeightOnlyMethod(StagedLinearMethod):
                 f"{layer.part_names[0]}: quantized weight is [{n}, {k}] but the model expects "
                 f"[{layer.output_size}, {layer.input_size}]"
             )
-        group = k // scales.shape[1]
-        if group * scales.shape[1] != k:
-            raise ModelLoadError(f"{layer.part_names[0]}: {scales.shape[1]} scale groups do not divide {k} inputs")
         g_idx = same_across_parts([p.g_idx for p in parts], "g_idx (act-order)", layer.part_names)
         pre_scale = same_across_parts([p.pre_scale for p in parts], "pre_quant_scale", layer.part_names)
-        perm = None
+        group, perm = k // scales.shape[1], None
         if g_idx is not None and not torch.equal(g_idx.long(), torch.arange(k) // group):
-            perm = torch.argsort(g_idx.long(), stable=True)
-            if not torch.equal(g_idx.long()[perm], torch.arange(k) // group):
-                raise ModelLoadError(f"{layer.part_names[0]}: g_idx does not give every group {group} columns")
-            q = q[:, perm]
+            # Act-order (a tensor-parallel shard: ragged groups): columns sorted into equal groups, x read via perm.
+            q, perm, group = group_sorted_columns(q, g_idx, zeros, self.bits, layer.part_names[0])
+        elif group * scales.shape[1] != k:
+            raise ModelLoadError(f"{layer.part_names[0]}: {scales.shape[1]} scale groups do not divide {k} inputs")
         device, dtype = layer.compute_device, layer.compute_dtype
         set_tensor(layer, "qweight", pack_int_weight(q, self.bits).to(device))
         set_tensor(layer, "scales", scales.t().contiguous().to(device=device, dtype=dtype))

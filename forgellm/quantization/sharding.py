@@ -3,7 +3,8 @@
 Readers turn a checkpoint projection into one canonical [N, K] part whatever its format; sharding that part
 once covers every format. Column-parallel layers keep their output rows (codes, per-row and per-group
 scales, zero points); row-parallel layers keep their input columns (codes, the scale groups of those
-columns, AWQ's pre-scale). Not yet: act-order (GPTQ desc_act) weights, whose groups a rank's columns cut.
+columns, AWQ's pre-scale); act-order (GPTQ desc_act) weights keep every group's scales, since a rank's columns
+hold a piece of each group.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def shard_part(
         ):
             part = replace(part, g_idx=None)  # GPTQ without act-order writes the plain order out
         if part.g_idx is not None:
-            # A rank's columns would hold ragged pieces of act-order groups; the int kernels need whole groups.
-            raise NotImplementedError(
-                f"{prefix}: act-order (desc_act) GPTQ weights with tensor_parallel_size > 1 are not implemented yet"
+            # Act-order: a rank's columns hold ragged pieces of every group, so it keeps every group's scales and
+            # its columns' group ids; the method pads the pieces to whole groups (IntWeightOnlyMethod.build).
+            return replace(
+                part, q=layer.rank_slice(part.q, 1, index), g_idx=layer.rank_slice(part.g_idx, 0, index), pre_scale=pre
             )
         return replace(
             part,

@@ -68,10 +68,11 @@ def free_port() -> int:
 
 QUANT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "quant"
 # Quantized checkpoints made by llmcompressor / AutoGPTQ / AutoAWQ / ModelOpt: the sharding cases of a part (fp8 per
-# tensor and per channel; int4/int8 groups, asymmetric; GPTQ in plain order; AWQ; nvfp4). Block fp8 is left out: its
-# 128-row blocks need 128 output rows per rank, which the tiny fixtures' projections lack; act-order is refused.
+# tensor and per channel; int4/int8 groups, asymmetric; GPTQ in plain order and act-order, whose row-parallel shards
+# pad their ragged groups; AWQ; nvfp4). Block fp8 is left out: its 128-row blocks need 128 output rows per rank,
+# which the tiny fixtures' projections lack.
 QUANTIZED = ["ct-fp8", "mo-fp8", "ct-w4a16", "ct-w4a16-asym-g64", "ct-w8a16", "gptq-8bit", "gptq-v2", "awq-gemm",
-             "mo-w4a16-awq", "ct-nvfp4a16"]  # fmt: skip
+             "mo-w4a16-awq", "ct-nvfp4a16", "gptq-v1-desc-act", "ct-w4a16-actorder"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -231,3 +231,45 @@ def test_bad_arguments_raise():
         pack_int_weight(torch.zeros(2, 12, dtype=torch.int32), 4)  # K not a multiple of pack
     with pytest.raises(ValueError):
         int_weight_gemm_triton(x, qw, s, z, 4, 32, config=GemmConfig(8, 32, 128, 1, 1, 1))  # dot needs 16 rows
+
+
+@pytest.mark.parametrize("bits, zeros", [(4, True), (4, False), (8, True)])
+@pytest.mark.parametrize("m", [1, 3, 9])
+def test_act_order_shard_with_ragged_groups(bits, zeros, m, monkeypatch):
+    """A tensor-parallel rank's act-order columns: a ragged piece of each of 4 groups of 32 (its 72 of 128 columns).
+    quantization/act_order.py pads the pieces to equal groups with codes worth zero and a perm that repeats
+    column 0; the FMA path, the dot path and dequantize + mm give x @ W^T with W written from the definition
+    (column k in group g_idx[k]), and dequantize_int_weight gives W itself."""
+    from forgellm.quantization.act_order import group_sorted_columns
+
+    gen = torch.Generator().manual_seed(bits + m)
+    n, k, groups = 40, 72, 4
+    g_idx = torch.randint(0, groups, (k,), generator=gen)
+    g_idx[:groups] = torch.arange(groups)  # every group present
+    codes = torch.randint(0, 1 << bits, (n, k), generator=gen, dtype=torch.int32)
+    scales = torch.rand(n, groups, generator=gen) * 0.1 + 0.01
+    z = torch.randint(0, 1 << bits, (n, groups), generator=gen).float() if zeros else None
+    w = (codes.double() - (z.double()[:, g_idx] if zeros else 2.0 ** (bits - 1))) * scales.double()[:, g_idx]
+    padded, perm, width = group_sorted_columns(codes, g_idx, z, bits, "layer")
+    assert width % (32 // bits) == 0 and padded.shape[1] == groups * width > k  # padded: ragged groups
+    qw, s = pack_int_weight(padded, bits).to(DEVICE), scales.t().contiguous().to(DEVICE)
+    zz, p = (z.t().contiguous().to(DEVICE) if zeros else None), perm.int().to(DEVICE)
+    x = torch.randn(m, k, generator=gen).to(DEVICE)
+    expected = x.double().cpu() @ w.t()
+    assert rel_err(dequantize_int_weight(qw, s, zz, bits, width, "int", p), w) < 1e-6
+    assert rel_err(int_weight_matmul_ref(x, qw, s, zz, bits, width, "int", p), expected) < 1e-5
+    assert rel_err(tiw.int_weight_matmul_triton(x, qw, s, zz, bits, width, "int", p), expected) < 1e-5
+    monkeypatch.setattr(tiw, "DEQUANT_MM_MIN_M", 2)  # the large-M path
+    assert rel_err(tiw.int_weight_matmul_triton(x, qw, s, zz, bits, width, "int", p), expected) < 1e-5
+
+
+def test_act_order_zero_points_must_be_codes_to_pad():
+    from forgellm.errors import ModelLoadError
+    from forgellm.quantization.act_order import group_sorted_columns
+
+    codes = torch.zeros(2, 6, dtype=torch.int32)
+    g_idx = torch.tensor([0, 1, 0, 1, 1, 1])
+    with pytest.raises(ModelLoadError, match="act-order zero points must be integer codes"):
+        group_sorted_columns(codes, g_idx, torch.full((2, 2), 7.5), 4, "layer")
+    with pytest.raises(ModelLoadError, match="g_idx names groups outside 0..1"):
+        group_sorted_columns(codes, g_idx + 1, torch.full((2, 2), 7.0), 4, "layer")
