@@ -226,8 +226,10 @@ class TensorParallelExecutor:
                 f"{self._kind} {names} did not answer within {self.timeout.total_seconds():g} s "
                 f"(distributed_timeout_s): hung or stopped; {exc}"
             )
-        stuck = None if self.heartbeats is None or self.nnodes > 1 else self.heartbeats.stuck_inside_forward(
-            self.tp_size, self.pp_size
+        stuck = (
+            None
+            if self.heartbeats is None or self.nnodes > 1
+            else self.heartbeats.stuck_inside_forward(self.tp_size, self.pp_size)
         )
         if stuck is not None:
             return EngineDeadError(

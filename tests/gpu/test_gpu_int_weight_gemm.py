@@ -146,3 +146,33 @@ def test_int_weight_gemm_split_k_in_kernel_cuda_graph(kind: str, k: int, n: int)
     torch.cuda.synchronize()
     assert torch.equal(replays[0], replays[1]) and torch.equal(replays[0], eager)
     assert not counters.any()
+
+
+@pytest.mark.parametrize("bits, zeros", [(4, True), (8, False)])
+@pytest.mark.parametrize("m", [1, 16, 256])
+def test_act_order_shard_with_ragged_groups(bits: int, zeros: bool, m: int) -> None:
+    """A TP=2 rank's half of down_proj's act-order inputs (7168 of 14336 columns, 112 groups of 128, ragged):
+    padded by quantization/act_order.py, the fused kernel (FMA, dot) and dequantize + mm give x @ W^T with W
+    written from the definition."""
+    from forgellm.kernels.int_weight_gemm import pack_int_weight
+    from forgellm.kernels.triton_int_weight_gemm import int_weight_dequant_mm_triton, int_weight_gemm_triton
+    from forgellm.quantization.act_order import group_sorted_columns
+
+    gen = torch.Generator().manual_seed(bits + m)
+    n, groups = 4096, 112
+    g_idx = (torch.randperm(14336, generator=gen) // 128)[:7168]  # this rank's columns of a desc_act order
+    codes = torch.randint(0, 1 << bits, (n, 7168), generator=gen, dtype=torch.int32)
+    scales = (torch.rand(n, groups, generator=gen) * 0.01 + 0.001).to(BF16).float()  # as the kernel reads them
+    z = torch.randint(0, 1 << bits, (n, groups), generator=gen).float() if zeros else None
+    padded, perm, width = group_sorted_columns(codes, g_idx, z, bits, "down_proj")
+    assert padded.shape[1] > 7168
+    w = ((codes.float() - (z[:, g_idx] if zeros else 2.0 ** (bits - 1))) * scales[:, g_idx]).cuda()
+    args = (
+        pack_int_weight(padded, bits).cuda(), scales.t().contiguous().to("cuda", BF16),
+        None if z is None else z.t().contiguous().to("cuda", BF16), bits, width, "int", perm.int().cuda(),
+    )  # fmt: skip
+    x = torch.randn(m, 7168, generator=gen).to("cuda", BF16)
+    ref = (x.float() @ w.to(BF16).float().t()).to(BF16)
+    assert_close(int_weight_gemm_triton(x, *args), ref)
+    if m >= 16:
+        assert_close(int_weight_dequant_mm_triton(x, *args), ref)
