@@ -8,6 +8,7 @@ the two variants alternating on one GPU in one run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -28,7 +29,7 @@ def decode_tok_s(scheme: str, fused: bool) -> float:
     changes, _ = SCHEMES[scheme]
     # Without counters the layers keep the two-kernel path (split_k_counters=None).
     patch = mock.patch("forgellm.kernels.triton_utils.split_k_counters", return_value=None)
-    with patch if not fused else mock.patch.dict({}):
+    with contextlib.nullcontext() if fused else patch:
         engine, _ = engine_for(changes, max_num_seqs=8)
     result = measure_latency(engine, 1, 128, 256, 3, num_warmup=1, disable_tqdm=True)
     del engine
