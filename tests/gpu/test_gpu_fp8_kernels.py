@@ -61,6 +61,19 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+def capture(run) -> tuple:  # noqa: ANN001
+    """(graph, its output) of `run`, compiled and warmed up on a side stream outside the capture."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = run()
+    return graph, static_y
+
+
 @pytest.mark.parametrize("m, k", [(1, 4096), (7, 14336), (2048, 4096), (2048, 14336)])
 def test_quantizers_match_reference_bits(m: int, k: int) -> None:
     from forgellm.kernels.triton_fp8_quant import (
@@ -156,14 +169,7 @@ def test_fp8_linear_cuda_graph(weight_strategy: str, act_strategy: str, m: int) 
     def run() -> torch.Tensor:
         return kernels.fp8_linear(static_x, w_q, w_scale, **args)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = run()
+    graph, static_y = capture(run)
     for seed in (11, 12):
         static_x.copy_(activations(m, k, seed=seed))
         graph.replay()
@@ -212,14 +218,7 @@ def test_fp8_linear_split_k_in_kernel_cuda_graph(weight_strategy: str, act_strat
     def run() -> torch.Tensor:
         return kernels.fp8_linear(static_x, w_q, w_scale, split_k_counters=counters, **args)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = run()
+    graph, static_y = capture(run)
     static_x.copy_(activations(1, k, seed=11))
     replays = []
     for _ in range(2):
